@@ -1,0 +1,273 @@
+"""The one validated configuration: ``params.yaml`` loaded into pydantic models.
+
+Every stage reads its settings from here. Unknown keys and impossible values are errors that
+name the key (``model.interaction.start: must be below the backbone depth 4, got 6``), so a
+typo in ``params.yaml`` or in a ``-S key=value`` override never goes unnoticed.
+
+Overrides use the spelling of ``dvc exp run -S``: ``model.hub_size=128``; the value is parsed
+as YAML (``true``, ``1e-3``, ``[1, 2]`` all work).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mitp.data.schema import DataConfig
+from mitp.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
+
+MODEL_KINDS = ("mitp", "mitp_no_hub", "late_fusion")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneConfig(Strict):
+    """Which frozen encoders to use.
+
+    ``preset`` names a known pair; ``vision``/``text`` override the hub ids (or local folders)
+    of the pair, ``*_revision`` pins a hub revision (commit hash or tag).
+    """
+
+    preset: Literal["tiny-random", "vit-base+bert-base", "custom"] = "tiny-random"
+    vision: str | None = None
+    text: str | None = None
+    vision_revision: str | None = None
+    text_revision: str | None = None
+    dir: str = "data/backbones"
+    tiny_seed: int = 0
+
+    @model_validator(mode="after")
+    def _custom_needs_ids(self) -> BackboneConfig:
+        if self.preset == "custom" and not (self.vision and self.text):
+            raise ValueError("preset 'custom' needs both backbone.vision and backbone.text")
+        return self
+
+
+class InteractionConfig(Strict):
+    start: int = Field(0, ge=0, description="first interaction layer s (from the top-aligned towers)")
+    interval: int = Field(1, ge=1, description="distance D between interaction layers")
+
+
+class ModelConfig(Strict):
+    kind: Literal["mitp", "mitp_no_hub", "late_fusion"] = "mitp"
+    prompt_length: int = Field(8, ge=1)
+    hub_size: int = Field(64, ge=1)
+    interaction: InteractionConfig = InteractionConfig()
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    tau_init: float = Field(1.0 / 0.07, gt=0.0)
+    prompt_init_std: float = Field(0.02, gt=0.0)
+
+
+class CacheConfig(Strict):
+    enabled: bool = True
+    layer: int = Field(0, ge=0, description="k: hidden states entering layer k are cached")
+    dir: str = "data/features"
+    dtype: Literal["float16", "float32"] = "float16"
+    shard_size: int = Field(4096, ge=1, description="samples (or unique images) per shard")
+    batch_size: int = Field(64, ge=1)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
+    checkpoint_dir: str = "data/runs"
+
+
+class MlflowConfig(Strict):
+    tracking_uri: str | None = Field(None, description="null: sqlite:///<repo>/mlflow.db; env MLFLOW_TRACKING_URI wins")
+    experiment: str = "mitp"
+
+
+class RayConfig(Strict):
+    address: str | None = Field(None, description="null: env RAY_ADDRESS, else a local Ray sized to this machine")
+    storage_path: str | None = Field(None, description="null: <repo>/ray_results; a shared path or URI on clusters")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (null: all)")
+
+
+class ResourcesConfig(Strict):
+    cpu: float = Field(1.0, gt=0.0)
+    gpu: float = Field(0.0, ge=0.0)
+
+
+class SweepConfig(Strict):
+    name: str = "demo"
+    space: dict[str, Any] = Field(default_factory=dict)
+    num_samples: int = Field(1, ge=1)
+    metric: str = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["none", "asha"] = "none"
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    resources_per_trial: ResourcesConfig = ResourcesConfig()
+    max_failures: int = Field(1, ge=0)
+    train: dict[str, Any] = Field(default_factory=dict, description="train.* overrides inside trials")
+
+
+class ReportConfig(Strict):
+    dir: str = "reports"
+
+
+def dataset_names() -> list[str]:
+    return sorted(k for k in DataConfig.model_fields if k != "root")
+
+
+class Params(Strict):
+    """Root of ``params.yaml``."""
+
+    seed: int = 0
+    datasets: list[str] = Field(default_factory=lambda: ["synthetic"])
+    backbone: BackboneConfig = BackboneConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    cache: CacheConfig = CacheConfig()
+    train: TrainConfig = TrainConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    ray: RayConfig = RayConfig()
+    sweep: SweepConfig = SweepConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Params:
+        known = dataset_names()
+        for name in self.datasets:
+            if name not in known:
+                raise ValueError(f"datasets: unknown dataset {name!r} (known: {', '.join(sorted(known))})")
+        if self.model.kind != "late_fusion" and self.cache.enabled and self.cache.layer > self.model.interaction.start:
+            raise ConfigError(
+                f"cache.layer: {self.cache.layer} is above model.interaction.start "
+                f"{self.model.interaction.start}; the cached layers must never see a prompt"
+            )
+        return self
+
+    # ----------------------------------------------------------------------------------------
+    def dataset(self, name: str):
+        """The ``data.<name>`` section, with a clear error for unknown names."""
+        if name not in dataset_names():
+            raise ConfigError(f"unknown dataset {name!r} (known: {', '.join(dataset_names())})")
+        return getattr(self.data, name)
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the config, relative to the repository root unless absolute."""
+        p = Path(path)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+    def raw_dir(self, name: str) -> Path:
+        """``data/raw/<name>``: what download fetched (or generated)."""
+        return self.resolve(self.data.root) / "raw" / name
+
+    def prepared_dir(self, name: str) -> Path:
+        """``data/prepared/<name>``: the manifests."""
+        return self.resolve(self.data.root) / "prepared" / name
+
+    def features_dir(self, name: str) -> Path:
+        """``data/features/<name>``: the feature cache."""
+        return self.resolve(self.cache.dir) / name
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and overrides
+# --------------------------------------------------------------------------------------------
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"model.hub_size=128"`` -> ``("model.hub_size", 128)`` (value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {exc}") from exc
+    return key, value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
+    """Return a copy of ``raw`` with dotted-key overrides applied (intermediate dicts created)."""
+    out = copy.deepcopy(raw)
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    for key, value in items:
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        plain = err["type"] in ("extra_forbidden", "value_error") or isinstance(got, dict)
+        got_s = "" if plain else f" (got {got!r})"
+        lines.append(f"{source}: {msg}" if key == "<root>" else f"{source}: {key}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def validate(raw: dict, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
+
+
+def load_raw(path: str | Path | None = None) -> dict:
+    path = Path(path) if path else DEFAULT_PARAMS
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return raw
+
+
+def load_params(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> Params:
+    """Load ``params.yaml`` (default: the repository's), apply overrides, validate."""
+    source = str(path or DEFAULT_PARAMS.name)
+    return validate(apply_overrides(load_raw(path), overrides), source)
+
+
+def to_flat_dict(params: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
+    """``{"model.hub_size": 64, ...}``: the form MLflow params and sweep configs use."""
+    data = params.model_dump() if isinstance(params, BaseModel) else params
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(to_flat_dict(value, full + "."))
+        else:
+            flat[full] = value
+    return flat

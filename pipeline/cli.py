@@ -1,0 +1,47 @@
+"""Shared command-line handling of the stage entry points: ``--params``, ``--dataset``, ``-S``.
+
+Every stage is ``python -m pipeline.<stage> [--dataset NAME] [-S key.path=value ...]``; errors
+in the configuration end the process with the message and exit status 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from mitp.config import Params, load_params
+from mitp.errors import UserError
+
+
+def parser(description: str, dataset: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default=None, help="params file (default: params.yaml at the repo root)")
+    if dataset:
+        p.add_argument("--dataset", default=None, help="dataset name (default: the first of params `datasets`)")
+    p.add_argument(
+        "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a param, as `dvc exp run -S` spells it (repeatable)",
+    )
+    return p
+
+
+def load(args: argparse.Namespace) -> tuple[Params, str | None]:
+    params = load_params(args.params, args.overrides)
+    name = getattr(args, "dataset", None)
+    if hasattr(args, "dataset"):
+        name = name or params.datasets[0]
+        params.dataset(name)  # validates the name
+    return params, name
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """Run a stage's main(): user errors (config, data, cache) become a clean message and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
