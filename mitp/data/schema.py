@@ -31,6 +31,7 @@ class DatasetConfig(_Strict):
     sources: list[SourceFile] = Field(default_factory=list)
     bad_records: Literal["skip", "fail"] = "skip"
     max_skip_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    verify_workers: int = Field(0, ge=0, description="threads decoding images in prepare (0: one per CPU)")
 
 
 class SyntheticConfig(DatasetConfig):
@@ -59,6 +60,7 @@ class MMIMDBConfig(DatasetConfig):
 
 class SNLIVEConfig(DatasetConfig):
     max_text_length: int = Field(40, ge=2)
+    images_path: str | None = Field(None, description="Flickr30k images folder (<id>.jpg), if not in the raw layout")
 
 
 class DataConfig(_Strict):
