@@ -29,6 +29,9 @@ def parser(description: str, dataset: bool = True) -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace) -> tuple[Params, str | None]:
     params = load_params(args.params, args.overrides)
+    from mitp.backbones import check_depth
+
+    check_depth(params)
     name = getattr(args, "dataset", None)
     if hasattr(args, "dataset"):
         name = name or params.datasets[0]

@@ -1,0 +1,65 @@
+"""Torch datasets over the manifests: raw images and texts, through the backbones' preprocessors.
+
+A batch is a dict the model takes as keyword arguments:
+``pixel_values`` (B, 3, H, W) float, ``input_ids`` (B, N_t) long, ``attention_mask`` (B, N_t) long,
+``labels`` (B,) long for single-label sets or (B, K) float multi-hot for multi-label sets.
+The feature cache yields the same dict with ``hidden_v``/``hidden_t`` in place of the raw inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mitp.data.manifests import Manifest
+
+
+def encode_labels(values: Sequence, labels: list[str], multi_label: bool) -> torch.Tensor:
+    """Class names -> (N,) indices, or lists of names -> (N, K) multi-hot."""
+    index = {name: i for i, name in enumerate(labels)}
+    if not multi_label:
+        return torch.tensor([index[v] for v in values], dtype=torch.long)
+    out = torch.zeros(len(values), len(labels))
+    for row, names in enumerate(values):
+        for name in names:
+            out[row, index[name]] = 1.0
+    return out
+
+
+class RawDataset(Dataset):
+    """Manifest rows -> (pixel_values, text, label); tokenization happens per batch in ``collate``."""
+
+    def __init__(self, manifest: Manifest, image_processor):
+        self.manifest = manifest
+        self.image_processor = image_processor
+        self.labels = encode_labels(manifest.frame["label"].tolist(), manifest.labels, manifest.multi_label)
+        self.texts = manifest.frame["text"].tolist()
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, i: int) -> dict:
+        with Image.open(self.manifest.image_path(i)) as img:
+            pixels = self.image_processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        return {"pixel_values": pixels, "text": self.texts[i], "labels": self.labels[i]}
+
+
+class TextImageCollator:
+    """Stacks pixels and labels; tokenizes the batch's texts (padded to the longest, truncated)."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, items: list[dict]) -> dict:
+        tok = self.tokenizer([it["text"] for it in items], padding="longest", truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return {
+            "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+            "input_ids": tok["input_ids"],
+            "attention_mask": tok["attention_mask"],
+            "labels": torch.stack([it["labels"] for it in items]),
+        }

@@ -1,0 +1,53 @@
+"""DataLoaders for training: from the raw manifests, or from the feature cache.
+
+Both paths yield the same batch dict (see ``mitp.data.dataset``); the cached one carries
+``hidden_v``/``hidden_t`` and the layer ``k`` they enter, and the model starts there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+
+from mitp.config import Params
+from mitp.data.dataset import RawDataset, TextImageCollator
+from mitp.data.manifests import SPLITS, read_labels, read_split
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    labels: list[str]
+    multi_label: bool
+    start_layer: int  # k: the aligned layer the batches' hidden states enter (0 for raw inputs)
+    source: str  # "raw" or "cache"
+    info: dict = field(default_factory=dict)  # e.g. the cache fingerprint, for lineage tags
+
+
+def raw_loaders(params: Params, dataset: str, backbones, device: torch.device) -> Loaders:
+    """Images decoded and texts tokenized on the fly (the uncached baseline)."""
+    prepared = params.prepared_dir(dataset)
+    labels = read_labels(prepared)
+    manifests = {s: read_split(prepared, s) for s in SPLITS}
+    multi = params.dataset(dataset).task == "multi_label"
+    collate = TextImageCollator(backbones.tokenizer, params.dataset(dataset).max_text_length)
+    t = params.train
+    common = dict(collate_fn=collate, num_workers=t.num_workers, pin_memory=device.type == "cuda",
+                  persistent_workers=t.num_workers > 0)
+    make = {s: DataLoader(RawDataset(manifests[s], backbones.image_processor),
+                          batch_size=t.batch_size if s == "train" else t.eval_batch_size,
+                          shuffle=s == "train", drop_last=False, **common) for s in SPLITS}
+    return Loaders(make["train"], make["val"], make["test"], labels, multi, 0, "raw")
+
+
+def build(params: Params, dataset: str, backbones, device: torch.device) -> Loaders:
+    """The loaders ``train`` uses: the feature cache when ``cache.enabled``, else raw inputs."""
+    if params.cache.enabled:
+        from mitp.cache import cached_loaders
+
+        return cached_loaders(params, dataset, backbones, device)
+    return raw_loaders(params, dataset, backbones, device)

@@ -1,0 +1,313 @@
+"""MITP: memory-inspired temporal prompt interaction between a frozen ViT and a frozen BERT.
+
+Reads top to bottom like DESIGN.md section 3. Notation: modality m in {v, t}; frozen layer
+f_l^m; X_l^m the tokens entering layer l (B x N_m x d_m); M the prompt length; h the hub size;
+interaction layers I = {s, s+D, s+2D, ...} below L.
+
+    acquire:     [X_{l+1}^m ; O_l^m] = f_l^m([X_l^m ; P_l^m])        (prompts live one layer)
+    encode:      Z^m = LN_m(O_l^m) W_in^m + e_l
+    consolidate: S = tau * cos(Z^v, Z^t);  C^v = softmax_rows(S) Z^t;  C^t = softmax_rows(S^T) Z^v
+    activate:    P_next^m = O_l^m + W_out^m GELU([Z^m ; C^m])       (W_out zero-initialised)
+    readout:     [CLS_v ; CLS_t ; mean_M O_last^v ; mean_M O_last^t] -> LN -> dropout -> Linear(K)
+
+Variants: ``mitp``; ``mitp_no_hub`` (C^m = 0: no exchange between modalities);
+``late_fusion`` (no prompts; [CLS_v ; CLS_t] -> LN -> dropout -> Linear(K)).
+
+The forward pass can start from raw inputs (embeddings) or from hidden states entering layer
+k <= s (the feature cache): layers below s never see a prompt, so both give the same logits.
+Towers of different depth are aligned from the top: aligned layer l is layer l + (L_m - L) of
+tower m, with L the depth of the shallower tower.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mitp.errors import ConfigError
+
+
+@dataclass
+class MITPConfig:
+    kind: str = "mitp"  # mitp | mitp_no_hub | late_fusion
+    prompt_length: int = 8  # M
+    hub_size: int = 64  # h
+    start: int = 0  # s
+    interval: int = 1  # D
+    num_labels: int = 3  # K
+    multi_label: bool = False
+    dropout: float = 0.1
+    tau_init: float = 1.0 / 0.07
+    prompt_init_std: float = 0.02
+
+    @classmethod
+    def from_params(cls, params, num_labels: int, multi_label: bool) -> MITPConfig:
+        m = params.model
+        return cls(kind=m.kind, prompt_length=m.prompt_length, hub_size=m.hub_size,
+                   start=m.interaction.start, interval=m.interaction.interval, num_labels=num_labels,
+                   multi_label=multi_label, dropout=m.dropout, tau_init=m.tau_init,
+                   prompt_init_std=m.prompt_init_std)
+
+
+@dataclass
+class MITPOutput:
+    logits: Tensor  # (B, K)
+    loss: Tensor | None = None  # scalar, when labels were given
+    prompts_v: list[Tensor] | None = None  # P_l^v for each l in I, (B, M, d_v) each (for inspection)
+    prompts_t: list[Tensor] | None = None
+
+
+def interaction_layers(start: int, interval: int, depth: int) -> list[int]:
+    """I = {s, s+D, ...} below the depth L; validated so a bad config names its key."""
+    if start >= depth:
+        raise ConfigError(f"model.interaction.start: {start} must be below the backbone depth {depth}")
+    return list(range(start, depth, interval))
+
+
+# --------------------------------------------------------------------------------------------
+# Frozen towers: a uniform layer-by-layer view of HF ViT and BERT
+# --------------------------------------------------------------------------------------------
+
+
+class VisionTower(nn.Module):
+    """ViT as embed -> layers -> final layernorm. No attention mask (all patches are real)."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+        self.layers = vit.layers
+        self.depth = len(vit.layers)
+        self.width = vit.config.hidden_size
+
+    def embed(self, pixel_values: Tensor) -> Tensor:
+        """(B, 3, H, W) -> X_0^v (B, 1 + patches, d_v)."""
+        return self.vit.embeddings(pixel_values.to(self.vit.embeddings.patch_embeddings.projection.weight.dtype))
+
+    def layer(self, i: int, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.layers[i](x)
+
+    def cls(self, x: Tensor) -> Tensor:
+        """CLS_v after the ViT's final layernorm."""
+        return self.vit.layernorm(x[:, 0])
+
+
+class TextTower(nn.Module):
+    """BERT as embed -> layers; CLS_t is the first token of the last layer."""
+
+    def __init__(self, bert: nn.Module):
+        super().__init__()
+        self.bert = bert
+        self.layers = bert.encoder.layer
+        self.depth = len(bert.encoder.layer)
+        self.width = bert.config.hidden_size
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """(B, N_t) -> X_0^t (B, N_t, d_t)."""
+        return self.bert.embeddings(input_ids=input_ids)
+
+    def layer(self, i: int, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        # BertLayer does not build its mask: it wants a 4-D additive (B, 1, 1, N) mask.
+        return self.layers[i](x, attention_mask=mask)
+
+    @staticmethod
+    def additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+        """(B, N) of 1 (keep) / 0 (pad) -> (B, 1, 1, N) of 0 / dtype-min."""
+        keep = attention_mask[:, None, None, :].to(dtype)
+        return (1.0 - keep) * torch.finfo(dtype).min
+
+    def cls(self, x: Tensor) -> Tensor:
+        return x[:, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# Memory hub: encode, consolidate (two-way similarity), activate (next prompts)
+# --------------------------------------------------------------------------------------------
+
+
+class MemoryHub(nn.Module):
+    """One hub shared by all interaction layers; ``exchange=False`` is the ``mitp_no_hub`` ablation."""
+
+    def __init__(self, d_v: int, d_t: int, h: int, n_steps: int, tau_init: float, exchange: bool = True):
+        super().__init__()
+        self.exchange = exchange
+        self.norm_v, self.norm_t = nn.LayerNorm(d_v), nn.LayerNorm(d_t)
+        self.w_in_v, self.w_in_t = nn.Linear(d_v, h), nn.Linear(d_t, h)
+        self.layer_emb = nn.Parameter(torch.zeros(n_steps, h))  # e_l, one per hub step
+        # tau is learnt in log space (positive, scale-free steps), initialised to 1/0.07 as in CLIP.
+        self.log_tau = nn.Parameter(torch.tensor(math.log(tau_init)))
+        self.w_out_v, self.w_out_t = nn.Linear(2 * h, d_v), nn.Linear(2 * h, d_t)
+        for w in (self.w_out_v, self.w_out_t):  # training starts from plain prompt carry-over
+            nn.init.zeros_(w.weight)
+            nn.init.zeros_(w.bias)
+        nn.init.normal_(self.layer_emb, std=0.02)
+
+    def forward(self, o_v: Tensor, o_t: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """O_l^v (B, M, d_v), O_l^t (B, M, d_t) -> P_next^v, P_next^t (same shapes)."""
+        z_v = self.w_in_v(self.norm_v(o_v)) + self.layer_emb[step]  # (B, M, h)
+        z_t = self.w_in_t(self.norm_t(o_t)) + self.layer_emb[step]
+        if self.exchange:
+            tau = self.log_tau.exp().clamp(max=100.0)
+            s = tau * F.normalize(z_v, dim=-1) @ F.normalize(z_t, dim=-1).transpose(1, 2)  # (B, M, M)
+            c_v = s.softmax(dim=-1) @ z_t  # each vision slot reads the text slots
+            c_t = s.transpose(1, 2).softmax(dim=-1) @ z_v  # and each text slot the vision slots
+        else:
+            c_v, c_t = torch.zeros_like(z_v), torch.zeros_like(z_t)
+        p_v = o_v + self.w_out_v(F.gelu(torch.cat([z_v, c_v], dim=-1)))
+        p_t = o_t + self.w_out_t(F.gelu(torch.cat([z_t, c_t], dim=-1)))
+        return p_v, p_t
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+class MITP(nn.Module):
+    def __init__(self, config: MITPConfig, vision: nn.Module, text: nn.Module):
+        super().__init__()
+        self.config = config
+        self.vision, self.text = VisionTower(vision), TextTower(text)
+        for p in list(vision.parameters()) + list(text.parameters()):
+            p.requires_grad_(False)
+        self.depth = min(self.vision.depth, self.text.depth)  # L, towers aligned from the top
+        self.offset_v = self.vision.depth - self.depth
+        self.offset_t = self.text.depth - self.depth
+        d_v, d_t, M = self.vision.width, self.text.width, config.prompt_length
+
+        self.prompted = config.kind != "late_fusion"
+        if config.kind not in ("mitp", "mitp_no_hub", "late_fusion"):
+            raise ConfigError(f"model.kind: unknown kind {config.kind!r}")
+        if self.prompted:
+            self.layers_i = interaction_layers(config.start, config.interval, self.depth)
+            # first prompts P_s^m ~ N(0, 0.02^2)
+            self.prompt_v = nn.Parameter(torch.randn(M, d_v) * config.prompt_init_std)
+            self.prompt_t = nn.Parameter(torch.randn(M, d_t) * config.prompt_init_std)
+            n_steps = len(self.layers_i) - 1  # the hub runs after each l in I but the last
+            self.hub = (MemoryHub(d_v, d_t, config.hub_size, n_steps, config.tau_init,
+                                  exchange=config.kind == "mitp") if n_steps > 0 else None)
+            readout_dim = 2 * (d_v + d_t)
+        else:
+            self.layers_i, self.hub = [], None
+            readout_dim = d_v + d_t
+        self.head = nn.Sequential(nn.LayerNorm(readout_dim), nn.Dropout(config.dropout),
+                                  nn.Linear(readout_dim, config.num_labels))
+
+    # -- the frozen parts stay in eval mode whatever .train() says -----------------------------
+    def train(self, mode: bool = True) -> MITP:
+        super().train(mode)
+        self.vision.eval()
+        self.text.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_groups(self) -> dict[str, int]:
+        """Trainable parameter counts by part: prompts, hub, head."""
+        groups = {"prompts": 0, "hub": 0, "head": 0}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            part = "prompts" if name.startswith("prompt_") else name.split(".")[0]
+            groups[part] += p.numel()
+        return groups
+
+    # -- frozen prefix: what the feature cache stores -------------------------------------------
+    def embed(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw inputs -> (X_0 of aligned layer 0 for each tower): embeddings, plus the deeper
+        tower's extra bottom layers."""
+        x_v = self.vision.embed(pixel_values)
+        x_t = self.text.embed(input_ids)
+        mask_t = self.text.additive_mask(attention_mask, x_t.dtype)
+        for i in range(self.offset_v):
+            x_v = self.vision.layer(i, x_v)
+        for i in range(self.offset_t):
+            x_t = self.text.layer(i, x_t, mask_t)
+        return x_v, x_t
+
+    def frozen_prefix(self, x_v: Tensor, x_t: Tensor, attention_mask: Tensor, k: int, start: int = 0):
+        """Run aligned layers start..k-1 without prompts: X_start -> X_k (both towers)."""
+        mask_t = self.text.additive_mask(attention_mask, x_t.dtype)
+        for l in range(start, k):
+            x_v = self.vision.layer(l + self.offset_v, x_v)
+            x_t = self.text.layer(l + self.offset_t, x_t, mask_t)
+        return x_v, x_t
+
+    def encode_prefix(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, k: int):
+        """Raw inputs -> hidden states entering aligned layer k: (B, N_v, d_v), (B, N_t, d_t)."""
+        x_v, x_t = self.embed(pixel_values, input_ids, attention_mask)
+        return self.frozen_prefix(x_v, x_t, attention_mask, k)
+
+    # -- the forward pass ------------------------------------------------------------------------
+    def forward(
+        self,
+        attention_mask: Tensor,
+        pixel_values: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        hidden_v: Tensor | None = None,
+        hidden_t: Tensor | None = None,
+        start_layer: int = 0,
+        labels: Tensor | None = None,
+        return_prompts: bool = False,
+    ) -> MITPOutput:
+        """Logits from raw inputs (``pixel_values`` (B,3,H,W), ``input_ids`` (B,N_t)) or from
+        cached hidden states entering aligned layer ``start_layer`` = k (``hidden_v``
+        (B,N_v,d_v), ``hidden_t`` (B,N_t,d_t)). ``attention_mask``: (B, N_t) text mask.
+        ``labels``: (B,) class indices, or (B, K) multi-hot floats for multi-label sets."""
+        if hidden_v is None:
+            x_v, x_t = self.embed(pixel_values, input_ids, attention_mask)
+            start_layer = 0
+        else:
+            dtype = self.vision.vit.embeddings.patch_embeddings.projection.weight.dtype
+            x_v, x_t = hidden_v.to(dtype), hidden_t.to(dtype)
+            if self.prompted and start_layer > self.config.start:
+                raise ConfigError(f"cache.layer: hidden states enter layer {start_layer}, above the "
+                                  f"first interaction layer {self.config.start}")
+        B = x_v.shape[0]
+        mask_t = self.text.additive_mask(attention_mask, x_t.dtype)
+        # The prompts' columns of the text mask: ones (prompts are always attended to).
+        mask_tp = self.text.additive_mask(
+            torch.cat([attention_mask, attention_mask.new_ones(B, self.config.prompt_length)], dim=1), x_t.dtype
+        ) if self.prompted else None
+
+        p_v = p_t = o_v = o_t = None
+        if self.prompted:
+            p_v = self.prompt_v.expand(B, -1, -1).to(x_v.dtype)
+            p_t = self.prompt_t.expand(B, -1, -1).to(x_t.dtype)
+        seen_v, seen_t = [], []
+        step = 0
+        for l in range(start_layer, self.depth):
+            lv, lt = l + self.offset_v, l + self.offset_t
+            if l not in self.layers_i:  # plain frozen layer
+                x_v = self.vision.layer(lv, x_v)
+                x_t = self.text.layer(lt, x_t, mask_t)
+                continue
+            # acquire: append the prompts, run the frozen layer on both, split again
+            if return_prompts:
+                seen_v.append(p_v)
+                seen_t.append(p_t)
+            n_v, n_t = x_v.shape[1], x_t.shape[1]
+            y_v = self.vision.layer(lv, torch.cat([x_v, p_v], dim=1))
+            y_t = self.text.layer(lt, torch.cat([x_t, p_t], dim=1), mask_tp)
+            x_v, o_v = y_v[:, :n_v], y_v[:, n_v:]
+            x_t, o_t = y_t[:, :n_t], y_t[:, n_t:]
+            if l != self.layers_i[-1]:  # hub: next layer's prompts from what these acquired
+                p_v, p_t = self.hub(o_v, o_t, step)
+                step += 1
+
+        feats = [self.vision.cls(x_v), self.text.cls(x_t)]
+        if self.prompted:
+            feats += [o_v.mean(dim=1), o_t.mean(dim=1)]
+        logits = self.head(torch.cat(feats, dim=-1).float())
+        loss = None if labels is None else self.loss(logits, labels)
+        return MITPOutput(logits=logits, loss=loss,
+                          prompts_v=seen_v or None, prompts_t=seen_t or None)
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if self.config.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        return F.cross_entropy(logits, labels)

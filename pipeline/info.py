@@ -1,0 +1,21 @@
+"""Model summary without weights: ``python -m pipeline.info --dataset NAME [-S ...]``.
+
+Prints one JSON object: trainable/total parameter counts, their ratio, and the trainable count
+by part (prompts, hub, head). Builds the backbones from configs: no download, no weights.
+"""
+
+import json
+
+from mitp.summary import model_summary
+from pipeline import cli
+
+
+def main() -> int:
+    args = cli.parser(__doc__.splitlines()[0]).parse_args()
+    params, dataset = cli.load(args)
+    print(json.dumps(model_summary(params, dataset), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

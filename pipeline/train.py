@@ -1,0 +1,39 @@
+"""Train one model: ``python -m pipeline.train --dataset NAME [-S key=value ...]``.
+
+Writes ``metrics/<dataset>/train.json`` (or ``--metrics-out``), the best epoch's trainable
+weights, and one MLflow run. Resumes from its checkpoint if a previous run was interrupted.
+"""
+
+import json
+
+from mitp.atomic import write_json
+from mitp.config import REPO_ROOT
+from mitp.train import fit
+from mitp.run_layout import train_paths
+from pipeline import cli
+
+
+def main() -> int:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--metrics-out", default=None, help="metrics JSON (default metrics/<dataset>/train.json)")
+    p.add_argument("--history-out", default=None, help="per-epoch curves JSON (default metrics/<dataset>/train_history.json)")
+    p.add_argument("--run-name", default=None, help="MLflow run name")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
+    args = p.parse_args()
+    params, dataset = cli.load(args)
+    paths = train_paths(params, dataset, metrics_out=args.metrics_out, history_out=args.history_out)
+    if args.fresh:
+        paths.clear_checkpoint()
+    result = fit(params, dataset, run_name=args.run_name, checkpoint_dir=paths.checkpoint,
+                 weights_out=paths.weights)
+    write_json(paths.metrics, {"dataset": dataset, "model_kind": params.model.kind,
+                               "run_id": result.run_id, **result.metrics})
+    write_json(paths.history, result.history)
+    shown = {k: v for k, v in result.metrics.items() if k.startswith(("test_", "val_")) or k.endswith("params")}
+    print(json.dumps(shown, indent=2))
+    print(f"metrics: {paths.metrics.relative_to(REPO_ROOT) if paths.metrics.is_relative_to(REPO_ROOT) else paths.metrics}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
