@@ -217,30 +217,25 @@ class MITP(nn.Module):
         return groups
 
     # -- frozen prefix: what the feature cache stores -------------------------------------------
-    def embed(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Raw inputs -> (X_0 of aligned layer 0 for each tower): embeddings, plus the deeper
-        tower's extra bottom layers."""
-        x_v = self.vision.embed(pixel_values)
-        x_t = self.text.embed(input_ids)
-        mask_t = self.text.additive_mask(attention_mask, x_t.dtype)
-        for i in range(self.offset_v):
-            x_v = self.vision.layer(i, x_v)
-        for i in range(self.offset_t):
-            x_t = self.text.layer(i, x_t, mask_t)
-        return x_v, x_t
+    # Each tower separately, so a cache can store an image once however many texts share it.
+    def vision_prefix(self, pixel_values: Tensor, k: int) -> Tensor:
+        """(B, 3, H, W) -> X_k^v (B, N_v, d_v): embeddings and frozen layers below aligned layer k."""
+        x = self.vision.embed(pixel_values)
+        for i in range(k + self.offset_v):
+            x = self.vision.layer(i, x)
+        return x
 
-    def frozen_prefix(self, x_v: Tensor, x_t: Tensor, attention_mask: Tensor, k: int, start: int = 0):
-        """Run aligned layers start..k-1 without prompts: X_start -> X_k (both towers)."""
-        mask_t = self.text.additive_mask(attention_mask, x_t.dtype)
-        for l in range(start, k):
-            x_v = self.vision.layer(l + self.offset_v, x_v)
-            x_t = self.text.layer(l + self.offset_t, x_t, mask_t)
-        return x_v, x_t
+    def text_prefix(self, input_ids: Tensor, attention_mask: Tensor, k: int) -> Tensor:
+        """(B, N_t) ids and mask -> X_k^t (B, N_t, d_t)."""
+        x = self.text.embed(input_ids)
+        mask = self.text.additive_mask(attention_mask, x.dtype)
+        for i in range(k + self.offset_t):
+            x = self.text.layer(i, x, mask)
+        return x
 
     def encode_prefix(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor, k: int):
         """Raw inputs -> hidden states entering aligned layer k: (B, N_v, d_v), (B, N_t, d_t)."""
-        x_v, x_t = self.embed(pixel_values, input_ids, attention_mask)
-        return self.frozen_prefix(x_v, x_t, attention_mask, k)
+        return self.vision_prefix(pixel_values, k), self.text_prefix(input_ids, attention_mask, k)
 
     # -- the forward pass ------------------------------------------------------------------------
     def forward(
@@ -259,7 +254,7 @@ class MITP(nn.Module):
         (B,N_v,d_v), ``hidden_t`` (B,N_t,d_t)). ``attention_mask``: (B, N_t) text mask.
         ``labels``: (B,) class indices, or (B, K) multi-hot floats for multi-label sets."""
         if hidden_v is None:
-            x_v, x_t = self.embed(pixel_values, input_ids, attention_mask)
+            x_v, x_t = self.encode_prefix(pixel_values, input_ids, attention_mask, 0)
             start_layer = 0
         else:
             dtype = self.vision.vit.embeddings.patch_embeddings.projection.weight.dtype
