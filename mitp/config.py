@@ -197,6 +197,11 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {exc}") from exc
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
+        try:
+            value = float(value) if any(c in value.lower() for c in "e.") and " " not in value else value
+        except ValueError:
+            pass
     return key, value
 
 
