@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -12,14 +12,54 @@ class _Strict(BaseModel):
 
 
 class SourceFile(_Strict):
-    """One file to fetch: mirrors tried in order, optional published sha256, how to unpack."""
+    """One file to fetch: mirrors tried in order, optional published sha256, how to unpack.
 
-    name: str = Field(description="file name under data/raw/<dataset>/downloads/")
-    urls: list[str] = Field(default_factory=list)
-    sha256: str | None = None
+    Where it goes (see :mod:`mitp.data.download`): a plain file (``unpack: none``) lands at
+    ``data/raw/<dataset>/<name>``; an archive is fetched to ``data/raw/<dataset>/downloads/<name>``
+    and unpacked into ``data/raw/<dataset>/<extract_to>``. A source with neither ``urls`` nor
+    ``kaggle`` is one the user must get by hand (``terms``, ``homepage``): the download stage
+    checks that it is there and otherwise stops with instructions.
+    """
+
+    name: str = Field(description="file name under data/raw/<dataset>/downloads/ (archives) or data/raw/<dataset>/")
+    urls: list[str] = Field(default_factory=list, description="mirrors, tried in order")
+    sha256: str | None = Field(None, description="published checksum; none: trust on first download, recorded in the lock file")
     unpack: Literal["none", "tar", "zip", "auto"] = "auto"
+    extract_to: str | None = Field(None, description="folder under data/raw/<dataset>/ (default: name without archive suffix)")
     kaggle: str | None = Field(None, description="Kaggle dataset slug, fetched with the kaggle CLI")
     terms: str | None = Field(None, description="terms the user must accept; shown when the source cannot be fetched")
+    homepage: str | None = Field(None, description="where a person gets the file or reads its terms")
+    satisfied_by: str | None = Field(
+        None, description="a key of this dataset's section (e.g. images_path) that, when set, replaces this source"
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None:
+            value = value.strip().lower()
+            if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+                raise ValueError("sha256 must be 64 hex digits")
+        return value
+
+    @field_validator("name", "extract_to")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = value.replace("\\", "/").split("/")
+        if value.startswith(("/", "\\")) or ".." in parts or value.strip("/") in ("", ".", "downloads"):
+            raise ValueError(f"{value!r} must name a file or folder inside the dataset's raw folder (not ., .., downloads)")
+        return value
+
+
+class DownloadOptions(_Strict):
+    """How the download stage talks to servers."""
+
+    retries: int = Field(5, ge=0, description="retries per URL after a connection error or HTTP 5xx")
+    backoff_s: float = Field(2.0, ge=0.0, description="first wait between retries; doubles each time (max 60 s)")
+    timeout_s: float = Field(60.0, gt=0.0, description="socket timeout")
+    keep_archives: bool = Field(False, description="keep downloads/<archive> after unpacking (costs disk)")
 
 
 class DatasetConfig(_Strict):
@@ -32,6 +72,8 @@ class DatasetConfig(_Strict):
     bad_records: Literal["skip", "fail"] = "skip"
     max_skip_fraction: float = Field(0.05, ge=0.0, le=1.0)
     verify_workers: int = Field(0, ge=0, description="threads decoding images in prepare (0: one per CPU)")
+    lock_file: str | None = Field(None, description="sha256 record of fetched files (default: <data.root>/raw/<name>.lock.json)")
+    download: DownloadOptions = DownloadOptions()
 
 
 class SyntheticConfig(DatasetConfig):
@@ -46,8 +88,55 @@ class SyntheticConfig(DatasetConfig):
     generator_seed: int = 0
 
 
+KAGGLE_FOOD101 = "gianmarco96/upmcfood101"
+FLICKR30K_TERMS = (
+    "Flickr30k images: non-commercial research and educational use only, under the Flickr terms of use; "
+    "request access at https://shannon.cs.illinois.edu/DenotationGraph/"
+)
+
+
+def _food101_sources() -> list[SourceFile]:
+    return [
+        SourceFile(
+            name="upmcfood101.zip", kaggle=KAGGLE_FOOD101, unpack="zip", extract_to="upmcfood101",
+            homepage=f"https://www.kaggle.com/datasets/{KAGGLE_FOOD101}",
+            terms="UPMC-Food101 (Kaggle mirror): research use; sign in to Kaggle and accept the dataset's terms "
+            "on its page. The official tarball http://visiir.lip6.fr/data/public/UPMC_Food101.tar.gz is dead since 2023.",
+        )
+    ]
+
+
+def _mmimdb_sources() -> list[SourceFile]:
+    return [
+        SourceFile(
+            name="mmimdb.tar.gz", unpack="tar", extract_to="mmimdb",
+            urls=["http://lisi1.unal.edu.co/mmimdb/mmimdb.tar.gz", "https://archive.org/download/mmimdb/mmimdb.tar.gz"],
+            homepage="https://github.com/johnarevalo/gmu-mmimdb",
+            terms="MM-IMDB: research use; the IMDb metadata and posters stay under IMDb's terms.",
+        )
+    ]
+
+
+SNLI_VE_HF = "https://huggingface.co/datasets/HuggingFaceM4/SNLI-VE/resolve/main"
+
+
+def _snli_ve_sources() -> list[SourceFile]:
+    return [
+        *(
+            SourceFile(name=f"snli_ve_{split}.jsonl", unpack="none", urls=[f"{SNLI_VE_HF}/snli_ve_{split}.jsonl"],
+                       homepage="https://github.com/necla-ml/SNLI-VE")
+            for split in ("train", "dev", "test")
+        ),
+        SourceFile(
+            name="flickr30k-images", unpack="none", satisfied_by="images_path", terms=FLICKR30K_TERMS,
+            homepage="https://shannon.cs.illinois.edu/DenotationGraph/",
+        ),
+    ]
+
+
 class Food101Config(DatasetConfig):
     max_text_length: int = Field(40, ge=2)
+    sources: list[SourceFile] = Field(default_factory=_food101_sources)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     split_seed: int = 0
     text_source: Literal["titles"] = "titles"
@@ -56,10 +145,12 @@ class Food101Config(DatasetConfig):
 class MMIMDBConfig(DatasetConfig):
     task: Literal["single_label", "multi_label"] = "multi_label"
     max_text_length: int = Field(256, ge=2)
+    sources: list[SourceFile] = Field(default_factory=_mmimdb_sources)
 
 
 class SNLIVEConfig(DatasetConfig):
     max_text_length: int = Field(40, ge=2)
+    sources: list[SourceFile] = Field(default_factory=_snli_ve_sources)
     images_path: str | None = Field(None, description="Flickr30k images folder (<id>.jpg), if not in the raw layout")
 
 

@@ -1,0 +1,108 @@
+"""HTTP fetching against a loopback server: resume, retries, mirrors, checksums, disk space."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import namedtuple
+
+import pytest
+
+from mitp.data.fetch import ChecksumError, DiskFullError, DownloadError, fetch_file
+
+BODY = os.urandom(50_000)
+SHA = hashlib.sha256(BODY).hexdigest()
+FAST = {"retries": 3, "backoff_s": 0.01, "timeout": 5.0}
+
+
+def test_clean_download(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    result = fetch_file([server.url("/f.bin")], tmp_path / "f.bin", sha256=SHA, **FAST)
+    assert (tmp_path / "f.bin").read_bytes() == BODY
+    assert result.sha256 == SHA and result.size == len(BODY) and result.downloaded == len(BODY)
+    assert [(h.status, h.range) for h in server.hits] == [(200, None)]
+    assert not (tmp_path / "f.bin.part").exists()
+
+
+def test_dropped_connection_resumes_without_refetching(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    server.plan["/f.bin"] = [("drop", 20_000)]
+    fetch_file([server.url("/f.bin")], tmp_path / "f.bin", sha256=SHA, **FAST)
+    assert (tmp_path / "f.bin").read_bytes() == BODY
+    assert [(h.status, h.range, h.sent) for h in server.hits] == [
+        (200, None, 20_000),
+        (206, "bytes=20000-", len(BODY) - 20_000),
+    ]
+    assert server.bytes_sent == len(BODY)  # no byte served twice
+
+
+def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    (tmp_path / "f.bin.part").write_bytes(BODY[:12_345])
+    fetch_file([server.url("/f.bin")], tmp_path / "f.bin", sha256=SHA, **FAST)
+    assert server.hits[0].range == "bytes=12345-"
+    assert server.bytes_sent == len(BODY) - 12_345
+
+
+def test_server_without_range_support_starts_over(server, tmp_path):
+    server.ranges = False
+    server.files["/f.bin"] = BODY
+    server.plan["/f.bin"] = [("drop", 1000)]
+    fetch_file([server.url("/f.bin")], tmp_path / "f.bin", sha256=SHA, **FAST)
+    assert (tmp_path / "f.bin").read_bytes() == BODY
+
+
+def test_5xx_then_success(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    server.plan["/f.bin"] = ["503", "500"]
+    fetch_file([server.url("/f.bin")], tmp_path / "f.bin", sha256=SHA, **FAST)
+    assert [h.status for h in server.hits] == [503, 500, 200]
+    assert (tmp_path / "f.bin").read_bytes() == BODY
+
+
+def test_persistent_5xx_gives_up(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    server.plan["/f.bin"] = ["500"] * 10
+    with pytest.raises(DownloadError, match="HTTP 500"):
+        fetch_file([server.url("/f.bin")], tmp_path / "f.bin", **FAST)
+    assert len(server.hits) == FAST["retries"] + 1
+    assert not (tmp_path / "f.bin").exists()
+
+
+def test_404_is_a_clear_error_without_retries(server, tmp_path):
+    with pytest.raises(DownloadError, match=r"HTTP 404.*") as err:
+        fetch_file([server.url("/nope.bin")], tmp_path / "nope.bin", **FAST)
+    assert server.url("/nope.bin") in str(err.value)
+    assert len(server.hits) == 1
+
+
+def test_wrong_checksum_fails_and_leaves_nothing(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    with pytest.raises(ChecksumError, match="(?i)expected sha256 " + "0" * 64):
+        fetch_file([server.url("/f.bin")], tmp_path / "f.bin", sha256="0" * 64, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_mirror_list_first_url_fails(server, tmp_path):
+    server.files["/mirror2/f.bin"] = BODY
+    result = fetch_file(
+        [server.url("/mirror1/f.bin"), server.url("/mirror2/f.bin")], tmp_path / "f.bin", sha256=SHA, **FAST
+    )
+    assert result.url == server.url("/mirror2/f.bin")
+    assert [(h.path, h.status) for h in server.hits] == [("/mirror1/f.bin", 404), ("/mirror2/f.bin", 200)]
+
+
+def test_unreachable_mirror_then_working_one(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    dead = "http://127.0.0.1:9/f.bin"  # discard port: connection refused
+    result = fetch_file([dead, server.url("/f.bin")], tmp_path / "f.bin", sha256=SHA, **FAST)
+    assert result.url == server.url("/f.bin")
+
+
+def test_disk_full_is_reported_before_writing(server, tmp_path, monkeypatch):
+    server.files["/f.bin"] = BODY
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("mitp.data.fetch.shutil.disk_usage", lambda p: usage(10**6, 10**6 - 100, 100))
+    with pytest.raises(DiskFullError, match="not enough disk space"):
+        fetch_file([server.url("/f.bin")], tmp_path / "f.bin", **FAST)
+    assert not (tmp_path / "f.bin").exists()
