@@ -46,6 +46,7 @@ class TrainResult:
     best_epoch: int = 0
     run_id: str | None = None
     weights_path: Path | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # lineage: git commit, backbone, cache fingerprint
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,4 +251,4 @@ def fit(
             checkpoint.save_weights(weights_path, best_state, metadata={"dataset": dataset, "run_id": run_id,
                                                                         "best_epoch": str(best_epoch)})
             mlflow.log_artifact(str(weights_path))
-    return TrainResult(final, history, best_epoch, run_id, weights_path)
+    return TrainResult(final, history, best_epoch, run_id, weights_path, tags)

@@ -26,9 +26,11 @@ def main() -> int:
         paths.clear_checkpoint()
     result = fit(params, dataset, run_name=args.run_name, checkpoint_dir=paths.checkpoint,
                  weights_out=paths.weights)
+    lineage = {k: v for k, v in result.tags.items() if k in ("git_commit", "backbone", "cache_fingerprint")}
     write_json(paths.metrics, {"dataset": dataset, "model_kind": params.model.kind,
-                               "run_id": result.run_id, **result.metrics})
+                               "run_id": result.run_id, **lineage, **result.metrics})
     write_json(paths.history, result.history)
+    paths.clear_checkpoint()  # finished: only an interrupted run leaves a checkpoint to resume
     shown = {k: v for k, v in result.metrics.items() if k.startswith(("test_", "val_")) or k.endswith("params")}
     print(json.dumps(shown, indent=2))
     print(f"metrics: {paths.metrics.relative_to(REPO_ROOT) if paths.metrics.is_relative_to(REPO_ROOT) else paths.metrics}")

@@ -1,0 +1,212 @@
+"""The report: the paper's tables and ablations, from the train and sweep outputs.
+
+Inputs (per dataset, under ``metrics/<dataset>/``): ``train_<kind>.json`` and
+``train_<kind>_history.json`` for each model variant, ``sweep.csv`` and ``sweep_best.json``.
+Outputs (under ``reports/``): ``report.md`` (main table, ablation tables, cost per trial,
+lineage), PNG plots, and ``summary.json`` (a DVC metric).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from mitp.atomic import atomic_path, write_json, write_text  # noqa: E402
+
+KINDS = ("mitp", "mitp_no_hub", "late_fusion")
+KIND_LABELS = {"mitp": "MITP", "mitp_no_hub": "MITP, no hub (ablation)", "late_fusion": "Late fusion (frozen linear probe)"}
+# The paper's metric per dataset, and its column label.
+DATASET_METRICS = {
+    "food101": [("test_accuracy", "Accuracy")],
+    "snli_ve": [("test_accuracy", "Accuracy")],
+    "synthetic": [("test_accuracy", "Accuracy")],
+    "mmimdb": [("test_f1_micro", "F1-micro"), ("test_f1_macro", "F1-macro")],
+}
+ABLATION_KEYS = {
+    "model.prompt_length": "prompt length M",
+    "model.hub_size": "hub size h",
+    "model.interaction.start": "interaction start s",
+    "model.interaction.interval": "interaction interval D",
+}
+
+
+def _pct(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _num(x, fmt="{:,.0f}") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def load_runs(metrics_dir: Path, dataset: str) -> dict[str, dict]:
+    runs = {}
+    for kind in KINDS:
+        f = metrics_dir / dataset / f"train_{kind}.json"
+        if f.exists():
+            runs[kind] = json.loads(f.read_text())
+    return runs
+
+
+def main_table(dataset: str, runs: dict[str, dict]) -> str:
+    cols = DATASET_METRICS.get(dataset, [("test_accuracy", "Accuracy")])
+    header = ["Model"] + [f"{label} (%)" for _, label in cols] + [
+        "Trainable params", "Trainable (%)", "Peak memory (MB)", "Train throughput (samples/s)"]
+    rows = []
+    for kind in KINDS:
+        r = runs.get(kind)
+        if r is None:
+            continue
+        rows.append([KIND_LABELS[kind]] + [_pct(r.get(k)) for k, _ in cols] + [
+            _num(r.get("trainable_params")), _num(100 * r.get("trainable_ratio", float("nan")), "{:.2f}"),
+            _num(r.get("peak_memory_mb")), _num(r.get("train_samples_per_s"), "{:,.1f}")])
+    return md_table(header, rows)
+
+
+def plot_curves(dataset: str, metrics_dir: Path, out: Path) -> Path | None:
+    """Validation metric per epoch of each variant."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plotted = False
+    for kind in KINDS:
+        f = metrics_dir / dataset / f"train_{kind}_history.json"
+        if not f.exists():
+            continue
+        hist = pd.DataFrame(json.loads(f.read_text()))
+        col = "val_f1_micro" if "val_f1_micro" in hist else "val_accuracy"
+        ax.plot(hist["epoch"], 100 * hist[col], marker="o", ms=3, label=KIND_LABELS[kind])
+        plotted = True
+    if not plotted:
+        plt.close(fig)
+        return None
+    ax.set(title=f"{dataset}: validation {col.removeprefix('val_')} per epoch", xlabel="epoch",
+           ylabel=f"validation {col.removeprefix('val_')} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(out, ".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return out
+
+
+def sweep_metric(df: pd.DataFrame) -> str | None:
+    for col in ("test_f1_micro", "test_accuracy", "val_f1_micro", "val_accuracy"):
+        if col in df and df[col].notna().any():
+            return col
+    return None
+
+
+def ablation(df: pd.DataFrame, key: str, metric: str) -> pd.DataFrame:
+    """Metric by value of one swept key: mean, std, best, and number of trials."""
+    g = df.groupby(key)[metric]
+    return pd.DataFrame({"mean": g.mean(), "std": g.std().fillna(0.0), "best": g.max(), "trials": g.size()})
+
+
+def plot_ablation(dataset: str, key: str, table: pd.DataFrame, metric: str, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    x = [str(v) for v in table.index]
+    ax.errorbar(x, 100 * table["mean"], yerr=100 * table["std"], marker="o", capsize=4, label="mean over trials")
+    ax.plot(x, 100 * table["best"], marker="^", linestyle="--", label="best trial")
+    name = metric.removeprefix("test_").removeprefix("val_")
+    split = "test" if metric.startswith("test_") else "validation"
+    ax.set(title=f"{dataset}: {split} {name} vs {ABLATION_KEYS.get(key, key)}",
+           xlabel=ABLATION_KEYS.get(key, key), ylabel=f"{split} {name} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out)
+
+
+def sweep_section(dataset: str, metrics_dir: Path, out_dir: Path) -> tuple[list[str], dict]:
+    f = metrics_dir / dataset / "sweep.csv"
+    if not f.exists():
+        return [f"_No sweep results for {dataset} (`metrics/{dataset}/sweep.csv` missing)._"], {}
+    df = pd.read_csv(f)
+    metric = sweep_metric(df)
+    lines, summary = [], {"trials": int(len(df))}
+    if metric is None:
+        return [f"_The sweep for {dataset} has no finished trial._"], summary
+    done = df[df[metric].notna()]
+    summary["best_" + metric] = float(done[metric].max())
+    lines.append(f"### Ablations ({len(df)} trials; metric: {metric})\n")
+    for key in ABLATION_KEYS:
+        if key not in done or done[key].nunique() < 2:
+            continue
+        table = ablation(done, key, metric)
+        png = plot_ablation(dataset, key, table, metric, out_dir / f"{dataset}_ablation_{key.split('.')[-1]}.png")
+        rows = [[str(v), _pct(r["mean"]), _pct(r["std"]), _pct(r["best"]), str(int(r["trials"]))]
+                for v, r in table.iterrows()]
+        lines += [f"**{ABLATION_KEYS[key]}** (`{key}`)\n",
+                  md_table([ABLATION_KEYS[key], "mean (%)", "std (%)", "best (%)", "trials"], rows), "",
+                  f"![{key}](figures/{png.name})\n"]
+    cost_cols = [c for c in ("train_time_s", "train_samples_per_s", "peak_memory_mb", "trainable_params") if c in done]
+    if cost_cols:
+        lines.append("### Cost per trial\n")
+        rows = [[c, _num(done[c].mean(), "{:,.1f}"), _num(done[c].min(), "{:,.1f}"), _num(done[c].max(), "{:,.1f}")]
+                for c in cost_cols]
+        lines += [md_table(["figure", "mean", "min", "max"], rows), ""]
+        if "train_time_s" in done:
+            summary["mean_trial_train_time_s"] = float(done["train_time_s"].mean())
+    best = metrics_dir / dataset / "sweep_best.json"
+    if best.exists():
+        lines += ["Best trial's configuration:\n", "```json", best.read_text().strip(), "```", ""]
+    return lines, summary
+
+
+def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict:
+    """Write report.md, the PNGs and summary.json; returns the summary."""
+    from mitp.config import to_flat_dict
+    from mitp.tracking import git_commit
+
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    md = ["# MITP results\n",
+          "Produced by `python -m pipeline.report` from `metrics/` (train and sweep stages). "
+          "Metrics in percent, on the test split, at the epoch with the best validation score.\n"]
+    summary: dict = {}
+    for ds in datasets:
+        runs = load_runs(metrics_dir, ds)
+        md.append(f"## {ds}\n")
+        if runs:
+            md += ["### Main table\n", main_table(ds, runs), ""]
+            curves = plot_curves(ds, metrics_dir, figures / f"{ds}_curves.png")
+            if curves:
+                md.append(f"![validation curves](figures/{curves.name})\n")
+        else:
+            md.append(f"_No training results for {ds}._\n")
+        sweep_lines, sweep_summary = sweep_section(ds, metrics_dir, figures)
+        md += ["### Sweep\n", *sweep_lines]
+        ds_sum = {kind: {k: v for k, v in r.items() if k.startswith("test_") or k in ("trainable_params", "trainable_ratio")}
+                  for kind, r in runs.items()}
+        if "mitp" in runs:
+            key = DATASET_METRICS.get(ds, [("test_accuracy", "")])[0][0]
+            for other in ("late_fusion", "mitp_no_hub"):
+                if other in runs and key in runs[other]:
+                    ds_sum[f"mitp_minus_{other}"] = runs["mitp"][key] - runs[other][key]
+        ds_sum["sweep"] = sweep_summary
+        summary[ds] = ds_sum
+    fingerprints = {ds: r.get("cache_fingerprint") for ds in datasets for r in load_runs(metrics_dir, ds).values()
+                    if r.get("cache_fingerprint")}
+    md += ["## Lineage\n", f"- git commit: `{git_commit()}`",
+           f"- cache fingerprints: `{json.dumps(fingerprints) if fingerprints else 'n/a (uncached runs)'}`",
+           "- params:\n", "```", *(f"{k}: {v}" for k, v in to_flat_dict(params).items()
+                                    if k.split(".")[0] in ("seed", "backbone", "model", "cache", "train", "sweep")),
+           "```", ""]
+    write_text(out_dir / "report.md", "\n".join(md))
+    write_json(out_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,20 @@
+"""Fetch or build the backbones: ``python -m pipeline.backbone``.
+
+``tiny-random`` is built from configs with a fixed seed; hub models are snapshotted at their
+pinned revision into ``data/backbones/<name>/`` (no weights are downloaded twice).
+"""
+
+from mitp import backbones
+from pipeline import cli
+
+
+def main() -> int:
+    args = cli.parser(__doc__.splitlines()[0], dataset=False).parse_args()
+    params, _ = cli.load(args)
+    path = backbones.ensure_local(params)
+    print(f"backbones ready in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

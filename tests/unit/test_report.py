@@ -1,0 +1,57 @@
+"""The report builder: tables hold the numbers of the metrics files, plots are real PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from mitp.config import load_params
+from mitp.report import build
+
+
+def _write(metrics_dir, ds, kind, acc, trainable):
+    d = metrics_dir / ds
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"train_{kind}.json").write_text(json.dumps({
+        "test_accuracy": acc, "val_accuracy": acc + 0.01, "trainable_params": trainable, "total_params": 500_000,
+        "trainable_ratio": trainable / 500_000, "peak_memory_mb": 812.0, "train_samples_per_s": 1234.5,
+        "cache_fingerprint": "abc123"}))
+    (d / f"train_{kind}_history.json").write_text(json.dumps(
+        [{"epoch": e, "val_accuracy": acc - 0.1 / e, "train_loss": 1.0 / e} for e in (1, 2, 3)]))
+
+
+def test_report_tables_plots_and_summary(tmp_path):
+    metrics = tmp_path / "metrics"
+    _write(metrics, "synthetic", "mitp", 0.812, 27460)
+    _write(metrics, "synthetic", "mitp_no_hub", 0.684, 27460)
+    _write(metrics, "synthetic", "late_fusion", 0.641, 387)
+    rows = [{"model.prompt_length": m, "model.hub_size": h, "test_accuracy": 0.6 + 0.01 * m + h / 1000,
+             "val_accuracy": 0.6, "train_time_s": 10.0 + m, "train_samples_per_s": 900.0, "peak_memory_mb": 700.0,
+             "trainable_params": 1000 * m} for m in (4, 8) for h in (32, 64)]
+    pd.DataFrame(rows).to_csv(metrics / "synthetic" / "sweep.csv", index=False)
+    (metrics / "synthetic" / "sweep_best.json").write_text(json.dumps({"model.prompt_length": 8, "model.hub_size": 64}))
+
+    out = tmp_path / "reports"
+    summary = build(load_params(), ["synthetic"], metrics, out)
+    md = (out / "report.md").read_text()
+    assert "| MITP | 81.2 | 27,460 |" in md
+    assert "| Late fusion (frozen linear probe) | 64.1 | 387 |" in md
+    assert "prompt length M" in md and "hub size h" in md
+    assert abs(summary["synthetic"]["mitp_minus_late_fusion"] - (0.812 - 0.641)) < 1e-9
+    assert abs(summary["synthetic"]["mitp_minus_mitp_no_hub"] - (0.812 - 0.684)) < 1e-9
+    assert summary["synthetic"]["sweep"]["trials"] == 4
+    assert abs(summary["synthetic"]["sweep"]["best_test_accuracy"] - (0.6 + 0.08 + 0.064)) < 1e-9
+    pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert pngs == ["synthetic_ablation_hub_size.png", "synthetic_ablation_prompt_length.png", "synthetic_curves.png"]
+    for p in pngs:
+        assert (out / "figures" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{p}" in md
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_report_without_results_says_so(tmp_path):
+    out = tmp_path / "reports"
+    build(load_params(), ["synthetic"], tmp_path / "metrics", out)
+    md = (out / "report.md").read_text()
+    assert "_No training results for synthetic._" in md and "sweep.csv` missing" in md
