@@ -15,7 +15,9 @@ Splits: the official train/test; ``val`` is a seeded, stratified ``val_fraction`
 (per class: ids sorted, shuffled with ``random.Random(seed)``, the first
 ``round(n * val_fraction)`` go to val). The seed and fraction are recorded in the report.
 Ids are ``<source split>/<file stem>`` (``train/apple_pie_12``), so val ids say where they
-came from. The label list is the sorted class folders of ``images/train``.
+came from. Rows rejected while reading train_titles.csv count as ``train`` skips in the report
+(they are dropped before val is carved); image problems count in the split the record fell in.
+The label list is the sorted class folders of ``images/train``.
 """
 
 from __future__ import annotations

@@ -70,10 +70,14 @@ def read_layout(params, name: str, base: Path, skips: SkipLog) -> tuple[dict[str
 
 
 def _frame(records: list[Record], out_dir: Path) -> pd.DataFrame:
+    rel: dict[Path, str] = {}  # many records share an image (SNLI-VE): resolve each path once
+    for r in records:
+        if r.image not in rel:
+            rel[r.image] = relative_image_path(r.image, out_dir)
     return pd.DataFrame(
         {
             "id": [r.id for r in records],
-            "image": [relative_image_path(r.image, out_dir) for r in records],
+            "image": [rel[r.image] for r in records],
             "text": [r.text for r in records],
             "label": [r.label if isinstance(r.label, str) else list(r.label) for r in records],
         },

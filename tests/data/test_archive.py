@@ -135,3 +135,24 @@ def test_unsupported_archive(tmp_path):
     assert detect_kind(arc) == "tar"
     with pytest.raises(UnsupportedArchiveError, match="unpack: zip"):
         extract(arc, tmp_path / "out", kind="zip")
+
+
+def test_disk_full_while_unpacking_keeps_the_old_target(tmp_path, monkeypatch):
+    import errno
+
+    from mitp.data.fetch import DiskFullError
+
+    arc = make_tar(tmp_path / "a.tar.gz", [("x", b"x")])
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("previous")
+
+    def full(archive, dest):
+        (dest / "half").write_text("partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("mitp.data.archive._extract_tar", full)
+    with pytest.raises(DiskFullError, match="disk full while unpacking"):
+        extract(arc, target)
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz", "out"]

@@ -106,3 +106,11 @@ def test_disk_full_is_reported_before_writing(server, tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match="not enough disk space"):
         fetch_file([server.url("/f.bin")], tmp_path / "f.bin", **FAST)
     assert not (tmp_path / "f.bin").exists()
+
+
+def test_complete_part_file_answered_416_is_accepted(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    (tmp_path / "f.bin.part").write_bytes(BODY)  # an earlier run got every byte, then stopped
+    result = fetch_file([server.url("/f.bin")], tmp_path / "f.bin", sha256=SHA, **FAST)
+    assert [h.status for h in server.hits] == [416] and result.downloaded == 0
+    assert (tmp_path / "f.bin").read_bytes() == BODY

@@ -80,3 +80,20 @@ def test_synthetic_uses_snli_ve_reader(tmp_path, make_params):
     report = prepare_dataset(params, "synthetic")
     assert report["reader"] == "snli_ve"
     assert (params.prepared_dir("synthetic") / "train.parquet").exists()
+
+
+def test_each_unique_image_is_decoded_once(tmp_path, make_params, monkeypatch):
+    import mitp.data.images as images
+
+    seen = []
+    real = images.check_image
+
+    def counting(path):
+        seen.append(path)
+        return real(path)
+
+    monkeypatch.setattr(images, "check_image", counting)
+    snli_ve_layout(tmp_path / "copy")
+    params = make_params({"data.snli_ve.local_path": str(tmp_path / "copy"), "data.snli_ve.max_skip_fraction": 1.0})
+    prepare_dataset(params, "snli_ve")
+    assert len(seen) == len(set(seen)) == 8  # 1000-1007 once each, though 1000, 1002, 1006 are shared
