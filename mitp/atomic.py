@@ -60,7 +60,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700    try:
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    try:
         yield tmp
         if target.exists():
             old = target.with_name(f".{target.name}.old")
