@@ -124,7 +124,7 @@ class ReportConfig(Strict):
 
 
 def dataset_names() -> list[str]:
-    return sorted(k for k in DataConfig.model_fields if k != "root")
+    return sorted(k for k, f in DataConfig.model_fields.items() if isinstance(f.default, BaseModel))
 
 
 class Params(Strict):

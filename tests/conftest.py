@@ -15,6 +15,7 @@ def tmp_overrides(root: Path) -> dict:
     """Overrides that send every output of a run under ``root`` (never the repo's data/)."""
     return {
         "data.root": str(root / "data"),
+        "data.locks_dir": str(root / "locks"),
         "backbone.dir": str(root / "backbones"),
         "cache.dir": str(root / "features"),
         "train.checkpoint_dir": str(root / "runs"),

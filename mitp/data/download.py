@@ -22,11 +22,10 @@
 
 Checksums and the lock file: a published ``sha256`` in params is always verified. Where none
 is published, the sha256 of what was fetched is recorded in the **lock file**
-``data/raw/<name>.lock.json`` (next to the raw folder, not in it, so it survives DVC clearing
-``data/raw/<name>/`` before a re-run; ``data.<name>.lock_file`` moves it, e.g. to a git-tracked
-path) and every later download must match it. The entry is written only after the file was
-also unpacked without error, so a truncated first download is never trusted. DVC can track the
-lock as an output of the download stage (``persist: true``). See :mod:`mitp.data.lockfile`.
+``locks/<name>.lock.json`` (tracked by git, outside data/, so it survives DVC clearing
+``data/raw/<name>/`` before a re-run; ``data.<name>.lock_file`` moves it) and every later
+download must match it. The entry is written only after the file was also unpacked without
+error, so a truncated first download is never trusted. See :mod:`mitp.data.lockfile`.
 
 Re-runs: ``data/raw/<name>/.download_state.json`` records what each source produced (sha256,
 size, target). A source whose record matches and whose target exists is skipped without

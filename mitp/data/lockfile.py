@@ -1,8 +1,8 @@
 """The download lock file: the sha256 of every file a dataset's download fetched.
 
-Default location ``<data.root>/raw/<name>.lock.json`` (``data/raw/mmimdb.lock.json``), beside
-the raw folder rather than inside it, so it survives DVC removing ``data/raw/<name>/`` before
-a re-run; ``data.<name>.lock_file`` moves it (e.g. to a git-tracked path). Format::
+Default location ``locks/<name>.lock.json`` at the repository root (``data.locks_dir``): tracked by git next to
+``dvc.lock``, outside ``data/`` so it survives DVC removing ``data/raw/<name>/``;
+``data.<name>.lock_file`` moves it. Format::
 
     {"dataset": "mmimdb",
      "files": {"mmimdb.tar.gz": {"sha256": "...", "size": 8123456789,
@@ -30,7 +30,7 @@ def lock_path(params, name: str) -> Path:
     cfg = params.dataset(name)
     if cfg.lock_file:
         return params.resolve(cfg.lock_file)
-    return params.resolve(params.data.root) / "raw" / f"{name}.lock.json"
+    return params.resolve(params.data.locks_dir) / f"{name}.lock.json"
 
 
 class LockFile:

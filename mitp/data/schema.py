@@ -72,7 +72,7 @@ class DatasetConfig(_Strict):
     bad_records: Literal["skip", "fail"] = "skip"
     max_skip_fraction: float = Field(0.05, ge=0.0, le=1.0)
     verify_workers: int = Field(0, ge=0, description="threads decoding images in prepare (0: one per CPU)")
-    lock_file: str | None = Field(None, description="sha256 record of fetched files (default: <data.root>/raw/<name>.lock.json)")
+    lock_file: str | None = Field(None, description="sha256 record of fetched files (default: locks/<name>.lock.json, tracked by git)")
     download: DownloadOptions = DownloadOptions()
 
 
@@ -156,6 +156,7 @@ class SNLIVEConfig(DatasetConfig):
 
 class DataConfig(_Strict):
     root: str = "data"
+    locks_dir: str = Field("locks", description="download lock files (sha256 of what was fetched); keep in git")
     synthetic: SyntheticConfig = SyntheticConfig()
     food101: Food101Config = Food101Config()
     mmimdb: MMIMDBConfig = MMIMDBConfig()

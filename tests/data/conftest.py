@@ -18,7 +18,7 @@ def make_params(tmp_path: Path):
     """``make_params(overrides)`` -> Params with ``data.root`` under ``tmp_path`` and quick retries."""
 
     def make(overrides: dict | None = None):
-        base = {"data.root": str(tmp_path / "data")}
+        base = {"data.root": str(tmp_path / "data"), "data.locks_dir": str(tmp_path / "locks")}
         for name in ("food101", "mmimdb", "snli_ve"):
             base[f"data.{name}.download"] = dict(FAST_DOWNLOAD)
         base.update(overrides or {})

@@ -41,7 +41,7 @@ def mmimdb_params(make_params, urls, **extra):
     return make_params({"data.mmimdb.sources": [source], "data.mmimdb.max_skip_fraction": 1.0})
 
 
-def test_download_unpack_lock_and_second_run_is_noop(server, make_params, mmimdb_tarball):
+def test_download_unpack_lock_and_second_run_is_noop(server, make_params, mmimdb_tarball, tmp_path):
     server.files["/mmimdb.tar.gz"] = mmimdb_tarball
     params = mmimdb_params(make_params, [server.url("/mmimdb.tar.gz")])
     summary = download_dataset(params, "mmimdb")
@@ -51,7 +51,7 @@ def test_download_unpack_lock_and_second_run_is_noop(server, make_params, mmimdb
     assert not (raw / "downloads" / "mmimdb.tar.gz").exists()  # keep_archives: false
     assert json.loads((raw / STATE_FILE).read_text())["mmimdb.tar.gz"]["target"] == "mmimdb"
     lock = json.loads(lock_path(params, "mmimdb").read_text())
-    assert lock_path(params, "mmimdb") == params.raw_dir("mmimdb").with_name("mmimdb.lock.json")
+    assert lock_path(params, "mmimdb") == tmp_path / "locks" / "mmimdb.lock.json"
     entry = lock["files"]["mmimdb.tar.gz"]
     assert entry["sha256"] == hashlib.sha256(mmimdb_tarball).hexdigest()
     assert entry["checksum"] == "first download" and entry["size"] == len(mmimdb_tarball)
