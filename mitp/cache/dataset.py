@@ -1,0 +1,204 @@
+"""Training from the cache: open it (fingerprint, completeness, checksums), gather whole batches.
+
+:func:`open_cache` refuses a missing, stale, incomplete or corrupted cache with an error that
+says what is wrong and which command fixes it. :class:`CachedSplit` is a map-style dataset whose
+items are *whole batches*: ``dataset[indices]`` gathers the rows of a batch from the memory-mapped
+shards with one vectorised read per shard (no per-sample Python), straight into the batch
+tensors, and trims the text to the batch's longest text. Indices are sorted within a batch (the
+set is what the sampler drew; sorted order reads the shards sequentially).
+
+:func:`cached_loaders` wraps the splits in DataLoaders driven by a ``BatchSampler``
+(``batch_size=None``): on CPU the batches are gathered in the main process (``train.num_workers``
+workers if set); on CUDA there are always workers, batches are pinned and the training loop
+copies them non-blocking.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from mitp.cache import storage
+from mitp.cache.build import missing_message
+from mitp.cache.errors import CacheCorrupt, CacheIncomplete, CacheMismatch, CacheMissing, build_command
+from mitp.cache.fingerprint import describe_diff, diff, fingerprint
+from mitp.data.manifests import SPLITS
+
+
+@dataclass
+class OpenCache:
+    root: Path
+    index: dict
+
+    @property
+    def fingerprint_hash(self) -> str:
+        return self.index["fingerprint_hash"]
+
+    @property
+    def layer(self) -> int:
+        return int(self.index["fingerprint"]["layer"])
+
+    def split(self, name: str) -> CachedSplit:
+        return CachedSplit(self.root, name, self.index)
+
+
+def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool = False) -> OpenCache:
+    """The cache of ``dataset``, checked against what ``params`` + ``backbones`` need.
+
+    Raises :class:`CacheMissing`, :class:`CacheMismatch` (naming each differing field),
+    :class:`CacheIncomplete` or :class:`CacheCorrupt` (naming the files). ``verify`` checks
+    every file's size, and its sha256 unless the verification memo vouches for it unchanged;
+    ``full`` always hashes.
+    """
+    root = params.features_dir(dataset)
+    fix = f"`{build_command(dataset)}` (with the same -S overrides as this run)"
+    try:
+        index = storage.read_index(root)
+    except ValueError as exc:
+        raise CacheCorrupt(f"{exc}; rebuild the cache with {fix}") from None
+    if index is None:
+        raise CacheMissing(missing_message(params, dataset))
+    expected = fingerprint(params, dataset, backbones)
+    if index["fingerprint"] != expected:
+        fields = diff(index["fingerprint"], expected, dataset)
+        names = ", ".join(f for f, _, _ in fields)
+        raise CacheMismatch(
+            f"the feature cache at {root} does not match this configuration ({names} differ{'s' if len(fields) == 1 else ''}); "
+            f"a stale cache is never used. Rebuild it with {fix}, or set cache.enabled=false.\n"
+            + describe_diff(fields), fields)
+    if not index.get("complete"):
+        raise CacheIncomplete(f"the feature cache at {root} is incomplete (a cache run was interrupted); "
+                              f"resume it with {fix}")
+    if verify:
+        memo = storage.read_memo(root)
+        before = dict(memo)
+        problems = {}
+        for rel, rec in index["files"].items():
+            problem = storage.check_file(root, rel, rec, memo, full=full)
+            if problem:
+                problems[rel] = problem
+        if problems:
+            listed = "; ".join(f"{rel}: {p}" for rel, p in list(problems.items())[:5])
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise CacheCorrupt(f"the feature cache at {root} has damaged files, never read as data: {listed}{more}. "
+                               f"Rebuild them with {fix} (it redoes only those).", list(problems))
+        if memo != before:
+            storage.write_memo(root, memo)
+    return OpenCache(root, index)
+
+
+class CachedSplit(Dataset):
+    """One split of a cache; ``dataset[list_of_indices]`` -> a whole batch dict:
+
+    ``hidden_v`` (B, N_v, d_v), ``hidden_t`` (B, N_t, d_t) with N_t the batch's longest text,
+    ``attention_mask`` (B, N_t) int64, ``labels`` (B,) int64 or (B, K) float32.
+    Memory maps are opened lazily in each process (a DataLoader worker opens its own).
+    """
+
+    def __init__(self, root: Path, split: str, index: dict):
+        info, layout = index["splits"][split], index["layout"]
+        self.root, self.split = Path(root), split
+        self.shard_size = int(layout["shard_size"])
+        self.n, self.n_images = int(info["n_samples"]), int(info["n_images"])
+        d = self.root / split
+        self.labels = np.load(d / "meta-labels.npy")
+        self.image_index = np.load(d / "meta-image_index.npy")
+        self.text_files = [d / f"text-{j:05d}.npy" for j in range(info["text_shards"])]
+        self.mask_files = [d / f"mask-{j:05d}.npy" for j in range(info["text_shards"])]
+        self.image_files = [d / f"image-{j:05d}.npy" for j in range(info["image_shards"])]
+        L = int(layout["text_length"])
+        self.mask = (np.concatenate([np.load(f) for f in self.mask_files]) if self.mask_files
+                     else np.zeros((0, L), np.uint8))
+        # length to keep = 1 + position of the last attended token (robust to any padding side)
+        any_tok = self.mask.any(axis=1)
+        last = L - np.argmax(self.mask[:, ::-1], axis=1)
+        self.lengths = np.where(any_tok, last, 1).astype(np.int64)
+        self.image_shape = (int(layout["image_tokens"]), int(layout["image_width"]))
+        self.text_width = int(layout["text_width"])
+        self.np_dtype = np.dtype(layout["dtype"])
+        self.torch_dtype = getattr(torch, layout["dtype"])
+        self._text: list[np.ndarray] | None = None
+        self._image: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> dict:  # never pickle memory maps (that would copy the data)
+        state = dict(self.__dict__)
+        state["_text"] = state["_image"] = None
+        return state
+
+    def _open(self) -> None:
+        if self._text is None:
+            self._text = [np.load(f, mmap_mode="r") for f in self.text_files]
+            self._image = [np.load(f, mmap_mode="r") for f in self.image_files]
+
+    @property
+    def ids(self) -> list[str]:
+        import json
+
+        return json.loads((self.root / self.split / "meta-ids.json").read_text())
+
+    def __getitem__(self, indices) -> dict:
+        self._open()
+        idx = np.sort(np.asarray(indices, dtype=np.int64).reshape(-1))
+        B, S = len(idx), self.shard_size
+        n_t = int(self.lengths[idx].max()) if B else 1
+        hidden_t = torch.empty((B, n_t, self.text_width), dtype=self.torch_dtype)
+        ht = hidden_t.numpy()
+        shard = idx // S
+        bounds = np.flatnonzero(np.diff(shard)) + 1  # idx sorted: each shard's rows are contiguous
+        for a, b in zip(np.r_[0, bounds], np.r_[bounds, B], strict=True):
+            s = int(shard[a])
+            ht[a:b] = self._text[s][idx[a:b] - s * S, :n_t]
+        rows = self.image_index[idx]
+        hidden_v = torch.empty((B, *self.image_shape), dtype=self.torch_dtype)
+        hv = hidden_v.numpy()
+        ishard = rows // S
+        for s in np.unique(ishard):
+            sel = np.flatnonzero(ishard == s)
+            hv[sel] = self._image[int(s)][rows[sel] - int(s) * S]
+        return {
+            "hidden_v": hidden_v,
+            "hidden_t": hidden_t,
+            "attention_mask": torch.from_numpy(self.mask[idx, :n_t].astype(np.int64)),
+            "labels": torch.from_numpy(self.labels[idx]),
+        }
+
+
+def loader_workers(params, device: torch.device) -> int:
+    """``train.num_workers`` if set; else none on CPU (gathering from page cache is cheap) and
+    enough on CUDA that gathering and pinning overlap the GPU's step."""
+    if params.train.num_workers > 0:
+        return params.train.num_workers
+    if device.type == "cuda":
+        return max(1, min(4, (os.cpu_count() or 2) - 1))
+    return 0
+
+
+def split_loader(split: CachedSplit, batch_size: int, shuffle: bool, workers: int, device: torch.device) -> DataLoader:
+    sampler = RandomSampler(range(len(split))) if shuffle else SequentialSampler(range(len(split)))
+    extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
+    return DataLoader(split, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
+                      num_workers=workers, pin_memory=device.type == "cuda", **extra)
+
+
+def cached_loaders(params, dataset: str, backbones, device: torch.device):
+    """The ``Loaders`` ``train`` uses when ``cache.enabled``: start at layer k, from the cache."""
+    from mitp.data.loaders import Loaders
+
+    device = torch.device(device)
+    cache = open_cache(params, dataset, backbones)
+    splits = {s: cache.split(s) for s in SPLITS}
+    workers = loader_workers(params, device)
+    t = params.train
+    made = {s: split_loader(splits[s], t.batch_size if s == "train" else t.eval_batch_size, s == "train",
+                            workers, device) for s in SPLITS}
+    multi = params.dataset(dataset).task == "multi_label"
+    return Loaders(made["train"], made["val"], made["test"], list(cache.index["labels"]), multi,
+                   cache.layer, "cache", info={"cache_fingerprint": cache.fingerprint_hash})

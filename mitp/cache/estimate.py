@@ -1,0 +1,101 @@
+"""How much disk a cache takes, printed before anything is written; and the free-space check.
+
+Per unique image: N_v x d_v values; per sample: max_text_length x d_t values plus a uint8 mask
+row; float16 is 2 bytes a value. For example UPMC-Food101 (90,704 pairs, one image each) with
+ViT-B/16 at 224 px (N_v = 197, d_v = 768) and BERT-base at max_text_length 128 (d_t = 768) at
+layer k: 90,704 x (197 x 768 + 128 x 768) x 2 B + masks = about 45.3 GB, whatever k is.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mitp.cache.errors import CacheSpaceError
+
+SPACE_MARGIN = 64 << 20  # keep this much free beyond the estimate (index rewrites, temp files)
+
+
+@dataclass(frozen=True)
+class Shapes:
+    image_tokens: int  # N_v (patches + CLS)
+    image_width: int  # d_v
+    text_length: int  # max_text_length
+    text_width: int  # d_t
+    dtype: str = "float16"
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def image_bytes(self) -> int:
+        return self.image_tokens * self.image_width * self.itemsize
+
+    @property
+    def text_bytes(self) -> int:
+        return self.text_length * self.text_width * self.itemsize + self.text_length  # + mask
+
+
+def shapes_of(backbones_or_configs, max_text_length: int, dtype: str) -> Shapes:
+    """Shapes from the backbone configs (``Backbones``, or a ``(vision, text)`` pair of models)."""
+    if isinstance(backbones_or_configs, tuple):
+        vision, text = backbones_or_configs
+    else:
+        vision, text = backbones_or_configs.vision, backbones_or_configs.text
+    v, t = vision.config, text.config
+    n_v = (v.image_size // v.patch_size) ** 2 + 1
+    return Shapes(n_v, v.hidden_size, max_text_length, t.hidden_size, dtype)
+
+
+def estimate_bytes(n_samples: int, n_images: int, shapes: Shapes) -> int:
+    """Bytes on disk for one split (or a whole set): states, masks, labels and index arrays."""
+    return n_images * shapes.image_bytes + n_samples * (shapes.text_bytes + 16)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@dataclass
+class Estimate:
+    dataset: str
+    shapes: Shapes
+    splits: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # split -> (samples, images, bytes)
+    to_write: int = 0  # bytes still to write (a resumed build has some already)
+
+    @property
+    def total(self) -> int:
+        return sum(b for _, _, b in self.splits.values())
+
+    def describe(self) -> str:
+        s = self.shapes
+        parts = ", ".join(f"{k} {human(b)} ({n:,} samples, {m:,} images)" for k, (n, m, b) in self.splits.items())
+        return (f"feature cache for {self.dataset}: image {s.image_tokens}x{s.image_width} per unique image, "
+                f"text {s.text_length}x{s.text_width} per sample, {s.dtype} -> expected size on disk "
+                f"{human(self.total)} [{parts}]; {human(self.to_write)} still to write")
+
+
+def free_bytes(path: Path) -> int:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_space(target: Path, needed: int) -> int:
+    """Raise CacheSpaceError unless ``target``'s filesystem has ``needed`` bytes (+ a margin) free."""
+    free = free_bytes(target)
+    if needed + SPACE_MARGIN > free:
+        raise CacheSpaceError(
+            f"not enough disk for the feature cache: {human(needed)} still to write at {target}, but only "
+            f"{human(free)} free on that filesystem. Free some space, or point cache.dir at a larger disk "
+            f"(-S cache.dir=/path/with/space).")
+    return free

@@ -1,0 +1,62 @@
+"""Stage ``cache``: run the frozen layers below k once and store their output for training.
+
+    python -m pipeline.cache --dataset NAME [--verify] [--force] [--estimate-only] [-S key=value ...]
+
+Writes ``data/features/<NAME>/`` (float16 memory-mapped shards, ``index.json`` with the
+fingerprint and every file's sha256). Prints the expected size on disk first and stops early if
+the filesystem lacks the space. Resumable: a killed run keeps its finished shards and the next
+run continues where it stopped; damaged shards are rebuilt. ``--verify`` re-hashes every file,
+``--force`` rebuilds from scratch, ``--estimate-only`` prints the size and exits (reads the
+manifests and the backbone configs only). With ``cache.enabled: false`` there is nothing to do.
+"""
+
+from __future__ import annotations
+
+from mitp import backbones
+from mitp.cache import build_cache, check_cache_layer
+from mitp.cache.build import plan_split, unit_bytes, units_of
+from mitp.cache.estimate import Estimate, free_bytes, human, shapes_of
+from mitp.data.manifests import SPLITS
+from pipeline import cli
+
+
+def estimate_only(params, dataset: str) -> Estimate:
+    shapes = shapes_of(backbones.config_only(params), params.dataset(dataset).max_text_length, params.cache.dtype)
+    est = Estimate(dataset, shapes)
+    for split in SPLITS:
+        plan = plan_split(params, dataset, split)
+        size = sum(unit_bytes(u, plan, shapes) for u in units_of(plan, params.cache.shard_size))
+        est.splits[split] = (plan.n_samples, plan.n_images, size)
+    est.to_write = est.total
+    return est
+
+
+def main() -> int:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--verify", action="store_true", help="re-hash every existing file (not only changed ones)")
+    p.add_argument("--force", action="store_true", help="rebuild from scratch")
+    p.add_argument("--estimate-only", action="store_true", help="print the expected size on disk and exit")
+    args = p.parse_args()
+    params, dataset = cli.load(args)
+    if not params.cache.enabled:
+        params.features_dir(dataset).mkdir(parents=True, exist_ok=True)  # the DVC output exists
+        print("cache.enabled is false: training reads raw images and text; nothing to build")
+        return 0
+    check_cache_layer(params)
+    if args.estimate_only:
+        est = estimate_only(params, dataset)
+        print(est.describe())
+        print(f"free at {params.features_dir(dataset)}: {human(free_bytes(params.features_dir(dataset)))}")
+        return 0
+    from mitp.train import pick_device
+
+    device = pick_device(params.train.device)
+    bb = backbones.load(params, device)
+    print(f"caching {dataset}: hidden states entering layer {params.cache.layer} on {device}")
+    summary = build_cache(params, dataset, bb, device, force=args.force, full_verify=args.verify, say=print)
+    print(summary.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

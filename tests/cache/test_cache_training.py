@@ -1,0 +1,137 @@
+"""Training from the cache: the same logits as the raw path (within fp16 error), batches trimmed
+to their longest text, ``fit`` end to end, and the stage entry points ``pipeline.cache`` and
+``pipeline.train`` using it."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+
+import pytest
+import torch
+
+from mitp.cache import build_cache, cached_loaders
+from mitp.data.loaders import build as build_loaders
+from mitp.data.loaders import raw_loaders
+from mitp.train import build_model, fit
+
+
+def _randomize_hub(model):
+    with torch.no_grad():
+        for p in model.hub.parameters() if model.hub is not None else []:
+            p.normal_(0.0, 0.2)
+
+
+@pytest.mark.parametrize("k, start", [(2, 2), (1, 2), (0, 0)])
+def test_cached_and_uncached_logits_agree(cache_params, tiny_backbones, k, start):
+    params = cache_params({"cache.layer": k, "model.interaction.start": start})
+    build_cache(params, "synthetic", tiny_backbones, progress=False)
+    cached = cached_loaders(params, "synthetic", tiny_backbones, torch.device("cpu"))
+    raw = raw_loaders(params, "synthetic", tiny_backbones, torch.device("cpu"))
+    assert cached.start_layer == k and cached.source == "cache" and raw.source == "raw"
+    torch.manual_seed(0)
+    model = build_model(params, tiny_backbones, len(cached.labels), cached.multi_label).eval()
+    _randomize_hub(model)
+    n, worst = 0, 0.0
+    with torch.no_grad():
+        for split in ("val", "test"):
+            for cb, rb in zip(getattr(cached, split), getattr(raw, split), strict=True):
+                assert torch.equal(cb["labels"], rb["labels"])
+                assert torch.equal(cb["attention_mask"], rb["attention_mask"])
+                got = model(**cb, start_layer=cached.start_layer).logits
+                want = model(**rb).logits
+                worst = max(worst, (got - want).abs().max().item())
+                n += len(got)
+    assert n == 48
+    assert worst < 1e-2, worst  # float16 storage of the hidden states
+
+
+def test_batches_are_trimmed_to_their_longest_text(built_cache, tiny_backbones):
+    cache = cached_loaders(built_cache, "synthetic", tiny_backbones, torch.device("cpu"))
+    split = cache.train.dataset
+    assert split.mask.shape[1] == built_cache.data.synthetic.max_text_length
+    for batch in cache.train:
+        mask = batch["attention_mask"]
+        assert batch["hidden_t"].shape[:2] == mask.shape
+        assert mask[:, -1].any(), "the last column belongs to the batch's longest text"
+        assert mask.shape[1] < split.mask.shape[1]
+        assert batch["hidden_t"].dtype == torch.float16 and batch["hidden_v"].shape[1:] == (17, 64)
+    # whole batches from the dataset: one gather per batch, not per sample
+    assert len(cache.train) == 3 and cache.train.batch_size is None
+
+
+def test_split_pickles_without_its_data(built_cache, tiny_backbones):
+    cache = cached_loaders(built_cache, "synthetic", tiny_backbones, torch.device("cpu"))
+    split = cache.train.dataset
+    split[[0, 1]]  # opens the memory maps
+    clone = pickle.loads(pickle.dumps(split))
+    assert clone._text is None and len(pickle.dumps(split)) < 50_000
+    torch.testing.assert_close(clone[[5, 3]]["hidden_t"], split[[3, 5]]["hidden_t"])
+
+
+def test_fit_trains_from_the_cache(built_cache):
+    params = built_cache.model_copy(deep=True)
+    params.train.epochs = 2
+    from mitp import backbones
+
+    bb = backbones.load(params)
+    loaders = build_loaders(params, "synthetic", bb, torch.device("cpu"))
+    assert loaders.source == "cache" and loaders.start_layer == 2
+    result = fit(params, "synthetic")
+    assert result.tags["data_source"] == "cache"
+    assert result.tags["cache_fingerprint"] == loaders.info["cache_fingerprint"]
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert 0.0 <= result.metrics["test_accuracy"] <= 1.0
+
+
+def _argv(params, *extra):
+    flat = {"data.root": params.data.root, "backbone.dir": params.backbone.dir, "cache.dir": params.cache.dir,
+            "train.checkpoint_dir": params.train.checkpoint_dir, "mlflow.tracking_uri": params.mlflow.tracking_uri}
+    for key in ("n_train", "n_val", "n_test", "hypotheses_per_image"):
+        flat[f"data.synthetic.{key}"] = getattr(params.data.synthetic, key)
+    for key in ("layer", "shard_size", "batch_size"):
+        flat[f"cache.{key}"] = getattr(params.cache, key)
+    flat["model.interaction.start"] = params.model.interaction.start
+    flat["train.epochs"] = 1
+    flat["train.batch_size"] = params.train.batch_size
+    out = ["--dataset", "synthetic", *extra]
+    for k, v in flat.items():
+        out += ["-S", f"{k}={v}"]
+    return out
+
+
+def test_stage_entry_points_build_and_train_from_the_cache(cache_params, tmp_path, monkeypatch, capsys):
+    import pipeline.cache
+    import pipeline.train
+
+    params = cache_params()
+    monkeypatch.setattr(sys, "argv", ["pipeline.cache", *_argv(params)])
+    assert pipeline.cache.main() == 0
+    out = capsys.readouterr().out
+    assert "expected size on disk" in out and "img/s" in out
+    index = json.loads((params.features_dir("synthetic") / "index.json").read_text())
+    assert index["complete"]
+
+    monkeypatch.setattr(sys, "argv", ["pipeline.cache", *_argv(params)])
+    assert pipeline.cache.main() == 0
+    assert "up to date" in capsys.readouterr().out
+
+    metrics = tmp_path / "train.json"
+    monkeypatch.setattr(sys, "argv", ["pipeline.train", *_argv(params, "--metrics-out", str(metrics),
+                                                               "--history-out", str(tmp_path / "h.json"))])
+    assert pipeline.train.main() == 0
+    m = json.loads(metrics.read_text())
+    assert m["cache_fingerprint"] == index["fingerprint_hash"]
+
+
+def test_cache_stage_refuses_a_sweep_start_below_k(cache_params, monkeypatch):
+    import pipeline.cache
+    from mitp.errors import ConfigError
+
+    params = cache_params()
+    argv = _argv(params, "-S", "sweep.space={model.interaction.start: {grid: [1, 2]}}")
+    monkeypatch.setattr(sys, "argv", ["pipeline.cache", *argv])
+    with pytest.raises(ConfigError, match=r"sweep\.space\.model\.interaction\.start"):
+        pipeline.cache.main()
+    assert not params.features_dir("synthetic").exists()
