@@ -11,8 +11,11 @@
                                unique image (``layout.shard_size`` rows a shard)
     <split>/text-00000.npy     (rows, max_text_length, d_t) hidden states, padded
     <split>/mask-00000.npy     (rows, max_text_length) uint8 attention mask
-    .verified.json             memo of files whose checksum was verified (size, mtime, time)
-    .lock                      held by a running build
+
+and beside it (outside the folder, so the folder's content - what DVC hashes as the stage's
+output - changes only when the cache does): ``.<dataset>.verified.json``, a memo of the files
+whose checksum was verified (size, mtime, sha256, when), and ``.<dataset>.lock``, held by a
+running build.
 
 Every shard is an ``.npy`` file (memory-mapped for reading), written under a temp name
 (``.<name>.<random>.tmp``), fsynced, hashed and renamed into place, then recorded in the index.
@@ -41,8 +44,6 @@ from mitp.atomic import write_json, write_text
 from mitp.cache.errors import CacheBusy
 
 INDEX = "index.json"
-MEMO = ".verified.json"
-LOCK = ".lock"
 RACY_NS = 2_000_000_000  # a file modified within 2 s of its verification is re-hashed next time
 
 
@@ -159,9 +160,17 @@ def write_index(root: Path, index: dict) -> None:
     write_json(root / INDEX, index)
 
 
+def memo_path(root: Path) -> Path:
+    return root.parent / f".{root.name}.verified.json"
+
+
+def lock_path(root: Path) -> Path:
+    return root.parent / f".{root.name}.lock"
+
+
 def read_memo(root: Path) -> dict:
     try:
-        memo = json.loads((root / MEMO).read_text())
+        memo = json.loads(memo_path(root).read_text())
         return memo if isinstance(memo, dict) else {}
     except (OSError, json.JSONDecodeError):
         return {}
@@ -169,7 +178,7 @@ def read_memo(root: Path) -> dict:
 
 def write_memo(root: Path, memo: dict) -> None:
     with contextlib.suppress(OSError):  # a read-only cache folder is fine: we just hash again
-        write_text(root / MEMO, json.dumps(memo, sort_keys=True) + "\n")
+        write_text(memo_path(root), json.dumps(memo, sort_keys=True) + "\n")
 
 
 def memo_entry(path: Path, sha256: str) -> list:
@@ -217,9 +226,9 @@ def clean_temp_files(root: Path) -> int:
 
 def wipe(root: Path, splits) -> None:
     """Remove a cache's own files (index, memo, split folders); leaves anything else alone."""
-    for name in (INDEX, MEMO):
+    for path in (root / INDEX, memo_path(root)):
         with contextlib.suppress(FileNotFoundError):
-            (root / name).unlink()
+            path.unlink()
     for split in splits:
         shutil.rmtree(root / split, ignore_errors=True)
 
@@ -228,13 +237,13 @@ def wipe(root: Path, splits) -> None:
 def build_lock(root: Path) -> Iterator[None]:
     """One build at a time per cache folder (advisory ``flock``; released when the process dies)."""
     root.mkdir(parents=True, exist_ok=True)
-    fh = open(root / LOCK, "a+")
+    fh = open(lock_path(root), "a+")
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise CacheBusy(f"{root}: another cache run is building this cache (lock {root / LOCK})") from None
+                raise CacheBusy(f"{root}: another cache run is building this cache (lock {lock_path(root)})") from None
             raise
         yield
     finally:

@@ -12,15 +12,14 @@ import torch
 
 from mitp.cache import CacheCorrupt, CacheSpaceError, build_cache, open_cache
 from mitp.cache import estimate as estimate_mod
-from mitp.cache.storage import INDEX, MEMO, npy_bytes
+from mitp.cache.storage import INDEX, memo_path, npy_bytes
 from mitp.data.manifests import read_split
 from mitp.model import MITP, MITPConfig
 
 
 def cache_bytes(root: Path) -> dict[str, bytes]:
-    """Every file of a cache but the lock and the verification memo (local bookkeeping)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in (MEMO, ".lock")}
+    """Every file of a cache folder (the memo and the lock live beside it, not in it)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 class Killed(Exception):
@@ -114,7 +113,7 @@ def test_corruption_after_verification_is_caught_despite_the_memo(built_cache, t
     params = built_cache
     root = params.features_dir("synthetic")
     open_cache(params, "synthetic", tiny_backbones)
-    memo = json.loads((root / MEMO).read_text())
+    memo = json.loads(memo_path(root).read_text())
     assert "train/text-00000.npy" in memo
     _corrupt(root / "train" / "text-00000.npy")
     with pytest.raises(CacheCorrupt, match="train/text-00000.npy"):
@@ -158,3 +157,24 @@ def test_stale_cache_is_replaced_by_the_stage(built_cache, tiny_backbones):
     assert any("data.synthetic.max_text_length" in s for s in said)
     cache = open_cache(params, "synthetic", tiny_backbones)
     assert cache.index["layout"]["text_length"] == 12
+
+
+def test_training_never_writes_into_the_cache_folder(built_cache, tiny_backbones):
+    # the folder is the cache stage's DVC output: opening and verifying it must leave it unchanged
+    root = built_cache.features_dir("synthetic")
+    stat = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    before = cache_bytes(root)
+    open_cache(built_cache, "synthetic", tiny_backbones, full=True)
+    assert cache_bytes(root) == before
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stat
+    assert memo_path(root).exists() and memo_path(root).parent == root.parent
+
+
+def test_one_build_at_a_time(cache_params, tiny_backbones):
+    from mitp.cache import CacheBusy
+    from mitp.cache.storage import build_lock
+
+    params = cache_params()
+    with build_lock(params.features_dir("synthetic")):
+        with pytest.raises(CacheBusy, match="another cache run"):
+            build_cache(params, "synthetic", tiny_backbones, progress=False)

@@ -120,14 +120,13 @@ def test_sweep_starts_at_or_above_cache_layer_pass(make_params, space):
     check_cache_layer(make_params({"cache.layer": 2, "model.interaction.start": 2, "sweep.space": space}))
 
 
-def test_sweep_space_errors_name_the_key(make_params):
-    params = make_params({"cache.layer": 1, "model.interaction.start": 2,
-                          "sweep.space": {"model.interaction.start": {"grid": 3}}})
-    with pytest.raises(ConfigError, match=r"sweep\.space\.model\.interaction\.start: \{grid: \.\.\.\} needs a list"):
-        check_cache_layer(params)
-    params = make_params({"sweep.space": {"cache.layer": [0, 1]}})
-    with pytest.raises(ConfigError, match=r"sweep\.space\.cache\.layer"):
-        check_cache_layer(params)
+def test_unreadable_sweep_values_are_errors_naming_the_key(make_params):
+    # (the config's own sweep.space validation may catch these first: either way the key is named)
+    with pytest.raises(ConfigError, match=r"model\.interaction\.start.*\{grid: \.\.\.\} needs a"):
+        check_cache_layer(make_params({"cache.layer": 1, "model.interaction.start": 2,
+                                       "sweep.space": {"model.interaction.start": {"grid": 3}}}))
+    with pytest.raises(ConfigError, match=r"sweep\.space.*cache\.layer"):
+        check_cache_layer(make_params({"sweep.space": {"cache.layer": [0, 1]}}))
 
 
 def test_disabled_cache_skips_the_sweep_check(make_params):

@@ -70,21 +70,6 @@ def test_split_pickles_without_its_data(built_cache, tiny_backbones):
     torch.testing.assert_close(clone[[5, 3]]["hidden_t"], split[[3, 5]]["hidden_t"])
 
 
-def test_fit_trains_from_the_cache(built_cache):
-    params = built_cache.model_copy(deep=True)
-    params.train.epochs = 2
-    from mitp import backbones
-
-    bb = backbones.load(params)
-    loaders = build_loaders(params, "synthetic", bb, torch.device("cpu"))
-    assert loaders.source == "cache" and loaders.start_layer == 2
-    result = fit(params, "synthetic")
-    assert result.tags["data_source"] == "cache"
-    assert result.tags["cache_fingerprint"] == loaders.info["cache_fingerprint"]
-    assert [h["epoch"] for h in result.history] == [1, 2]
-    assert 0.0 <= result.metrics["test_accuracy"] <= 1.0
-
-
 def _argv(params, *extra):
     flat = {"data.root": params.data.root, "backbone.dir": params.backbone.dir, "cache.dir": params.cache.dir,
             "train.checkpoint_dir": params.train.checkpoint_dir, "mlflow.tracking_uri": params.mlflow.tracking_uri}
@@ -102,10 +87,25 @@ def _argv(params, *extra):
 
 
 def test_stage_entry_points_build_and_train_from_the_cache(cache_params, tmp_path, monkeypatch, capsys):
+    """``pipeline.cache`` builds the cache; ``pipeline.train`` runs ``mitp.train.fit`` (cache.enabled
+    is the default) and it trains from the cache, starting at layer k."""
     import pipeline.cache
     import pipeline.train
 
     params = cache_params()
+    assert params.cache.enabled
+    seen = {}
+
+    def spy_fit(*args, **kwargs):
+        seen["result"] = fit(*args, **kwargs)
+        return seen["result"]
+
+    def spy_build(params, dataset, backbones, device):
+        seen["loaders"] = build_loaders(params, dataset, backbones, device)
+        return seen["loaders"]
+
+    monkeypatch.setattr(pipeline.train, "fit", spy_fit)
+    monkeypatch.setattr("mitp.train.loaders_mod.build", spy_build)
     monkeypatch.setattr(sys, "argv", ["pipeline.cache", *_argv(params)])
     assert pipeline.cache.main() == 0
     out = capsys.readouterr().out
@@ -123,6 +123,10 @@ def test_stage_entry_points_build_and_train_from_the_cache(cache_params, tmp_pat
     assert pipeline.train.main() == 0
     m = json.loads(metrics.read_text())
     assert m["cache_fingerprint"] == index["fingerprint_hash"]
+    loaders, result = seen["loaders"], seen["result"]
+    assert loaders.source == "cache" and loaders.start_layer == 2
+    assert result.tags["data_source"] == "cache" and result.tags["cache_fingerprint"] == index["fingerprint_hash"]
+    assert [h["epoch"] for h in result.history] == [1] and 0.0 <= m["test_accuracy"] <= 1.0
 
 
 def test_cache_stage_refuses_a_sweep_start_below_k(cache_params, monkeypatch):
