@@ -86,15 +86,16 @@ class Unit:
 
 
 def plan_split(params, dataset: str, split: str) -> SplitPlan:
-    """Read a manifest; find its unique images (by resolved path) and encode its labels."""
+    """Read a manifest; find its unique images (by normalised path) and encode its labels."""
+    import pandas as pd
+
     manifest = read_split(params.prepared_dir(dataset), split)
-    rows: dict[str, int] = {}
-    image_index = np.empty(len(manifest), dtype=np.int64)
-    for i in range(len(manifest)):
-        key = os.path.normpath(manifest.image_path(i))
-        image_index[i] = rows.setdefault(key, len(rows))
+    codes, spellings = pd.factorize(manifest.frame["image"].astype(str))  # first-appearance order
+    resolved = [os.path.normpath(p if os.path.isabs(p) else manifest.root / p) for p in spellings]
+    rows, paths = pd.factorize(pd.Series(resolved))  # two spellings of one file are one image
+    image_index = np.asarray(rows, dtype=np.int64)[codes] if len(codes) else np.empty(0, np.int64)
     labels = encode_labels(manifest.frame["label"].tolist(), manifest.labels, manifest.multi_label).numpy()
-    return SplitPlan(split, [Path(p) for p in rows], image_index, manifest.frame["text"].astype(str).tolist(),
+    return SplitPlan(split, [Path(p) for p in paths], image_index, manifest.frame["text"].astype(str).tolist(),
                      labels, [str(x) for x in manifest.frame["id"].tolist()], manifest.multi_label)
 
 

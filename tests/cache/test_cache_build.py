@@ -178,3 +178,57 @@ def test_one_build_at_a_time(cache_params, tiny_backbones):
     with build_lock(params.features_dir("synthetic")):
         with pytest.raises(CacheBusy, match="another cache run"):
             build_cache(params, "synthetic", tiny_backbones, progress=False)
+
+
+def _run_killed_at_commit(params, backbones, n: int) -> int:
+    """Build in a forked child that SIGKILLs itself inside the n-th shard commit (data written to
+    the temp file, not yet renamed); returns the child's wait status."""
+    import os
+    import signal
+    import time
+
+    from mitp.cache import storage
+
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            commit, calls = storage.ShardWriter.commit, []
+
+            def commit_then_die(self):
+                calls.append(1)
+                if len(calls) == n:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return commit(self)
+
+            storage.ShardWriter.commit = commit_then_die
+            build_cache(params, "synthetic", backbones, progress=False)
+        finally:
+            os._exit(1)  # only reached if the kill did not happen
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked cache build hung")
+
+
+def test_sigkilled_run_resumes_to_identical_bytes(cache_params, tiny_backbones, tmp_path):
+    import os
+    import signal
+
+    reference = cache_params(root=tmp_path / "a")
+    build_cache(reference, "synthetic", tiny_backbones, progress=False)
+    params = cache_params(root=tmp_path / "b")
+    status = _run_killed_at_commit(params, tiny_backbones, n=4)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    root = params.features_dir("synthetic")
+    assert list(root.rglob(".*.tmp")), "the kill left a half-written shard under a temp name"
+    index = json.loads((root / INDEX).read_text())
+    assert index["complete"] is False and len(index["files"]) >= 3
+
+    build_cache(params, "synthetic", tiny_backbones, progress=False)
+    assert not list(root.rglob("*.tmp"))
+    assert cache_bytes(root) == cache_bytes(reference.features_dir("synthetic"))
