@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mitp.data.schema import DataConfig
 from mitp.errors import ConfigError
@@ -106,17 +106,46 @@ class ResourcesConfig(Strict):
     gpu: float = Field(0.0, ge=0.0)
 
 
+class AshaConfig(Strict):
+    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
 class SweepConfig(Strict):
-    name: str = "demo"
+    """``sweep:``; the space format is documented in :mod:`mitp.sweep.space`."""
+
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     space: dict[str, Any] = Field(default_factory=dict)
-    num_samples: int = Field(1, ge=1)
-    metric: str = "val_accuracy"
+    num_samples: int = Field(1, ge=1, description="repeats of the grid (each with its own seed) or random samples")
+    metric: str = Field("auto", description="auto: val_accuracy (single-label) or val_f1_micro (multi-label)")
     mode: Literal["max", "min"] = "max"
     scheduler: Literal["none", "asha"] = "none"
+    asha: AshaConfig = AshaConfig()
     max_concurrent_trials: int | None = Field(None, ge=1)
     resources_per_trial: ResourcesConfig = ResourcesConfig()
-    max_failures: int = Field(1, ge=0)
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial, from its last checkpoint")
     train: dict[str, Any] = Field(default_factory=dict, description="train.* overrides inside trials")
+
+    @field_validator("space")
+    @classmethod
+    def _space_shape(cls, space: dict[str, Any]) -> dict[str, Any]:
+        from mitp.sweep.space import normalize_space
+
+        try:  # forms and keys here; the values are checked per trial before launch
+            normalize_space(space)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("sweep.space.").removeprefix("sweep.space: ")) from None
+        return space
+
+    @field_validator("train")
+    @classmethod
+    def _train_keys(cls, train: dict[str, Any]) -> dict[str, Any]:
+        from mitp.sweep.space import normalize_train
+
+        for key in normalize_train(train):
+            if key.removeprefix("train.") not in TrainConfig.model_fields:
+                raise ValueError(f"{key.removeprefix('train.')}: unknown train key")
+        return train
 
 
 class ReportConfig(Strict):

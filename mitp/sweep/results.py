@@ -1,0 +1,122 @@
+"""The sweep's outputs: one row per trial (config, final metrics, cost figures, MLflow run id),
+the best trial, and the CSV / JSON files the report reads (written atomically).
+
+Row status: ``COMPLETED`` (trained every epoch and evaluated on test), ``STOPPED`` (a scheduler
+ended it early; its metrics are those of its last epoch, no test metrics), ``ERROR`` (failed
+after its retries), or Tune's status for a trial that never ended (``PENDING``, ``RUNNING``,
+``PAUSED``: the sweep was interrupted; run it again to resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+from mitp.atomic import write_json, write_text
+
+COMPLETED, STOPPED, ERROR = "COMPLETED", "STOPPED", "ERROR"
+
+# Columns after the config: the metrics a report reads, then cost figures, then bookkeeping.
+COST_KEYS = ("train_time_s", "trial_wall_s", "train_samples_per_s", "peak_memory_mb", "gpu_memory_fraction_peak",
+             "gpu_total_memory_mb", "trainable_params", "total_params", "trainable_ratio")
+EPOCH_KEYS = ("best_epoch", "epoch", "epochs")
+TAIL_KEYS = ("failures", "node_id", "mlflow_run_id", "error")
+
+
+def status_of(tune_status: str, last_result: dict[str, Any]) -> str:
+    if tune_status == "ERROR":
+        return ERROR
+    if tune_status == "TERMINATED":
+        return COMPLETED if last_result.get("trial_done") == 1 else STOPPED
+    return tune_status
+
+
+def first_line(error: Any) -> str:
+    if error is None:
+        return ""
+    text = str(error).strip()
+    # Tune wraps the trial's exception; its last line names the original error
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ": " in ln and not ln.startswith(("File ", "^", "~")):
+            return ln[:500]
+    return (lines[-1] if lines else text)[:500]
+
+
+def make_row(trial_id: str, status: str, config: dict[str, Any], keys: list[str], last: dict[str, Any],
+             failures: int, run_id: str | None, error: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"trial_id": trial_id, "status": status}
+    for key in keys:
+        row[key] = config.get(key)
+    metrics = {k: v for k, v in last.items() if k.startswith(("val_", "test_"))}
+    for key in sorted(metrics, key=lambda k: (not k.startswith("test_"), k)):
+        row[key] = metrics[key]
+    if "train_loss" in last:
+        row["train_loss"] = last["train_loss"]
+    for key in EPOCH_KEYS + COST_KEYS:
+        if key in last:
+            row[key] = last[key]
+    row["failures"] = failures
+    row["node_id"] = last.get("node_id", "")
+    row["mlflow_run_id"] = run_id or last.get("mlflow_run_id") or ""
+    row["error"] = error
+    return row
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def best_row(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    """The best trial by ``metric`` (the best epoch's validation score); completed trials first."""
+    scored = [r for r in rows if _is_number(r.get(metric)) and r["status"] in (COMPLETED, STOPPED)]
+    if not scored:
+        return None
+    sign = 1 if mode == "max" else -1
+    return max(scored, key=lambda r: (r["status"] == COMPLETED, sign * r[metric]))
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """Rows -> CSV text; columns in first-seen order, the bookkeeping columns last."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns and k not in TAIL_KEYS]
+    columns += list(TAIL_KEYS)
+    if not rows:
+        columns = ["trial_id", "status", *TAIL_KEYS]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return out.getvalue()
+
+
+def best_summary(best: dict[str, Any] | None, *, dataset: str, sweep: str, metric: str, mode: str,
+                 swept_keys: list[str], overrides: dict[str, Any], rows: list[dict[str, Any]],
+                 parent_run_id: str, experiment_path: str) -> dict[str, Any]:
+    """The content of ``sweep_best.json``."""
+    counts = {s: sum(1 for r in rows if r["status"] == s) for s in (COMPLETED, STOPPED, ERROR)}
+    out: dict[str, Any] = {"dataset": dataset, "sweep": sweep, "metric": metric, "mode": mode,
+                           "trials": len(rows), "completed": counts[COMPLETED], "stopped": counts[STOPPED],
+                           "errors": counts[ERROR], "parent_run_id": parent_run_id,
+                           "ray_experiment": experiment_path}
+    if best is None:
+        out["best"] = None
+        return out
+    out.update({
+        "value": best[metric],
+        "trial_id": best["trial_id"],
+        "mlflow_run_id": best["mlflow_run_id"],
+        "config": {k: best.get(k) for k in swept_keys},
+        "overrides": overrides,
+        "metrics": {k: v for k, v in best.items() if k.startswith(("val_", "test_")) or k in EPOCH_KEYS + COST_KEYS},
+    })
+    return out
+
+
+def write_outputs(rows: list[dict[str, Any]], best: dict[str, Any], csv_path, best_path) -> None:
+    write_text(csv_path, to_csv(rows))
+    write_json(best_path, best)

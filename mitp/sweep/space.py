@@ -1,0 +1,332 @@
+"""The search space of a sweep: ``sweep.space`` in params.yaml -> a Ray Tune ``param_space``.
+
+A space maps dotted keys of the configuration to what the sweep gives them::
+
+    sweep:
+      space:
+        model.prompt_length: {grid: [4, 8, 16]}     # every value (Tune grid_search)
+        model.hub_size: [64, 128]                    # a plain list is a grid too
+        model.interaction.start: {choice: [2, 3]}    # one value per trial, drawn at random
+        train.lr: {loguniform: [1.0e-4, 3.0e-3]}     # a range, sampled per trial
+        model.kind: mitp                             # a scalar: fixed for every trial
+
+Forms (as ``ray.tune`` defines them): ``grid``/``grid_search``, ``choice``/``values``,
+``uniform``/``loguniform`` ``[low, high]``, ``quniform``/``qloguniform`` ``[low, high, q]``,
+``randint``/``lograndint`` ``[low, high)`` (high excluded), ``qrandint``/``qlograndint``
+``[low, high, q]`` (high included). Keys may also be nested mappings
+(``{model: {hub_size: [64, 128]}}``). Only ``seed``, ``model.*`` and ``train.*`` can be swept:
+the data, the backbones and the feature cache are built once, before the sweep.
+
+The number of trials is ``num_samples`` times the size of the grid. Repeats get their own
+seeds: with ``num_samples > 1`` and no ``seed`` key in the space, the space gains
+``seed: {grid: [seed, seed + 1, ...]}`` and Tune runs it once (so ``num_samples: 3`` over a
+4-point grid is 12 trials, every grid point with seeds 0, 1, 2).
+
+``sweep.train`` holds ``train.*`` overrides applied inside every trial (e.g. fewer epochs than
+a full ``train`` run); a key in the space wins over it.
+
+Every trial configuration is validated before the sweep starts (:func:`validate_trials`): the
+full schema (``apply_overrides`` + ``validate``), the backbone depth, and ``cache.layer`` <=
+every ``model.interaction.start`` the space can produce; a bad value is an error naming the key
+and the trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitp.errors import ConfigError
+
+GRID_FORMS = ("grid", "grid_search")
+CHOICE_FORMS = ("choice", "values")
+# form -> (number of arguments, integer range whose high end is excluded)
+RANGE_FORMS: dict[str, tuple[int, bool]] = {
+    "uniform": (2, False), "loguniform": (2, False),
+    "quniform": (3, False), "qloguniform": (3, False),
+    "randint": (2, True), "lograndint": (2, True),
+    "qrandint": (3, False), "qlograndint": (3, False),
+}
+FORMS = GRID_FORMS + CHOICE_FORMS + tuple(RANGE_FORMS)
+SWEEPABLE_ROOTS = ("seed", "model", "train")
+START_KEY = "model.interaction.start"
+MAX_VALIDATED_COMBINATIONS = 512  # above: each key's values are validated one at a time
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One swept key: ``form`` is ``grid``, ``choice``, a range form, or ``fixed``."""
+
+    key: str
+    form: str
+    args: tuple  # grid/choice values, range arguments, or (value,) for fixed
+
+    @property
+    def is_grid(self) -> bool:
+        return self.form == "grid"
+
+    def candidates(self) -> list[Any]:
+        """The values validation checks: every listed value, or both ends of a range."""
+        if self.form in ("grid", "choice", "fixed"):
+            return list(self.args)
+        low, high = self.args[0], self.args[1]
+        if RANGE_FORMS[self.form][1]:  # randint-like: high excluded
+            high = high - 1
+        return [low] if low == high else [low, high]
+
+    def describe(self) -> Any:
+        """The spec as it is logged on the parent run (plain JSON)."""
+        if self.form == "fixed":
+            return self.args[0]
+        return {self.form: list(self.args)}
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.form == "fixed":
+            return self.args[0]
+        if self.form == "grid":
+            return tune.grid_search(list(self.args))
+        if self.form == "choice":
+            return tune.choice(list(self.args))
+        return getattr(tune, self.form)(*self.args)
+
+
+def _is_form(spec: Any) -> bool:
+    return isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in FORMS
+
+
+def flatten(space: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> dotted keys; a ``{form: ...}`` mapping is a leaf."""
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"sweep.space: keys must be non-empty strings, got {key!r}")
+        full = f"{prefix}{key}"
+        if isinstance(spec, dict) and not _is_form(spec):
+            if not spec:
+                raise ConfigError(f"sweep.space.{full}: empty mapping (expected a value, a list or one of {', '.join(FORMS)})")
+            out.update(flatten(spec, full + "."))
+        else:
+            out[full] = spec
+    return out
+
+
+def _check_key_path(key: str) -> None:
+    """The key names a value of the schema (not a section, not a typo)."""
+    from pydantic import BaseModel
+
+    from mitp.config import Params
+
+    model: type[BaseModel] | None = Params
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        here = ".".join(parts[: i + 1])
+        if model is None:
+            raise ConfigError(f"sweep.space.{key}: {'.'.join(parts[:i])} is a value, not a section "
+                              f"(a search form is one of {', '.join(FORMS)})")
+        if part not in model.model_fields:
+            raise ConfigError(f"sweep.space.{key}: unknown key {here}")
+        ann = model.model_fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if model is not None:
+        raise ConfigError(f"sweep.space.{key}: {key} is a section; sweep its keys ({key}.<name>)")
+
+
+def parse_dim(key: str, spec: Any) -> Dim:
+    where = f"sweep.space.{key}"
+    root = key.split(".")[0]
+    if root not in SWEEPABLE_ROOTS:
+        raise ConfigError(f"{where}: only seed, model.* and train.* can be swept (the data, the backbones and "
+                          "the feature cache are built once per sweep)")
+    _check_key_path(key)
+    if isinstance(spec, list | tuple):
+        spec = {"grid": list(spec)}
+    if not isinstance(spec, dict):
+        return Dim(key, "fixed", (spec,))
+    (form, args), = spec.items()
+    if form in GRID_FORMS + CHOICE_FORMS:
+        if not isinstance(args, list | tuple) or not args:
+            raise ConfigError(f"{where}: {{{form}: ...}} needs a non-empty list of values, got {args!r}")
+        return Dim(key, "grid" if form in GRID_FORMS else "choice", tuple(args))
+    n_args, _ = RANGE_FORMS[form]
+    if not isinstance(args, list | tuple) or len(args) != n_args:
+        want = "[low, high]" if n_args == 2 else "[low, high, q]"
+        raise ConfigError(f"{where}: {{{form}: ...}} needs {want}, got {args!r}")
+    if not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
+        raise ConfigError(f"{where}: {{{form}: ...}} needs numbers, got {args!r}")
+    if not args[0] < args[1]:
+        raise ConfigError(f"{where}: {{{form}: [low, high]}} needs low < high, got {list(args)!r}")
+    if form.startswith(("log", "qlog")) and args[0] <= 0:
+        raise ConfigError(f"{where}: {{{form}: ...}} needs a positive low end, got {args[0]!r}")
+    return Dim(key, form, tuple(args))
+
+
+def normalize_space(space: dict | None) -> dict[str, Dim]:
+    """Parse ``sweep.space`` (shape and forms only; values are checked by :func:`validate_trials`)."""
+    if space is None:
+        return {}
+    if not isinstance(space, dict):
+        raise ConfigError(f"sweep.space: expected a mapping of keys to values, got {type(space).__name__}")
+    return {key: parse_dim(key, spec) for key, spec in flatten(space).items()}
+
+
+def normalize_train(train: dict | None) -> dict[str, Any]:
+    """``sweep.train`` -> ``{"train.epochs": 3, ...}`` (keys relative to ``train``; a leading
+    ``train.`` is accepted too)."""
+    out: dict[str, Any] = {}
+    for key, value in flatten_plain(train or {}).items():
+        key = key.removeprefix("train.")
+        out[f"train.{key}"] = value
+    return out
+
+
+def flatten_plain(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten_plain(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepSpace:
+    """The parsed space of one sweep, ready for Tune."""
+
+    dims: dict[str, Dim]
+    train_overrides: dict[str, Any]
+    num_samples: int  # what Tune runs (1 when repeats became a seed grid)
+    auto_seeds: list[int] | None = None
+    swept_keys: list[str] = field(default_factory=list)
+
+    @property
+    def grid_size(self) -> int:
+        n = 1
+        for d in self.dims.values():
+            if d.is_grid:
+                n *= len(d.args)
+        return n
+
+    @property
+    def n_trials(self) -> int:
+        return self.grid_size * self.num_samples
+
+    def param_space(self) -> dict[str, Any]:
+        return {key: dim.to_tune() for key, dim in self.dims.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {key: dim.describe() for key, dim in self.dims.items()}
+
+    def trial_overrides(self, config: dict[str, Any]) -> dict[str, Any]:
+        """What a trial changes in the base configuration: ``sweep.train``, then its config."""
+        return {**self.train_overrides, **{k: config[k] for k in self.dims if k in config}}
+
+    def max_epochs(self, base_epochs: int) -> int:
+        """The most epochs any trial trains (the ASHA horizon)."""
+        dim = self.dims.get("train.epochs")
+        if dim is not None:
+            return int(max(dim.candidates()))
+        return int(self.train_overrides.get("train.epochs", base_epochs))
+
+
+def build_space(params) -> SweepSpace:
+    """Parse ``params.sweep`` into a :class:`SweepSpace` (repeats become seeds, see module doc)."""
+    sweep = params.sweep
+    dims = normalize_space(sweep.space)
+    train = normalize_train(sweep.train)
+    swept = [k for k, d in dims.items() if d.form != "fixed"]
+    num_samples, seeds = sweep.num_samples, None
+    if num_samples > 1 and "seed" not in dims:
+        seeds = [params.seed + i for i in range(num_samples)]
+        dims["seed"] = Dim("seed", "grid", tuple(seeds))
+        swept.append("seed")
+        num_samples = 1
+    return SweepSpace(dims, train, num_samples, seeds, swept)
+
+
+def trial_params(base_raw: dict, overrides: dict[str, Any], source: str = "sweep trial"):
+    """Validated :class:`~mitp.config.Params` of one trial (the schema names a bad key)."""
+    from mitp.config import apply_overrides, validate
+
+    return validate(apply_overrides(base_raw, overrides), source)
+
+
+def describe_overrides(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "no overrides"
+
+
+def _check_layers(params, overrides: dict[str, Any]) -> None:
+    """``cache.layer`` <= start, and start below the depth (the config checks the first)."""
+    from mitp.backbones import check_depth
+
+    check_depth(params)
+    k, start = params.cache.layer, params.model.interaction.start
+    if params.cache.enabled and params.model.kind != "late_fusion" and start < k:
+        raise ConfigError(f"sweep.space.{START_KEY}: value {start} is below cache.layer {k}; the cached layers "
+                          "must never see a prompt")
+
+
+def combinations(space: SweepSpace) -> list[dict[str, Any]]:
+    """Value combinations validation checks: the full product of every key's candidates if it is
+    small, else each key's candidates with the other keys at their first value."""
+    keys = list(space.dims)
+    values = [space.dims[k].candidates() for k in keys]
+    total = 1
+    for v in values:
+        total *= len(v)
+    if total <= MAX_VALIDATED_COMBINATIONS:
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+    first = {k: v[0] for k, v in zip(keys, values, strict=True)}
+    out = [first]
+    for k, vs in zip(keys, values, strict=True):
+        out += [{**first, k: v} for v in vs[1:]]
+    return out
+
+
+def validate_trials(params, space: SweepSpace, base_raw: dict) -> int:
+    """Validate every trial configuration the space can produce; returns how many were checked.
+
+    Raises :class:`~mitp.errors.ConfigError` naming the key and the trial's values.
+    """
+    # cache.layer vs every start first: the clearest message for the commonest mistake
+    if params.cache.enabled and START_KEY in space.dims:
+        k = params.cache.layer
+        for value in space.dims[START_KEY].candidates():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"sweep.space.{START_KEY}: {value!r} is not a layer number")
+            kinds = space.dims["model.kind"].candidates() if "model.kind" in space.dims else [params.model.kind]
+            if value < k and any(kind != "late_fusion" for kind in kinds):
+                lowest = min(space.dims[START_KEY].candidates())
+                raise ConfigError(f"sweep.space.{START_KEY}: value {value} is below cache.layer {k}; the cached "
+                                  f"layers must never see a prompt (set cache.layer to at most {lowest}, and "
+                                  "rebuild the cache)")
+    combos = combinations(space)
+    for combo in combos:
+        overrides = space.trial_overrides(combo)
+        source = f"sweep trial ({describe_overrides(overrides)})"
+        trial = trial_params(base_raw, overrides, source)
+        try:
+            _check_layers(trial, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return len(combos)
+
+
+def space_hash(*parts: Any) -> str:
+    """8 hex digits identifying a sweep definition (the Ray experiment folder's suffix)."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def base_raw_of(params) -> dict:
+    """The validated params as a plain dict, the base every trial's overrides apply to."""
+    return copy.deepcopy(params.model_dump(mode="json"))

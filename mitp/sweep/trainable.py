@@ -1,0 +1,248 @@
+"""One sweep trial: :func:`mitp.train.fit` with a Tune reporting hook (no second training loop).
+
+A trial
+
+1. sets torch's thread count to its CPU share and points MLflow at the sweep's store;
+2. builds its configuration: the sweep's base params + ``sweep.train`` + its own values,
+   validated by the schema (the runner already validated every combination before launch);
+3. restores ``tune.get_checkpoint()`` (if Tune retries or resumes it) into a local folder and
+   hands that folder to ``fit`` as ``checkpoint_dir``: ``fit`` resumes from it, including the
+   same MLflow run (the run id travels in the checkpoint), so a retried or resumed trial keeps
+   one child run and never repeats a finished epoch;
+4. reports every epoch to Tune with the checkpoint ``fit`` just wrote
+   (``tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(...))``), except the last
+   epoch, which is reported once, after the test evaluation, together with the final metrics
+   (so a scheduler sees exactly ``epochs`` results, the last one complete).
+
+The MLflow child run is the run ``fit`` opens, with ``parent_run_id`` = the sweep's parent run,
+its config as params, per-epoch and final metrics from ``fit`` and tags naming the trial
+(``sweep_trial_id``), its Ray node and its resources. A trial that raises ends its run FAILED
+with the error as a tag (``tracking.start_run``); a trial a scheduler stops ends it KILLED.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mitp.sweep.space import SweepSpace, describe_overrides, trial_params
+
+log = logging.getLogger(__name__)
+
+TRIAL_TAG = "sweep_trial_id"
+DONE_KEY = "trial_done"
+DIVERGED = "TrainingDiverged"
+
+
+@dataclass
+class TrialInfo:
+    """What a trial knows about itself (passed to test hooks)."""
+
+    trial_id: str
+    config: dict[str, Any]
+    overrides: dict[str, Any]
+    resumed: bool  # started from a Tune checkpoint (retry or resumed sweep)
+    node_id: str
+    gpu_ids: list[str] = field(default_factory=list)
+
+
+class TrialHooks:
+    """Optional callbacks inside a trial (tests inject faults and barriers through them).
+
+    They run in the trial's process: a subclass must be picklable (module-level).
+    """
+
+    def on_start(self, info: TrialInfo) -> None:  # before fit
+        pass
+
+    def on_epoch(self, info: TrialInfo, epoch: int, row: dict[str, float]) -> None:  # after Tune got the epoch
+        pass
+
+
+@dataclass
+class TrialSpec:
+    """Everything a trial needs besides its config (sent once through ``tune.with_parameters``)."""
+
+    base_raw: dict
+    space: SweepSpace
+    dataset: str
+    sweep_name: str
+    experiment: str
+    parent_run_id: str
+    tracking_uri: str
+    cpus: float
+    gpus: float
+    hooks: TrialHooks | None = None
+
+
+def _numeric(row: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _mlflow_client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _diverged(error: str | None) -> bool:
+    return bool(error) and error.startswith(DIVERGED)
+
+
+def _not_retried(error: str) -> None:
+    """A diverged run diverges again from the same checkpoint (its RNG state is restored too):
+    fail the retry at once instead of training again."""
+    from mitp.train import TrainingDiverged
+
+    raise TrainingDiverged(f"{error.removeprefix(DIVERGED + ': ')} (not retried: the same checkpoint and seed "
+                           "would diverge again)")
+
+
+def _drop_stale_runs(spec: TrialSpec, params, trial_id: str) -> str | None:
+    """A trial that starts without a checkpoint may have left a child run in an earlier attempt
+    (it failed, or the sweep was killed, before its first epoch checkpoint): that run holds no
+    finished epoch, so it is deleted and this attempt's run replaces it. Returns the earlier
+    attempt's error, if any (tagged on the new run). An earlier divergence is final: its run is
+    kept and this attempt fails at once."""
+    client = _mlflow_client(spec.tracking_uri)
+    exp = client.get_experiment_by_name(params.mlflow.experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{spec.parent_run_id}' "
+                                            f"and tags.{TRIAL_TAG} = '{trial_id}'")
+    for run in runs:
+        if _diverged(run.data.tags.get("error")):
+            _not_retried(run.data.tags["error"])
+    error = None
+    for run in runs:
+        error = run.data.tags.get("error") or error
+        log.info("trial %s: deleting run %s of an earlier attempt that finished no epoch", trial_id, run.info.run_id)
+        client.delete_run(run.info.run_id)
+    return error
+
+
+def _check_resumed_run(spec: TrialSpec, checkpoint_dir: Path) -> None:
+    """Resuming from a checkpoint: if the run it belongs to diverged, fail at once."""
+    import json
+
+    try:
+        run_id = json.loads((checkpoint_dir / "meta.json").read_text()).get("run_id")
+        error = _mlflow_client(spec.tracking_uri).get_run(run_id).data.tags.get("error") if run_id else None
+    except Exception:  # no meta, no run: fit decides
+        return
+    if _diverged(error):
+        _not_retried(error)
+
+
+def _mark_stopped(spec: TrialSpec, run_id: str, epoch: int) -> None:
+    """A scheduler stopped the trial: its run ends KILLED, not FAILED."""
+    try:
+        client = _mlflow_client(spec.tracking_uri)
+        client.set_terminated(run_id, status="KILLED")
+        client.set_tag(run_id, "stopped_early", f"stopped by the scheduler after epoch {epoch}")
+        try:
+            client.delete_tag(run_id, "error")
+        except Exception:  # no such tag
+            pass
+    except Exception as exc:  # never mask Tune's stop
+        log.warning("could not mark run %s as stopped: %s", run_id, exc)
+
+
+def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
+    """The Tune function trainable (wrapped with ``tune.with_parameters(run_trial, spec=...)``)."""
+    t_start = time.perf_counter()
+    # parallel trials' epoch bars would interleave in the driver's log; Tune's table shows progress
+    # (read when tqdm is first imported, which in a fresh trial process is below)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import ray
+    import torch
+    from ray import tune
+
+    from mitp.train import fit
+
+    torch.set_num_threads(max(1, int(spec.cpus)))
+    os.environ["MLFLOW_TRACKING_URI"] = spec.tracking_uri
+    overrides = spec.space.trial_overrides(config)
+    params = trial_params(spec.base_raw, overrides, f"sweep trial ({describe_overrides(overrides)})")
+
+    trial_id = tune.get_context().get_trial_id()
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    ckpt = tune.get_checkpoint()
+    info = TrialInfo(trial_id, dict(config), overrides, ckpt is not None,
+                     ray.get_runtime_context().get_node_id(), gpu_ids)
+    workdir = Path(tempfile.mkdtemp(prefix=f"mitp-trial-{trial_id}-"))
+    local_ckpt = workdir / "checkpoint"
+    tags = {TRIAL_TAG: trial_id, "sweep": spec.sweep_name, "ray.experiment": spec.experiment,
+            "ray.node_id": info.node_id, "ray.cpus": str(spec.cpus), "ray.gpu_fraction": str(spec.gpus),
+            "ray.gpu_ids": ",".join(gpu_ids) or "none"}
+    try:
+        if ckpt is not None:
+            ckpt.to_directory(str(local_ckpt))
+            _check_resumed_run(spec, local_ckpt)
+        else:
+            earlier = _drop_stale_runs(spec, params, trial_id)
+            if earlier:
+                tags["earlier_attempt_error"] = earlier[:5000]
+        if spec.hooks is not None:
+            spec.hooks.on_start(info)
+
+        state: dict[str, Any] = {"run_id": None, "last_row": None, "epoch": 0}
+        extra = {"node_id": info.node_id}
+
+        def on_epoch(epoch: int, row: dict[str, float], ckpt_dir: Path | None) -> None:
+            import mlflow
+
+            active = mlflow.active_run()
+            state["run_id"] = active.info.run_id if active else state["run_id"]
+            state["epoch"] = epoch
+            if epoch >= params.train.epochs:  # the last one goes out with the final metrics
+                state["last_row"] = row
+                return
+            metrics = {**_numeric(row), DONE_KEY: 0, "mlflow_run_id": state["run_id"], **extra}
+            checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
+            tune.report(metrics, checkpoint=checkpoint)
+            if spec.hooks is not None:
+                spec.hooks.on_epoch(info, epoch, row)
+
+        run_name = f"{spec.sweep_name} {trial_id}: {describe_overrides({k: config[k] for k in spec.space.swept_keys if k in config})}"
+        try:
+            result = fit(params, spec.dataset, run_name=run_name[:250], checkpoint_dir=local_ckpt, on_epoch=on_epoch,
+                         parent_run_id=spec.parent_run_id, extra_tags=tags)
+        except SystemExit:  # Tune stops a trial by raising SystemExit in its next report
+            if state["run_id"]:
+                _mark_stopped(spec, state["run_id"], state["epoch"])
+            raise
+
+        final = {**_numeric(state["last_row"] or {}), **_numeric(result.metrics)}
+        final.update({"epoch": params.train.epochs, DONE_KEY: 1, "mlflow_run_id": result.run_id,
+                      "trial_wall_s": time.perf_counter() - t_start, **extra})
+        cost = {"trial_wall_s": final["trial_wall_s"]}
+        if torch.cuda.is_available() and params.train.device != "cpu":
+            total = torch.cuda.get_device_properties(0).total_memory / 2**20
+            cost.update({"gpu_total_memory_mb": total,
+                         "gpu_memory_fraction_peak": result.metrics.get("peak_memory_mb", 0.0) / total})
+            final.update(cost)
+        try:
+            _mlflow_client(spec.tracking_uri).log_batch(result.run_id, metrics=[
+                _metric(k, v) for k, v in cost.items()])
+        except Exception as exc:  # cost figures are a bonus; never fail a finished trial for them
+            log.warning("could not log cost figures on run %s: %s", result.run_id, exc)
+        from mitp import checkpoint as checkpoint_mod
+
+        last = tune.Checkpoint.from_directory(str(local_ckpt)) if checkpoint_mod.exists(local_ckpt) else None
+        tune.report(final, checkpoint=last)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _metric(key: str, value: float):
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), int(time.time() * 1000), 0)

@@ -1,0 +1,141 @@
+"""Sweeps on a small real local Ray instance (2 CPUs) over the small synthetic set, tiny-random.
+
+One Ray instance serves the whole module. Each sweep writes under the test's tmp folder:
+its own MLflow sqlite store, Ray results, checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sweep_hooks
+from sweep_checks import epochs_logged, mlflow_runs, read_csv
+
+RAY_BOOKKEEPING = {"training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "iterations_since_restore",
+                   "trial_done", "done", "pid", "checkpoint_dir_name"}
+
+
+def test_grid_of_four_trials_parent_and_children(ray_local, sweep_params, tmp_path):
+    from mitp.sweep.runner import run_sweep
+
+    params = sweep_params()
+    csv_path, best_path = tmp_path / "metrics" / "sweep.csv", tmp_path / "metrics" / "sweep_best.json"
+    outcome = run_sweep(params, "synthetic", outputs=(csv_path, best_path))
+
+    # the results table: one row per trial, every grid point once, all completed
+    rows = read_csv(csv_path)
+    assert len(rows) == 4
+    assert {(r["model.prompt_length"], r["model.hub_size"]) for r in rows} == {("4", "16"), ("4", "32"), ("8", "16"), ("8", "32")}
+    assert all(r["status"] == "COMPLETED" for r in rows), rows
+    for r in rows:
+        assert 0.0 <= float(r["test_accuracy"]) <= 1.0 and 0.0 <= float(r["val_accuracy"]) <= 1.0
+        assert float(r["train_time_s"]) > 0 and float(r["peak_memory_mb"]) > 0 and int(r["trainable_params"]) > 0
+        assert r["mlflow_run_id"] and r["error"] == ""
+        assert r["epochs"] == "2"  # sweep.train.epochs applied inside the trials
+    assert not outcome.failed and not outcome.unfinished
+
+    # the best config: the best validation score
+    best = json.loads(best_path.read_text())
+    top = max(rows, key=lambda r: float(r["val_accuracy"]))
+    assert best["value"] == pytest.approx(float(top["val_accuracy"]))
+    assert best["metric"] == "val_accuracy" and best["trials"] == 4 and best["errors"] == 0
+    assert set(best["config"]) == {"model.prompt_length", "model.hub_size"}
+    assert best["overrides"]["train.epochs"] == 2
+
+    # MLflow: one parent, four children linked by mlflow.parentRunId, one per trial
+    parents, children = mlflow_runs(params)
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.info.run_id for c in children} == {r["mlflow_run_id"] for r in rows}
+    assert all(c.info.status == "FINISHED" for c in children)
+    # parent: the search space as params; dataset, backbone, git commit as tags; the best trial
+    assert json.loads(parent.data.params["space.model.prompt_length"]) == {"grid": [4, 8]}
+    assert parent.data.params["sweep.trials"] == "4"
+    for tag in ("dataset", "backbone", "git_commit"):
+        assert parent.data.tags[tag]
+    assert parent.data.tags["dataset"] == "synthetic"
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best["value"])
+    assert parent.data.tags["best.run_id"] == best["mlflow_run_id"]
+    # children: the trial's config as params, per-epoch metrics, final metrics and cost figures,
+    # and none of Ray's bookkeeping keys
+    for child in children:
+        row = next(r for r in rows if r["mlflow_run_id"] == child.info.run_id)
+        assert child.data.params["model.prompt_length"] == row["model.prompt_length"]
+        assert child.data.params["model.hub_size"] == row["model.hub_size"]
+        assert child.data.params["train.epochs"] == "2"
+        assert child.data.tags["sweep_trial_id"] == row["trial_id"]
+        assert epochs_logged(params, child.info.run_id) == [1, 2]
+        for key in ("test_accuracy", "train_samples_per_s", "peak_memory_mb", "trainable_params", "trial_wall_s"):
+            assert key in child.data.metrics
+        assert not RAY_BOOKKEEPING & set(child.data.metrics)
+
+    # the same command again: the finished sweep is restored, nothing re-runs, no new runs
+    again = run_sweep(params, "synthetic", outputs=(csv_path, best_path))
+    assert again.resumed and again.parent_run_id == parent.info.run_id
+    assert len(read_csv(csv_path)) == 4
+    parents2, children2 = mlflow_runs(params)
+    assert len(parents2) == 1 and len(children2) == 4
+
+
+def test_failing_trials_are_retried_then_reported(ray_local, sweep_params, tmp_path):
+    """Three epochs; lr 1e-3: fine; 2e-3: raises after epoch 1 once, recovers from its
+    checkpoint; 3e-3: raises after every epoch (epoch 1, then epoch 2 of the retry); 1e30: the
+    loss becomes NaN. max_failures = 1."""
+    from mitp.sweep.runner import run_sweep
+
+    params = sweep_params({"sweep.space": {"train.lr": [1e-3, 2e-3, 3e-3, 1e30]}, "sweep.train": {"epochs": 3}})
+    hooks = sweep_hooks.FailOn(str(tmp_path / "markers"), "train.lr", always=(3e-3,), once=(2e-3,))
+    outcome = run_sweep(params, "synthetic", hooks=hooks, outputs=(tmp_path / "sweep.csv", tmp_path / "best.json"))
+
+    by_lr = {float(r["train.lr"]): r for r in read_csv(tmp_path / "sweep.csv")}
+    assert len(by_lr) == 4
+    ok, flaky, broken, nan = by_lr[1e-3], by_lr[2e-3], by_lr[3e-3], by_lr[1e30]
+    assert ok["status"] == "COMPLETED" and ok["failures"] == "0"
+    assert flaky["status"] == "COMPLETED" and flaky["failures"] == "1"
+    assert broken["status"] == "ERROR" and broken["failures"] == "2" and "injected failure" in broken["error"]
+    assert nan["status"] == "ERROR" and "TrainingDiverged" in nan["error"] and "nan" in nan["error"]
+
+    # the stage reports them: failed trials named, with their error
+    assert {r["trial_id"] for r in outcome.failed} == {broken["trial_id"], nan["trial_id"]}
+    message = outcome.failure_message()
+    assert broken["trial_id"] in message and nan["trial_id"] in message and "train.lr=0.003" in message
+
+    # MLflow: still one child per trial; the retried trial kept its run and did every epoch once
+    parents, children = mlflow_runs(params)
+    assert len(parents) == 1 and len(children) == 4
+    assert parents[0].info.status == "FAILED" and broken["trial_id"] in parents[0].data.tags["error"]
+    runs = {c.data.tags["sweep_trial_id"]: c for c in children}
+    assert runs[flaky["trial_id"]].info.status == "FINISHED"
+    assert epochs_logged(params, flaky["mlflow_run_id"]) == [1, 2, 3]  # no epoch twice
+    starts = sorted((tmp_path / "markers").glob(f"start-{flaky['trial_id']}-*.json"))
+    assert [json.loads(p.read_text())["resumed"] for p in starts] == [False, True]
+    for bad in (broken, nan):
+        run = runs[bad["trial_id"]]
+        assert run.info.status == "FAILED"
+        assert run.data.tags["error"]
+    assert "injected failure" in runs[broken["trial_id"]].data.tags["error"]
+    assert "TrainingDiverged" in runs[nan["trial_id"]].data.tags["error"]
+
+
+@pytest.mark.slow
+def test_asha_stops_trials_early(ray_local, sweep_params, tmp_path):
+    from mitp.sweep.runner import run_sweep
+
+    """One trial at a time: the first (a sane lr) sets the bar at epoch 1, the next two (huge lr,
+    much higher validation loss) fall below it and are stopped there."""
+    params = sweep_params({"sweep.scheduler": "asha", "sweep.asha": {"grace_period": 1, "reduction_factor": 2},
+                           "sweep.metric": "val_loss", "sweep.mode": "min",
+                           "sweep.space": {"train.lr": [1e-3, 3.0, 10.0]},
+                           "sweep.train": {"epochs": 3}, "sweep.max_concurrent_trials": 1})
+    outcome = run_sweep(params, "synthetic", outputs=(tmp_path / "sweep.csv", tmp_path / "best.json"))
+    rows = read_csv(tmp_path / "sweep.csv")
+    assert [r["status"] for r in rows] == ["COMPLETED", "STOPPED", "STOPPED"] and not outcome.failed
+    _, children = mlflow_runs(params)
+    status = {c.info.run_id: c.info.status for c in children}
+    for r in rows:
+        assert status[r["mlflow_run_id"]] == ("FINISHED" if r["status"] == "COMPLETED" else "KILLED")
+        if r["status"] == "STOPPED":
+            assert r["test_accuracy"] == "" and r["epoch"] == "1"
