@@ -198,7 +198,7 @@ class _Builder:
     def _finish_unit(self, unit: Unit, records: dict[str, dict]) -> None:
         for rel, rec in records.items():
             self.done[rel] = rec
-            self.memo[rel] = storage.memo_entry(self.root / rel, rec["sha256"])
+            self.memo[rel] = storage.memo_entry(self.root / rel, rec["sha256"], written=True)
             self.summary.written_files += 1
             self.summary.bytes_written += rec["bytes"]
         storage.write_index(self.root, self.index(complete=False))

@@ -181,18 +181,22 @@ def write_memo(root: Path, memo: dict) -> None:
         write_text(memo_path(root), json.dumps(memo, sort_keys=True) + "\n")
 
 
-def memo_entry(path: Path, sha256: str) -> list:
+def memo_entry(path: Path, sha256: str, written: bool = False) -> list:
+    """``[size, mtime_ns, sha256, verified_at_ns, written]``; ``written``: the hash was taken by the
+    writer from the complete temp file before the rename, so no earlier version can hide behind it."""
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns, sha256, time.time_ns()]
+    return [st.st_size, st.st_mtime_ns, sha256, time.time_ns(), written]
 
 
 def check_file(root: Path, rel: str, record: dict, memo: dict | None, full: bool = False) -> str | None:
     """None if ``rel`` holds what the index says, else what is wrong (missing / truncated / checksum).
 
-    The size is always checked. The sha256 is checked unless ``memo`` shows the file was verified
-    before and has not changed since (same size and mtime, and verified more than 2 s after its
-    last modification, so a change within the timestamp granularity is still caught: the
-    "racy git" rule). ``full`` always hashes. A file that verifies is entered in ``memo``.
+    The size is always checked. The sha256 is checked unless ``memo`` vouches for the file: same
+    size, mtime and sha256 as when it was hashed, and either this code wrote it (hashed before the
+    rename) or the hash was taken more than 2 s after the file's last modification (so a change
+    within the timestamp granularity is still caught: the "racy git" rule). Any later write
+    changes the mtime and brings the file back to a full hash. ``full`` always hashes. A file
+    that verifies is entered in ``memo``.
     """
     path = root / rel
     try:
@@ -204,8 +208,8 @@ def check_file(root: Path, rel: str, record: dict, memo: dict | None, full: bool
         return f"{kind}: {st.st_size} bytes, the index says {record['bytes']}"
     if not full and memo is not None:
         seen = memo.get(rel)
-        if (seen and seen[0] == st.st_size and seen[1] == st.st_mtime_ns and seen[2] == record["sha256"]
-                and seen[3] - st.st_mtime_ns > RACY_NS):
+        if (isinstance(seen, list) and len(seen) >= 4 and seen[0] == st.st_size and seen[1] == st.st_mtime_ns
+                and seen[2] == record["sha256"] and (seen[4:5] == [True] or seen[3] - st.st_mtime_ns > RACY_NS)):
             return None
     if sha256_file(path) != record["sha256"]:
         return "corrupted: sha256 does not match the index"

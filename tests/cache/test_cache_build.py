@@ -109,15 +109,25 @@ def test_damaged_shard_is_detected_and_rebuilt(built_cache, tiny_backbones, dama
     open_cache(params, "synthetic", tiny_backbones)
 
 
-def test_corruption_after_verification_is_caught_despite_the_memo(built_cache, tiny_backbones):
+def test_memo_skips_rehashing_unchanged_files_but_not_changed_ones(built_cache, tiny_backbones, monkeypatch):
+    from mitp.cache import storage
+
     params = built_cache
     root = params.features_dir("synthetic")
-    open_cache(params, "synthetic", tiny_backbones)
     memo = json.loads(memo_path(root).read_text())
     assert "train/text-00000.npy" in memo
+    hashed = []
+    real = storage.sha256_file
+    monkeypatch.setattr(storage, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    open_cache(params, "synthetic", tiny_backbones)  # the build hashed what it wrote: stat checks only
+    assert hashed == []
     _corrupt(root / "train" / "text-00000.npy")
     with pytest.raises(CacheCorrupt, match="train/text-00000.npy"):
         open_cache(params, "synthetic", tiny_backbones)
+    assert hashed == ["text-00000.npy"]
+    open_cache(params, "synthetic", tiny_backbones, verify=False)  # (no checks at all: the caller's choice)
+    with pytest.raises(CacheCorrupt):
+        open_cache(params, "synthetic", tiny_backbones, full=True)
 
 
 def test_estimate_is_printed_first_and_matches_the_bytes_written(cache_params, tiny_backbones):

@@ -139,3 +139,14 @@ def test_cache_stage_refuses_a_sweep_start_below_k(cache_params, monkeypatch):
     with pytest.raises(ConfigError, match=r"sweep\.space\.model\.interaction\.start"):
         pipeline.cache.main()
     assert not params.features_dir("synthetic").exists()
+
+
+def test_cache_stage_estimate_only_writes_nothing(cache_params, monkeypatch, capsys):
+    import pipeline.cache
+
+    params = cache_params()
+    monkeypatch.setattr(sys, "argv", ["pipeline.cache", *_argv(params, "--estimate-only")])
+    assert pipeline.cache.main() == 0
+    out = capsys.readouterr().out
+    assert "expected size on disk" in out and "(48 samples, 16 images)" in out and "free at" in out
+    assert not params.features_dir("synthetic").exists()
