@@ -192,12 +192,7 @@ def ensure_cache(params: Params, dataset: str, say: Callable[[str], None]) -> st
     device = pick_device(params.train.device)
     bb = backbones.load(params, device)
     summary = cache_mod.build_cache(params, dataset, bb, device, progress=False, say=lambda m: log.info("%s", m))
-    fingerprint = getattr(summary, "fingerprint", None) or getattr(summary, "fingerprint_hash", None)
-    if fingerprint is None:
-        from mitp.cache import fingerprint as fp_fn
-        from mitp.cache import short_hash
-
-        fingerprint = short_hash(fp_fn(params, dataset, bb))
+    fingerprint = getattr(summary, "fingerprint_hash", None) or "unknown"
     say(f"feature cache of {dataset} ready (layer {params.cache.layer}, fingerprint {fingerprint})")
     return str(fingerprint)
 

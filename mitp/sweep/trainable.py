@@ -157,7 +157,6 @@ def _mark_stopped(spec: TrialSpec, run_id: str, epoch: int) -> None:
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune function trainable (wrapped with ``tune.with_parameters(run_trial, spec=...)``)."""
-    t_start = time.perf_counter()
     # parallel trials' epoch bars would interleave in the driver's log; Tune's table shows progress
     # (read when tqdm is first imported, which in a fresh trial process is below)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -167,6 +166,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
 
     from mitp.train import fit
 
+    t_start = time.perf_counter()  # trial_wall_s: the trial's own work, after the imports a fresh process pays once
     torch.set_num_threads(max(1, int(spec.cpus)))
     os.environ["MLFLOW_TRACKING_URI"] = spec.tracking_uri
     overrides = spec.space.trial_overrides(config)

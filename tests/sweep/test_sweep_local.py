@@ -80,6 +80,7 @@ def test_grid_of_four_trials_parent_and_children(ray_local, sweep_params, tmp_pa
     assert len(parents2) == 1 and len(children2) == 4
 
 
+@pytest.mark.slow
 def test_failing_trials_are_retried_then_reported(ray_local, sweep_params, tmp_path):
     """Three epochs; lr 1e-3: fine; 2e-3: raises after epoch 1 once, recovers from its
     checkpoint; 3e-3: raises after every epoch (epoch 1, then epoch 2 of the retry); 1e30: the

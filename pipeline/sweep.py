@@ -1,0 +1,63 @@
+"""Stage ``sweep``: Ray Tune over ``sweep.space``, one MLflow parent run and a child per trial.
+
+    python -m pipeline.sweep --dataset NAME [-S key=value ...] [--csv-out PATH] [--best-out PATH] [--fresh]
+
+Writes ``metrics/<NAME>/sweep.csv`` (one row per trial: config, final metrics, cost figures,
+MLflow run id) and ``metrics/<NAME>/sweep_best.json`` (the best trial by ``sweep.metric``).
+Runs on ``ray.address`` / ``RAY_ADDRESS`` if set, else on a local Ray sized to this machine.
+With ``cache.enabled`` the feature cache is built (or verified) first; every trial reads it.
+
+Killed? Run the same command again: the sweep resumes (finished trials are kept, the others
+continue from their last checkpoint, the same MLflow parent run is reopened). ``--fresh``
+discards the sweep's Ray experiment folder and starts over (a new MLflow parent run).
+
+Exit status: 0 when every trial finished; 1 when some ended in error after their retries
+(named on stderr) or did not finish; 2 for configuration errors (nothing started).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mitp.sweep.runner import run_sweep
+from pipeline import cli
+
+
+def main() -> int:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--csv-out", default=None, help="results table (default metrics/<dataset>/sweep.csv)")
+    p.add_argument("--best-out", default=None, help="best configuration (default metrics/<dataset>/sweep_best.json)")
+    p.add_argument("--fresh", action="store_true", help="discard this sweep's Ray experiment folder and start over")
+    args = p.parse_args()
+    params, dataset = cli.load(args)
+    metrics_dir = params.resolve("metrics") / dataset
+    csv_out = args.csv_out or metrics_dir / "sweep.csv"
+    best_out = args.best_out or metrics_dir / "sweep_best.json"
+    # Every checkpoint forces an experiment snapshot (so old checkpoints can be pruned safely);
+    # with short epochs Tune would warn about that on every epoch.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    outcome = run_sweep(params, dataset, fresh=args.fresh, outputs=(csv_out, best_out), say=print)
+
+    best = outcome.best
+    if best.get("trial_id"):
+        cfg = ", ".join(f"{k}={v}" for k, v in best["config"].items()) or "base config"
+        test = {k: v for k, v in best["metrics"].items() if k.startswith("test_")}
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items())
+        print(f"best trial {best['trial_id']} ({cfg}): {outcome.metric} {best['value']:.4f}"
+              + (f", {shown}" if shown else "") + f"; MLflow run {best['mlflow_run_id']}")
+    print(f"{len(outcome.rows)} trials ({best['completed']} completed, {best['stopped']} stopped early, "
+          f"{best['errors']} failed) in {outcome.wall_s:.1f} s; MLflow parent run {outcome.parent_run_id}")
+    print(f"results: {csv_out}\nbest: {best_out}")
+    if outcome.failed:
+        print(f"error: {outcome.failure_message()}", file=sys.stderr)
+        return 1
+    if outcome.unfinished:
+        print(f"error: {len(outcome.unfinished)} trials did not finish (interrupted); run the same command "
+              "again to resume the sweep", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

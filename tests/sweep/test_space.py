@@ -1,0 +1,189 @@
+"""The search space and the results table, without Ray: parsing, validation before launch,
+experiment naming, the metric, best-trial selection."""
+
+from __future__ import annotations
+
+import pytest
+
+from mitp.errors import ConfigError
+
+
+def _params(make_params, **overrides):
+    return make_params({"cache.enabled": False, **overrides})
+
+
+def test_forms_become_tune_domains(make_params):
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from mitp.sweep.space import build_space
+
+    params = _params(make_params, **{"sweep.space": {
+        "model.prompt_length": {"grid": [4, 8]},
+        "model": {"hub_size": [16, 32, 64]},  # nested mapping, plain list = grid
+        "model.kind": {"choice": ["mitp", "mitp_no_hub"]},
+        "train.lr": {"loguniform": [1e-4, 1e-2]},
+        "model.interaction.interval": {"randint": [1, 3]},
+        "seed": 7,  # fixed
+    }})
+    space = build_space(params)
+    ps = space.param_space()
+    assert ps["model.prompt_length"] == {"grid_search": [4, 8]}
+    assert ps["model.hub_size"] == {"grid_search": [16, 32, 64]}
+    assert isinstance(ps["model.kind"], Categorical)
+    assert isinstance(ps["train.lr"], Float) and isinstance(ps["model.interaction.interval"], Integer)
+    assert ps["seed"] == 7
+    assert space.grid_size == 6 and space.n_trials == 6 and space.num_samples == 1
+    assert "seed" not in space.swept_keys and "train.lr" in space.swept_keys
+    # validation checks both ends of a range (randint's high end is excluded)
+    assert space.dims["model.interaction.interval"].candidates() == [1, 2]
+    assert space.dims["train.lr"].candidates() == [1e-4, 1e-2]
+
+
+def test_repeats_get_their_own_seeds(make_params):
+    from mitp.sweep.space import build_space
+
+    params = _params(make_params, **{"seed": 5, "sweep.num_samples": 3, "sweep.space": {"model.hub_size": [16, 32]}})
+    space = build_space(params)
+    assert space.auto_seeds == [5, 6, 7] and space.param_space()["seed"] == {"grid_search": [5, 6, 7]}
+    assert space.num_samples == 1 and space.n_trials == 6 and "seed" in space.swept_keys
+    # a seed in the space: num_samples stays Tune's (random samples)
+    params = _params(make_params, **{"sweep.num_samples": 3, "sweep.space": {"seed": {"choice": [0, 1]}}})
+    space = build_space(params)
+    assert space.num_samples == 3 and space.auto_seeds is None
+
+
+def test_trial_overrides_space_wins_over_sweep_train(make_params):
+    from mitp.sweep.space import build_space
+
+    params = _params(make_params, **{"sweep.train": {"epochs": 3, "train.batch_size": 16},
+                                     "sweep.space": {"train.epochs": [1, 5]}})
+    space = build_space(params)
+    assert space.trial_overrides({"train.epochs": 5}) == {"train.epochs": 5, "train.batch_size": 16}
+    assert space.max_epochs(params.train.epochs) == 5
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"model.prompt_length": {"grod": [4, 8]}}, "model.prompt_length is a value, not a section"),
+    ({"model.interaction": [1, 2]}, "model.interaction is a section"),
+    ({"model.hub_sise": [1]}, "unknown key model.hub_sise"),
+    ({"data.root": ["a"]}, "only seed, model.* and train.* can be swept"),
+    ({"cache.layer": [0, 1]}, "only seed, model.* and train.* can be swept"),
+    ({"train.lr": {"loguniform": [0, 1]}}, "positive low end"),
+    ({"train.lr": {"uniform": [1, 1]}}, "low < high"),
+    ({"model.hub_size": {"grid": []}}, "non-empty list"),
+])
+def test_malformed_space_fails_at_load(make_params, space, message):
+    with pytest.raises(ConfigError, match="sweep.space") as info:
+        _params(make_params, **{"sweep.space": space})
+    assert message in str(info.value)
+
+
+def test_unknown_sweep_train_key_fails_at_load(make_params):
+    with pytest.raises(ConfigError, match=r"sweep\.train: epochz: unknown train key"):
+        _params(make_params, **{"sweep.train": {"epochz": 2}})
+
+
+def test_bad_trial_value_fails_before_launch_naming_key_and_trial(make_params):
+    from mitp.sweep.space import base_raw_of, build_space, validate_trials
+
+    params = _params(make_params, **{"sweep.space": {"model.prompt_length": [4, 0], "model.hub_size": [16, 32]}})
+    space = build_space(params)
+    with pytest.raises(ConfigError) as info:
+        validate_trials(params, space, base_raw_of(params))
+    msg = str(info.value)
+    assert "model.prompt_length" in msg and "greater than or equal to 1" in msg and "sweep trial" in msg
+    assert "model.prompt_length=0" in msg
+
+
+def test_start_layer_checks(make_params):
+    from mitp.sweep.space import base_raw_of, build_space, validate_trials
+
+    # below the cache layer: the cached layers would have to see a prompt
+    params = make_params({"cache.enabled": True, "cache.layer": 2, "model.interaction.start": 2,
+                          "sweep.space": {"model.interaction.start": [1, 2, 3]}})
+    with pytest.raises(ConfigError, match=r"sweep\.space\.model\.interaction\.start: value 1 is below cache\.layer 2"):
+        validate_trials(params, build_space(params), base_raw_of(params))
+    # at or above the cache layer: fine (4 trials validated: 2 starts x 2 hub sizes)
+    params = make_params({"cache.enabled": True, "cache.layer": 2, "model.interaction.start": 2,
+                          "sweep.space": {"model.interaction.start": [2, 3], "model.hub_size": [8, 16]}})
+    assert validate_trials(params, build_space(params), base_raw_of(params)) == 4
+    # beyond the depth of the tiny-random towers (4 layers)
+    params = _params(make_params, **{"sweep.space": {"model.interaction.start": [1, 4]}})
+    with pytest.raises(ConfigError, match=r"model\.interaction\.start: 4 must be below the backbone depth 4"):
+        validate_trials(params, build_space(params), base_raw_of(params))
+
+
+def test_metric_resolution(make_params):
+    from mitp.sweep.runner import resolve_metric
+
+    params = _params(make_params)
+    assert resolve_metric(params, "synthetic") == "val_accuracy"
+    assert resolve_metric(params, "mmimdb") == "val_f1_micro"
+    params = _params(make_params, **{"sweep.metric": "test_accuracy"})
+    with pytest.raises(ConfigError, match=r"sweep\.metric: 'test_accuracy' is not reported every epoch"):
+        resolve_metric(params, "synthetic")
+    params = _params(make_params, **{"sweep.metric": "val_accuracy"})
+    with pytest.raises(ConfigError, match="sweep.metric"):
+        resolve_metric(params, "mmimdb")
+
+
+def test_gpu_settings_are_checked(make_params):
+    from mitp.sweep.runner import check_resources
+
+    with pytest.raises(ConfigError, match=r"sweep\.resources_per_trial\.gpu: 0, but train\.device is cuda"):
+        check_resources(_params(make_params, **{"train.device": "cuda"}))
+    with pytest.raises(ConfigError, match="fraction of one GPU or whole GPUs"):
+        check_resources(_params(make_params, **{"sweep.resources_per_trial.gpu": 1.5}))
+    check_resources(_params(make_params, **{"sweep.resources_per_trial.gpu": 0.25}))
+    check_resources(_params(make_params, **{"sweep.resources_per_trial.gpu": 2}))
+
+
+def test_experiment_name_identifies_the_sweep(make_params):
+    from mitp.sweep.runner import experiment_name
+    from mitp.sweep.space import build_space
+
+    def name(**overrides):
+        params = _params(make_params, **{"sweep.space": {"model.hub_size": [16, 32]}, **overrides})
+        return experiment_name(params, "synthetic", build_space(params), "val_accuracy")
+
+    base = name()
+    assert base.startswith("synthetic-demo-") and base == name()
+    # where and how it runs does not change the sweep ...
+    assert name(**{"sweep.max_concurrent_trials": 4, "sweep.resources_per_trial.cpu": 2, "sweep.max_failures": 3}) == base
+    # ... what the trials train does
+    assert name(**{"sweep.space": {"model.hub_size": [16, 64]}}) != base
+    assert name(**{"sweep.train": {"epochs": 3}}) != base
+    assert name(**{"model.dropout": 0.2}) != base
+    assert name(**{"sweep.name": "other"}).startswith("synthetic-other-")
+
+
+def test_best_row_and_csv():
+    from mitp.sweep import results
+
+    rows = [
+        results.make_row("t0", "COMPLETED", {"model.hub_size": 16}, ["model.hub_size"],
+                         {"val_accuracy": 0.5, "test_accuracy": 0.4, "train_time_s": 1.0, "mlflow_run_id": "r0"}, 0, None, ""),
+        results.make_row("t1", "STOPPED", {"model.hub_size": 32}, ["model.hub_size"],
+                         {"val_accuracy": 0.9, "epoch": 1}, 0, "r1", ""),
+        results.make_row("t2", "COMPLETED", {"model.hub_size": 64}, ["model.hub_size"],
+                         {"val_accuracy": 0.7, "test_accuracy": 0.6, "mlflow_run_id": "r2"}, 1, None, ""),
+        results.make_row("t3", "ERROR", {"model.hub_size": 8}, ["model.hub_size"], {}, 2, "r3", "RuntimeError: boom"),
+    ]
+    assert results.best_row(rows, "val_accuracy", "max")["trial_id"] == "t2"  # completed trials first
+    assert results.best_row(rows, "val_accuracy", "min")["trial_id"] == "t0"
+    assert results.best_row(rows[3:], "val_accuracy", "max") is None
+    text = results.to_csv(rows)
+    header = text.splitlines()[0].split(",")
+    assert header[:3] == ["trial_id", "status", "model.hub_size"]
+    assert header[-4:] == ["failures", "node_id", "mlflow_run_id", "error"]
+    assert len(text.splitlines()) == 5
+    assert rows[0]["mlflow_run_id"] == "r0" and rows[1]["mlflow_run_id"] == "r1"
+
+
+def test_error_first_line():
+    from mitp.sweep.results import first_line
+
+    tb = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    raise X\n"
+          "mitp.train.TrainingDiverged: loss became nan at epoch 1, step 2\n")
+    assert first_line(tb) == "mitp.train.TrainingDiverged: loss became nan at epoch 1, step 2"
+    assert first_line(None) == ""
