@@ -406,6 +406,13 @@ def run_sweep(
 
     started = connect_ray(params)
     try:
+        import ray
+
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        if len(alive) > 1 and "://" not in storage and not params.ray.storage_path:
+            say(f"warning: {len(alive)} Ray nodes but ray.storage_path is not set: trial checkpoints go to "
+                f"{storage} on this node; set it to a path every node mounts (or a URI) so retries on other "
+                "nodes can resume")
         state = read_state(exp_path) or {}
         parent_id = _open_parent(params, dataset, state)
         tags = {**tracking.lineage_tags(params, dataset), "sweep": params.sweep.name, "ray.experiment_path": exp_path,

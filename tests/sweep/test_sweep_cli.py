@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ def _cli(params, *extra: str, overrides: dict | None = None, timeout: int = 600)
                  "sweep.resources_per_trial": params.sweep.resources_per_trial.model_dump()})
     keep.update(overrides or {})
     args = [a for k, v in keep.items() for a in ("-S", f"{k}={json.dumps(v)}")]
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["TQDM_DISABLE"] = "1"
     return subprocess.run([sys.executable, "-m", "pipeline.sweep", "--dataset", "synthetic", *args, *extra],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
