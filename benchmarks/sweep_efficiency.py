@@ -119,6 +119,7 @@ def main() -> int:
     p.add_argument("--n-train", type=int, default=None, help="training examples (default 3000; smoke 192)")
     p.add_argument("--concurrency", type=int, default=2, help="C: concurrent 1-CPU trials (default 2)")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True, help="train from the feature cache")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (data, MLflow store, Ray results)")
     p.add_argument("--pool", action=argparse.BooleanOptionalAction, default=True,
                    help="also time a plain multiprocessing pool (the machine's parallel ceiling)")
     args = p.parse_args()
@@ -193,6 +194,10 @@ def main() -> int:
     finally:
         ray.shutdown()
     load_after = load1()
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
     if outcome.failed or len(outcome.rows) != args.trials:
         print(outcome.failure_message() if outcome.failed else f"{len(outcome.rows)} trials?", file=sys.stderr)
         return 1
