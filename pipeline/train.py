@@ -8,8 +8,8 @@ import json
 
 from mitp.atomic import write_json
 from mitp.config import REPO_ROOT
-from mitp.train import fit
 from mitp.run_layout import train_paths
+from mitp.train import fit
 from pipeline import cli
 
 

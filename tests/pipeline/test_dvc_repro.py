@@ -9,17 +9,10 @@ trials) so the test fits in CI; the full default is what `make repro` runs.
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from mitp.config import REPO_ROOT
+from dvc_workspace import copy_repo, edit_params, repro
 
 pytestmark = pytest.mark.slow
 
@@ -31,50 +24,19 @@ SMOKE = {
 }
 
 
-def _copy_repo(dst: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO_ROOT / rel
-        if src.is_file() and not rel.startswith(("metrics/", "reports/", "dvc.lock")):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-
-
-def _shrink(params_file: Path, hub_size: int | None = None) -> None:
-    raw = yaml.safe_load(params_file.read_text())
-    for path, value in SMOKE.items():
-        node = raw
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    sweep = raw.setdefault("sweep", {})
-    sweep["space"] = {"model.prompt_length": {"grid": [4, 8]}}
-    sweep["num_samples"] = 1
-    sweep.setdefault("train", {})["epochs"] = 1
+def _shrink(repo: Path, hub_size: int | None = None) -> None:
+    values = {**SMOKE, ("sweep", "space"): {"model.prompt_length": {"grid": [4, 8]}},
+              ("sweep", "num_samples"): 1, ("sweep", "train", "epochs"): 1}
     if hub_size is not None:
-        raw["model"]["hub_size"] = hub_size
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def _repro(repo: Path) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(repo)
-    out = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=1500)
-    assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-4000:])
-    return sorted(set(re.findall(r"Running stage '([^']+)'", out.stdout)))
+        values[("model", "hub_size")] = hub_size
+    edit_params(repo, values)
 
 
 def test_dvc_repro_end_to_end(tmp_path):
-    repo = tmp_path / "repo"
-    _copy_repo(repo)
-    _shrink(repo / "params.yaml")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=repo, check=True)
+    repo = copy_repo(tmp_path / "repo")
+    _shrink(repo)
 
-    ran = _repro(repo)
+    ran = repro(repo)
     kinds = ("mitp", "mitp_no_hub", "late_fusion")
     expected = {"download@synthetic", "prepare@synthetic", "backbone", "cache@synthetic", "sweep@synthetic",
                 "report", *(f"train@synthetic-{k}" for k in kinds)}
@@ -93,7 +55,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     for p in pngs:
         assert p.read_bytes()[:4] == b"\x89PNG"
 
-    assert _repro(repo) == [], "a second repro must run nothing"
+    assert repro(repo) == [], "a second repro must run nothing"
 
-    _shrink(repo / "params.yaml", hub_size=32)
-    assert set(_repro(repo)) == {"sweep@synthetic", "report", *(f"train@synthetic-{k}" for k in kinds)}
+    _shrink(repo, hub_size=32)
+    assert set(repro(repo)) == {"sweep@synthetic", "report", *(f"train@synthetic-{k}" for k in kinds)}

@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from mitp.config import REPO_ROOT
-from mitp.train import fit
 from mitp.tracking import tracking_uri
+from mitp.train import fit
 
 RAW = {"cache.enabled": False}
 

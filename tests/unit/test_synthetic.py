@@ -47,7 +47,7 @@ def test_layout_and_label_rule(make_params, tmp_path):
     # text-only ceiling: the best guess from the text alone is right about 2/3 of the time
     has_mod = [any(w in synthetic.MODIFIERS for w in r["sentence2"].split()) for r in rows]
     guess = ["neutral" if m else "entailment" for m in has_mod]
-    acc = sum(g == r["gold_label"] for g, r in zip(guess, rows)) / len(rows)
+    acc = sum(g == r["gold_label"] for g, r in zip(guess, rows, strict=True)) / len(rows)
     assert 0.6 < acc < 0.73
 
 
@@ -60,7 +60,7 @@ def test_images_show_the_named_colour(make_params, tmp_path):
         colour = r["sentence1"].split()[-2]
         pixels = list(Image.open(out / "flickr30k-images" / f"{r['Flickr30K_ID']}.jpg").convert("RGB").getdata())
         target = synthetic.COLOURS[colour]
-        near = sum(1 for p in pixels if sum(abs(a - b) for a, b in zip(p, target)) < 60)
+        near = sum(1 for p in pixels if sum(abs(a - b) for a, b in zip(p, target, strict=True)) < 60)
         assert near > 0.05 * len(pixels), f"{colour} shape not visible in {r['Flickr30K_ID']}"
 
 
