@@ -21,6 +21,8 @@ def tmp_overrides(root: Path) -> dict:
         "train.checkpoint_dir": str(root / "runs"),
         "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
         "ray.storage_path": str(root / "ray_results"),
+        # independent of the demo sweep in params.yaml (which also sweeps the interaction start)
+        "sweep.space": {"model.prompt_length": {"grid": [4, 8]}},
     }
 
 

@@ -80,10 +80,11 @@ def _argv(params, *extra):
     flat["model.interaction.start"] = params.model.interaction.start
     flat["train.epochs"] = 1
     flat["train.batch_size"] = params.train.batch_size
-    out = ["--dataset", "synthetic", *extra]
+    flat["sweep.space"] = "{model.prompt_length: {grid: [4, 8]}}"  # not the demo's (it sweeps the start)
+    out = ["--dataset", "synthetic"]
     for k, v in flat.items():
         out += ["-S", f"{k}={v}"]
-    return out
+    return [*out, *extra]  # extra -S win
 
 
 def test_stage_entry_points_build_and_train_from_the_cache(cache_params, tmp_path, monkeypatch, capsys):
