@@ -71,6 +71,7 @@ def make_params(cfg: dict):
         "data.synthetic.max_text_length": preset["max_text_length"],
         "model.interaction.start": cfg["start"], "cache.layer": cfg["start"],
         "train.batch_size": cfg["batch"], "train.epochs": 1,
+        "sweep.space": {},  # no sweep here: params.yaml's demo space must not constrain cache.layer
     }
     if cfg["preset"] == "vit-base":
         overrides.update({"backbone.preset": "custom", "backbone.vision": f"random-init:{VIT_BASE}:seed{cfg['seed']}",

@@ -72,7 +72,8 @@ def check_cache_layer(params) -> None:
             if value < k:
                 raise ConfigError(
                     f"sweep.space.{key}: value {value} is below cache.layer {k}; the cached layers must "
-                    f"never see a prompt (set cache.layer to at most {min_start(space, params)})")
+                    f"never see a prompt (the cache serves the sweep too: set cache.layer to at most "
+                    f"{min_start(space, params)}, or override sweep.space for a run that does not sweep)")
 
 
 def min_start(space: dict[str, Any], params) -> int:

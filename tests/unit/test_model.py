@@ -94,26 +94,25 @@ def _next_prompts(model, pixels, ids, mask):
     return out.prompts_v[1], out.prompts_t[1]  # P after one hub step
 
 
-def test_hub_exchange_is_two_way(tiny_backbones):
-    model = build(tiny_backbones, kind="mitp")
+def _prompts_under_changes(bb, model):
+    """Next prompts (vision, text) for a batch, with its text changed, and with its image changed."""
     randomize_hub(model)
-    pixels, ids, mask = batch(tiny_backbones, texts=("a red circle", "a red circle"))
-    _, ids_other, mask_other = batch(tiny_backbones, texts=("a blue square", "a blue square"))
+    pixels, ids, mask = batch(bb, texts=("a red circle", "a red circle"))
+    _, ids_other, mask_other = batch(bb, texts=("a blue square", "a blue square"))
     pv, pt = _next_prompts(model, pixels, ids, mask)
     pv_text_changed, _ = _next_prompts(model, pixels, ids_other, mask_other)
     _, pt_image_changed = _next_prompts(model, torch.randn_like(pixels), ids, mask)
+    return (pv, pv_text_changed), (pt, pt_image_changed)
+
+
+def test_hub_exchange_is_two_way(tiny_backbones):
+    (pv, pv_text_changed), (pt, pt_image_changed) = _prompts_under_changes(tiny_backbones, build(tiny_backbones, kind="mitp"))
     assert (pv_text_changed - pv).abs().max() > 1e-4, "text must reach the vision prompts"
     assert (pt_image_changed - pt).abs().max() > 1e-4, "the image must reach the text prompts"
 
 
 def test_no_hub_has_no_exchange(tiny_backbones):
-    model = build(tiny_backbones, kind="mitp_no_hub")
-    randomize_hub(model)
-    pixels, ids, mask = batch(tiny_backbones, texts=("a red circle", "a red circle"))
-    _, ids_other, mask_other = batch(tiny_backbones, texts=("a blue square", "a blue square"))
-    pv, pt = _next_prompts(model, pixels, ids, mask)
-    pv2, _ = _next_prompts(model, pixels, ids_other, mask_other)
-    _, pt2 = _next_prompts(model, torch.randn_like(pixels), ids, mask)
+    (pv, pv2), (pt, pt2) = _prompts_under_changes(tiny_backbones, build(tiny_backbones, kind="mitp_no_hub"))
     torch.testing.assert_close(pv2, pv, rtol=0, atol=0)
     torch.testing.assert_close(pt2, pt, rtol=0, atol=0)
 
