@@ -8,8 +8,9 @@ already initialised in this process (tests, notebooks) that instance is used as 
 Where it writes: the Ray experiment folder ``<ray.storage_path>/<dataset>-<sweep.name>-<hash>``
 (``ray.storage_path`` defaults to ``<repo>/ray_results``; a shared path or a URI on clusters).
 The hash covers everything that defines the trials (the space, ``num_samples``, the scheduler,
-the metric, ``sweep.train`` and the base configuration), so the same command resumes the same
-sweep and a changed sweep starts a new folder. The folder also holds ``mitp_sweep.json`` with the
+the metric, ``sweep.train``, the base configuration and the code that computes a trial's result,
+``RESULT_CODE``), so the same command resumes the same sweep and a changed sweep starts a new
+folder. The folder also holds ``mitp_sweep.json`` with the
 MLflow parent run id, which a resumed sweep reopens: no second parent, no duplicate children.
 
 Resume: if the folder holds a Tune experiment, ``Tuner.restore`` continues it
@@ -323,13 +324,35 @@ def collect_rows(exp_path: str, grid, space: SweepSpace) -> list[dict[str, Any]]
 # --------------------------------------------------------------------------------------------
 
 
+# The code that computes a trial's result (the sweep stage's code deps in dvc.yaml). A change to
+# any of it must not resume an old sweep: finished trials would be kept with stale results.
+RESULT_CODE = ("model.py", "train.py", "checkpoint.py", "metrics.py", "data/loaders.py", "data/dataset.py",
+               "cache", "sweep/trainable.py", "sweep/space.py")
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_fingerprint(root: Path = PACKAGE_ROOT, files: tuple[str, ...] = RESULT_CODE) -> str:
+    """sha256 over the contents of ``files`` (paths under the ``mitp`` package; folders: their .py files)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in files:
+        path = root / rel
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def experiment_name(params: Params, dataset: str, space: SweepSpace, metric: str) -> str:
     base = tracking.run_params(params, dataset)
     for key in ("train.device", "train.num_workers", "train.checkpoint_dir"):  # where, not what
         base.pop(key, None)
     s = params.sweep
     digest = space_hash(dataset, base, space.describe(), space.train_overrides, space.num_samples, s.scheduler,
-                        s.asha.model_dump() if s.scheduler == "asha" else None, metric, s.mode)
+                        s.asha.model_dump() if s.scheduler == "asha" else None, metric, s.mode,
+                        code_fingerprint())
     return f"{dataset}-{s.name}-{digest}"
 
 

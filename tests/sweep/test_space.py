@@ -157,6 +157,30 @@ def test_experiment_name_identifies_the_sweep(make_params):
     assert name(**{"sweep.name": "other"}).startswith("synthetic-other-")
 
 
+def test_a_change_to_the_trials_code_starts_a_new_sweep(make_params, monkeypatch, tmp_path):
+    from mitp.sweep import runner
+    from mitp.sweep.space import build_space
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "model.py").write_text("A = 1\n")
+    (tmp_path / "cache" / "build.py").write_text("B = 1\n")
+    code = runner.code_fingerprint
+    monkeypatch.setattr(runner, "code_fingerprint", lambda: code(tmp_path, ("model.py", "cache")))
+    params = _params(make_params)
+
+    def name():
+        return runner.experiment_name(params, "synthetic", build_space(params), "val_accuracy")
+
+    before = name()
+    assert name() == before  # unchanged code: the same folder, so a rerun resumes
+    (tmp_path / "cache" / "build.py").write_text("B = 2\n")
+    changed = name()
+    assert changed != before
+    (tmp_path / "model.py").write_text("A = 2\n")
+    assert name() not in (before, changed)
+    assert len(code()) == 16 and code() == code()  # the package's own files hash (all of RESULT_CODE exists)
+
+
 def test_best_row_and_csv():
     from mitp.sweep import results
 
