@@ -10,8 +10,8 @@ Where it writes: the Ray experiment folder ``<ray.storage_path>/<dataset>-<sweep
 The hash covers everything that defines the trials (the space, ``num_samples``, the scheduler,
 the metric, ``sweep.train``, the base configuration and the code that computes a trial's result,
 ``RESULT_CODE``), so the same command resumes the same sweep and a changed sweep starts a new
-folder. The folder also holds ``mitp_sweep.json`` with the
-MLflow parent run id, which a resumed sweep reopens: no second parent, no duplicate children.
+folder. The folder also holds ``mitp_sweep.json`` with the MLflow parent run id, which a resumed
+sweep reopens: no second parent, no duplicate children.
 
 Resume: if the folder holds a Tune experiment, ``Tuner.restore`` continues it
 (``resume_unfinished=True``, ``resume_errored=True``: unfinished and errored trials continue from
@@ -20,6 +20,7 @@ their last checkpoint; finished trials are never re-run).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -324,19 +325,16 @@ def collect_rows(exp_path: str, grid, space: SweepSpace) -> list[dict[str, Any]]
 # --------------------------------------------------------------------------------------------
 
 
-# The code that computes a trial's result (the sweep stage's code deps in dvc.yaml). A change to
-# any of it must not resume an old sweep: finished trials would be kept with stale results.
+# The code that computes a trial's result: the sweep stage's code deps in dvc.yaml, with the
+# orchestration in mitp/sweep left out (tests/sweep/test_space.py keeps the two in step). A change
+# to any of it must not resume an old sweep: finished trials would be kept with stale results.
 RESULT_CODE = ("model.py", "train.py", "checkpoint.py", "metrics.py", "data/loaders.py", "data/dataset.py",
                "cache", "sweep/trainable.py", "sweep/space.py")
-
-
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def code_fingerprint(root: Path = PACKAGE_ROOT, files: tuple[str, ...] = RESULT_CODE) -> str:
     """sha256 over the contents of ``files`` (paths under the ``mitp`` package; folders: their .py files)."""
-    import hashlib
-
     h = hashlib.sha256()
     for rel in files:
         path = root / rel

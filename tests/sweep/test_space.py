@@ -178,7 +178,19 @@ def test_a_change_to_the_trials_code_starts_a_new_sweep(make_params, monkeypatch
     assert changed != before
     (tmp_path / "model.py").write_text("A = 2\n")
     assert name() not in (before, changed)
-    assert len(code()) == 16 and code() == code()  # the package's own files hash (all of RESULT_CODE exists)
+
+
+def test_result_code_matches_the_sweep_stage_deps():
+    """The fingerprinted code is the sweep stage's code deps in dvc.yaml, minus the orchestration."""
+    import yaml
+
+    from mitp.config import REPO_ROOT
+    from mitp.sweep import runner
+
+    deps = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["sweep"]["do"]["deps"]
+    stage_code = {d.removeprefix("mitp/") for d in deps if d.startswith("mitp/")} - {"sweep"}
+    assert stage_code == {rel for rel in runner.RESULT_CODE if not rel.startswith("sweep/")}
+    assert all((runner.PACKAGE_ROOT / rel).exists() for rel in runner.RESULT_CODE)
 
 
 def test_best_row_and_csv():
