@@ -1,33 +1,53 @@
 """Safe unpacking of downloaded tar and zip archives.
 
 Every member is checked before anything is written, and the archive is refused as a whole if
-one member is unsafe: an absolute path, a ``..`` component, a symbolic or hard link whose target
-leaves the extraction folder, or a device file / FIFO. Extraction goes into a temp folder
-beside the target, which replaces the target only once every member is out (so an interrupted
-or failed extraction never leaves a half-filled folder behind). The kind is found from the
-file's first bytes (gzip, bzip2, xz or plain tar; zip), not its name.
+one member is unsafe: an absolute path, a ``..`` component, **any** symbolic or hard link (the
+datasets hold none, and a chain of links can point outside even when each link looks harmless
+on its own: the zip symlink chain, or the PATH_MAX symlink chain of CVE-2025-4517 that the
+``tarfile`` ``data`` filter of Python 3.11.7 lets through), a device file or FIFO, or a member
+listed twice. Members are then written by this module, never by ``tarfile.extractall``: each
+file is created with ``O_EXCL | O_NOFOLLOW`` after its resolved path is checked to lie inside
+the extraction folder, so nothing is written outside it whatever the interpreter's filter does.
 
-Errors: :class:`UnsafeArchiveError`, :class:`TruncatedArchiveError` (cut short or corrupt),
-:class:`UnsupportedArchiveError`, and :class:`mitp.data.fetch.DiskFullError` when the disk
-fills up; all are user errors naming the archive.
+Size limits (:class:`ExtractLimits`, from ``data.<name>.download``): the total unpacked size is
+capped (``max_unpacked_gb``), and so is the compression ratio (``max_compression_ratio``) of
+each zip member and of a whole tar stream once they pass 1 MiB. Sizes declared in the headers
+are checked before anything is written, the bytes actually written while streaming (headers can
+lie), and the error names the member.
+
+Extraction goes into a temp folder beside the target, which replaces the target only once every
+member is out (so an interrupted or refused extraction never leaves a half-filled folder
+behind). The kind is found from the file's first bytes (gzip, bzip2, xz or plain tar; zip), not
+its name.
+
+Errors: :class:`UnsafeArchiveError`, :class:`ArchiveTooLargeError`,
+:class:`TruncatedArchiveError` (cut short or corrupt), :class:`UnsupportedArchiveError`, and
+:class:`mitp.data.fetch.DiskFullError` when the disk fills up; all are user errors naming the
+archive.
 """
 
 from __future__ import annotations
 
 import errno
 import lzma
+import os
 import posixpath
 import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from mitp.atomic import atomic_dir
 from mitp.data.fetch import DiskFullError
 from mitp.errors import UserError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar", ".zip")
+CHUNK = 1 << 20
+RATIO_FLOOR = 1 << 20  # members (or tar streams) smaller than this are never ratio-checked
 
 
 class ArchiveError(UserError):
@@ -35,7 +55,11 @@ class ArchiveError(UserError):
 
 
 class UnsafeArchiveError(ArchiveError):
-    """A member would land outside the target, or is a link out of it, or a device file."""
+    """A member would land outside the target, is a link, a device file, or is listed twice."""
+
+
+class ArchiveTooLargeError(UnsafeArchiveError):
+    """The archive unpacks to more than the size cap, or a member is compressed suspiciously well."""
 
 
 class TruncatedArchiveError(ArchiveError):
@@ -44,6 +68,19 @@ class TruncatedArchiveError(ArchiveError):
 
 class UnsupportedArchiveError(ArchiveError):
     """Not a tar (plain, gzip, bzip2, xz) or zip file."""
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Caps on what one archive may unpack to (a zip bomb is refused, naming the member)."""
+
+    max_bytes: int = 64 * 1024**3
+    max_ratio: float = 200.0
+
+    @classmethod
+    def from_options(cls, opts) -> ExtractLimits:
+        """From a dataset's ``download`` options (``max_unpacked_gb``, ``max_compression_ratio``)."""
+        return cls(max_bytes=int(opts.max_unpacked_gb * 1024**3), max_ratio=float(opts.max_compression_ratio))
 
 
 def detect_kind(path: str | Path) -> str:
@@ -72,6 +109,8 @@ def strip_archive_suffix(name: str) -> str:
 
 def _check_name(archive: Path, name: str) -> str:
     """The member's normalised relative path, or an error if it would leave the target."""
+    if "\x00" in name:
+        raise UnsafeArchiveError(f"{archive}: refused, member {name!r} has a NUL byte in its name")
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         raise UnsafeArchiveError(f"{archive}: refused, member {name!r} has an absolute path")
     parts = name.replace("\\", "/").split("/")
@@ -80,34 +119,183 @@ def _check_name(archive: Path, name: str) -> str:
     return posixpath.normpath(name.replace("\\", "/"))
 
 
-def _check_link(archive: Path, member: str, target: str, hard: bool) -> None:
-    kind = "hard link" if hard else "symbolic link"
-    if target.startswith(("/", "\\")):
-        raise UnsafeArchiveError(f"{archive}: refused, {kind} {member!r} points to absolute path {target!r}")
-    # hard link targets are relative to the archive root, symlinks to the member's folder
-    base = "" if hard else posixpath.dirname(member)
-    resolved = posixpath.normpath(posixpath.join(base, target.replace("\\", "/")))
-    if resolved == ".." or resolved.startswith("../"):
-        raise UnsafeArchiveError(f"{archive}: refused, {kind} {member!r} -> {target!r} points outside the archive")
+def _refuse_link(archive: Path, name: str, kind: str, target: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(
+        f"{archive}: refused, member {name!r} is a {kind} (-> {target!r}); "
+        "dataset archives hold no links, and a chain of links can write outside the target"
+    )
+
+
+def _check_members(archive: Path, entries: list[tuple[str, str, str]]) -> None:
+    """``entries``: (name, kind, link target) with kind file / dir / symlink / hardlink / other."""
+    files: set[str] = set()
+    dirs: set[str] = set()
+    for raw_name, kind, target in entries:
+        name = _check_name(archive, raw_name)
+        if kind in ("symbolic link", "hard link"):
+            raise _refuse_link(archive, raw_name, kind, target)
+        if kind == "other":
+            raise UnsafeArchiveError(f"{archive}: refused, member {raw_name!r} is a device file or FIFO")
+        if name == ".":
+            continue
+        if kind == "dir":
+            if name in files:
+                raise UnsafeArchiveError(f"{archive}: refused, member {raw_name!r} is listed as a file and a folder")
+            dirs.add(name)
+            continue
+        if name in files or name in dirs:
+            raise UnsafeArchiveError(f"{archive}: refused, member {raw_name!r} is listed twice")
+        files.add(name)
+
+
+def _tar_kind(m: tarfile.TarInfo) -> str:
+    if m.issym():
+        return "symbolic link"
+    if m.islnk():
+        return "hard link"
+    if m.isdir():
+        return "dir"
+    return "file" if m.isfile() else "other"
+
+
+def _zip_kind(info: zipfile.ZipInfo) -> str:
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if info.is_dir():
+        return "dir"
+    return "file" if stat.S_IFMT(mode) in (0, stat.S_IFREG) else "other"  # 0: no Unix type recorded
 
 
 def check_tar_members(archive: Path, members: list[tarfile.TarInfo]) -> None:
-    for m in members:
-        name = _check_name(archive, m.name)
-        if m.issym() or m.islnk():
-            _check_link(archive, name, m.linkname, hard=m.islnk())
-        elif not (m.isfile() or m.isdir()):
-            raise UnsafeArchiveError(f"{archive}: refused, member {m.name!r} is a device file or FIFO")
+    _check_members(archive, [(m.name, _tar_kind(m), m.linkname) for m in members])
 
 
-def check_zip_members(archive: Path, infos: list[zipfile.ZipInfo], zf: zipfile.ZipFile) -> None:
-    for info in infos:
-        name = _check_name(archive, info.filename)
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
-            _check_link(archive, name, zf.read(info).decode("utf-8", "replace"), hard=False)
-        elif stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no Unix type recorded
-            raise UnsafeArchiveError(f"{archive}: refused, member {info.filename!r} is a device file or FIFO")
+def check_zip_members(archive: Path, infos: list[zipfile.ZipInfo]) -> None:
+    _check_members(archive, [(i.filename, _zip_kind(i), "") for i in infos])
+
+
+def _inside(dest: Path, name: str, archive: Path) -> Path:
+    """``dest / name`` after checking that its resolved path (links on disk included) stays in ``dest``."""
+    out = dest / name
+    real_dest = os.path.realpath(dest)
+    if os.path.commonpath([real_dest, os.path.realpath(out)]) != real_dest:
+        raise UnsafeArchiveError(f"{archive}: refused, member {name!r} resolves outside the target")
+    return out
+
+
+def _make_dirs(dest: Path, rel: str, archive: Path) -> None:
+    """Create ``dest/rel`` one level at a time, refusing any level that is not a plain folder."""
+    current = dest
+    for part in Path(rel).parts:
+        current = current / part
+        try:
+            os.mkdir(current, 0o755)
+        except FileExistsError:
+            if current.is_symlink() or not current.is_dir():
+                raise UnsafeArchiveError(f"{archive}: refused, {rel!r} crosses a non-folder {part!r}") from None
+
+
+class _Budget:
+    """Counts unpacked bytes against :class:`ExtractLimits`."""
+
+    def __init__(self, archive: Path, limits: ExtractLimits):
+        self.archive, self.limits, self.total = archive, limits, 0
+
+    def declared(self, sizes: Iterator[tuple[str, int, int | None]]) -> None:
+        """Check the headers' (name, size, compressed size) before writing anything."""
+        total = 0
+        for name, size, packed in sizes:
+            total += size
+            self._check_total(total, name)
+            self.check_ratio(name, size, packed)
+
+    def add(self, name: str, n: int) -> None:
+        self.total += n
+        self._check_total(self.total, name)
+
+    def _check_total(self, total: int, name: str) -> None:
+        if total > self.limits.max_bytes:
+            raise ArchiveTooLargeError(
+                f"{self.archive}: refused, unpacks to more than {self.limits.max_bytes} bytes "
+                f"(reached at member {name!r}); raise data.<name>.download.max_unpacked_gb if the dataset is that big"
+            )
+
+    def check_ratio(self, name: str, size: int, packed: int | None) -> None:
+        if packed is None or size <= RATIO_FLOOR:
+            return
+        if size > self.limits.max_ratio * max(packed, 1):
+            raise ArchiveTooLargeError(
+                f"{self.archive}: refused, member {name!r} unpacks {size} bytes from {packed} "
+                f"(ratio {size / max(packed, 1):.0f} > data.<name>.download.max_compression_ratio "
+                f"{self.limits.max_ratio:g}): a compression bomb"
+            )
+
+
+def _write_file(src: BinaryIO, out: Path, name: str, budget: _Budget, packed: int | None, mode: int) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(out, flags, 0o755 if mode & 0o111 else 0o644)
+    written = 0
+    with os.fdopen(fd, "wb") as dst:
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            written += len(chunk)
+            budget.add(name, len(chunk))
+            budget.check_ratio(name, written, packed)
+
+
+def _extract_tar(archive: Path, dest: Path, limits: ExtractLimits) -> int:
+    budget = _Budget(archive, limits)
+    packed = archive.stat().st_size
+    try:
+        with tarfile.open(archive, "r:*") as tf:
+            members = tf.getmembers()  # reads the whole archive: a cut-short one fails here
+            check_tar_members(archive, members)
+            # tar compresses the stream, not members: the ratio is the whole stream's
+            budget.declared((m.name, m.size, None) for m in members if m.isfile())
+            budget.check_ratio(archive.name, sum(m.size for m in members if m.isfile()), packed)
+            for m in members:
+                name = posixpath.normpath(m.name.replace("\\", "/"))
+                if name == ".":
+                    continue
+                if m.isdir():
+                    _make_dirs(dest, name, archive)
+                    continue
+                _make_dirs(dest, posixpath.dirname(name), archive)
+                src = tf.extractfile(m)
+                assert src is not None  # a regular file (links and devices were refused)
+                with src:
+                    _write_file(src, _inside(dest, name, archive), m.name, budget, None, m.mode)
+            return len(members)
+    except (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise _truncated(archive, exc) from exc
+    except OSError as exc:
+        if exc.errno is None:  # gzip/bz2 stream errors carry no errno; real I/O errors do
+            raise _truncated(archive, exc) from exc
+        raise
+
+
+def _extract_zip(archive: Path, dest: Path, limits: ExtractLimits) -> int:
+    budget = _Budget(archive, limits)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            check_zip_members(archive, infos)
+            budget.declared((i.filename, i.file_size, i.compress_size) for i in infos if not i.is_dir())
+            for info in infos:
+                name = posixpath.normpath(info.filename.replace("\\", "/"))
+                if name == ".":
+                    continue
+                if info.is_dir():
+                    _make_dirs(dest, name, archive)
+                    continue
+                _make_dirs(dest, posixpath.dirname(name), archive)
+                with zf.open(info) as src:
+                    out = _inside(dest, name, archive)
+                    _write_file(src, out, info.filename, budget, info.compress_size, info.external_attr >> 16)
+            return len(infos)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise _truncated(archive, exc) from exc
 
 
 def _truncated(archive: Path, exc: BaseException) -> TruncatedArchiveError:
@@ -117,50 +305,24 @@ def _truncated(archive: Path, exc: BaseException) -> TruncatedArchiveError:
     )
 
 
-def _extract_tar(archive: Path, dest: Path) -> int:
+def check_opens(archive: str | Path) -> None:
+    """Raise :class:`ArchiveError` unless ``archive`` is a complete tar or zip (reads its index only)."""
+    archive = Path(archive)
     try:
-        with tarfile.open(archive, "r:*") as tf:
-            members = tf.getmembers()  # reads the whole archive: a cut-short one fails here
-            check_tar_members(archive, members)
-            # the 'data' filter repeats the checks above inside tarfile (defence in depth)
-            tf.extractall(dest, members=members, filter="data")
-            return len(members)
-    except (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise _truncated(archive, exc) from exc
-    except OSError as exc:
-        if exc.errno is None:  # gzip/bz2 stream errors carry no errno; real I/O errors do
-            raise _truncated(archive, exc) from exc
-        raise
-    except tarfile.FilterError as exc:  # pragma: no cover - our checks refuse first
-        raise UnsafeArchiveError(f"{archive}: refused, {exc}") from exc
-
-
-def _extract_zip(archive: Path, dest: Path) -> int:
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            check_zip_members(archive, infos, zf)
-            for info in infos:
-                mode = info.external_attr >> 16
-                out = dest / posixpath.normpath(info.filename.replace("\\", "/"))
-                if info.is_dir():
-                    out.mkdir(parents=True, exist_ok=True)
-                elif stat.S_ISLNK(mode):
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.symlink_to(zf.read(info).decode("utf-8"))
-                else:
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(out, "wb") as dst:
-                        while chunk := src.read(1 << 20):
-                            dst.write(chunk)
-            return len(infos)
-    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        if detect_kind(archive) == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                zf.infolist()
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                tf.getmembers()
+    except (tarfile.ReadError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise _truncated(archive, exc) from exc
 
 
-def extract(archive: str | Path, target: str | Path, kind: str = "auto") -> int:
+def extract(archive: str | Path, target: str | Path, kind: str = "auto", limits: ExtractLimits | None = None) -> int:
     """Unpack ``archive`` into ``target`` (replaced whole on success); returns the member count."""
     archive, target = Path(archive), Path(target)
+    limits = limits or ExtractLimits()
     if kind not in ("tar", "zip", "auto"):
         raise UnsupportedArchiveError(f"{archive}: unsupported unpack kind {kind!r} (tar, zip, auto)")
     detected = detect_kind(archive)
@@ -169,7 +331,7 @@ def extract(archive: str | Path, target: str | Path, kind: str = "auto") -> int:
     kind = detected
     try:
         with atomic_dir(target) as tmp:
-            return _extract_tar(archive, tmp) if kind == "tar" else _extract_zip(archive, tmp)
+            return _extract_tar(archive, tmp, limits) if kind == "tar" else _extract_zip(archive, tmp, limits)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise DiskFullError(

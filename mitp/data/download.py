@@ -24,8 +24,13 @@ Checksums and the lock file: a published ``sha256`` in params is always verified
 is published, the sha256 of what was fetched is recorded in the **lock file**
 ``locks/<name>.lock.json`` (tracked by git, outside data/, so it survives DVC clearing
 ``data/raw/<name>/`` before a re-run; ``data.<name>.lock_file`` moves it) and every later
-download must match it. The entry is written only after the file was also unpacked without
-error, so a truncated first download is never trusted. See :mod:`mitp.data.lockfile`.
+download must match it. Nothing is locked until the whole dataset checks out: every fetched
+file passed its content check (:mod:`mitp.data.content_check`: no HTML page as a ``.jsonl``,
+an archive that is a tar or zip), every archive unpacked within the limits, and the raw layout
+was found as prepare will read it. If the layout is not there, what this run fetched and
+unpacked is removed again, so neither a poisoned lock nor a half-trusted folder is left. The
+lock records the URL the bytes finally came from when a mirror redirected (``final_url``).
+See :mod:`mitp.data.lockfile`.
 
 Re-runs: ``data/raw/<name>/.download_state.json`` records what each source produced (sha256,
 size, target). A source whose record matches and whose target exists is skipped without
@@ -37,17 +42,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+from functools import partial
 from pathlib import Path
 
 from mitp.atomic import write_json
 from mitp.data.archive import (
     ARCHIVE_SUFFIXES,
     ArchiveError,
+    ExtractLimits,
     TruncatedArchiveError,
     extract,
     strip_archive_suffix,
 )
-from mitp.data.fetch import ChecksumError, fetch_file, sha256_of
+from mitp.data.content_check import check_fetched
+from mitp.data.fetch import ChecksumError, ContentError, fetch_file, sha256_of
 from mitp.data.kaggle_source import kaggle_download
 from mitp.data.lockfile import LockFile, lock_path
 from mitp.errors import ConfigError, UserError
@@ -193,56 +202,82 @@ def _read_state(raw: Path) -> dict:
     return {}
 
 
-def _fetch(params, name: str, src, file_path: Path, expected: str | None) -> tuple[str, str | None]:
-    """Get ``src`` to ``file_path`` (verified when ``expected``); returns (sha256, url)."""
+def _fetch(params, name: str, src, file_path: Path, expected: str | None) -> tuple[str, str, str | None]:
+    """Get ``src`` to ``file_path`` (verified when ``expected``, content-checked).
+
+    Returns (sha256, the URL asked, the URL the bytes came from after redirects or None).
+    """
     opts = params.dataset(name).download
+    check = partial(check_fetched, archive=is_archive(src))
     if src.urls:
         result = fetch_file(
             src.urls, file_path, sha256=expected, retries=opts.retries, backoff_s=opts.backoff_s,
-            timeout=opts.timeout_s, what=f"{name}: {src.name}",
+            timeout=opts.timeout_s, what=f"{name}: {src.name}", check=check,
         )
-        log.info("%s: fetched %s (%d bytes) from %s", name, src.name, result.size, result.url)
-        return result.sha256, result.url
+        log.info("%s: fetched %s (%d bytes) from %s", name, src.name, result.size, result.final_url or result.url)
+        return result.sha256, result.url, result.final_url or None
     folder = file_path.parent / f".kaggle-{src.name}.tmp"
     got = kaggle_download(src.kaggle, folder, dataset=name, terms=src.terms, local_hint=_local_hint(name))
     digest = sha256_of(got)
-    if expected is not None and digest != expected:
-        got.unlink(missing_ok=True)
-        raise ChecksumError(f"{name}: {src.name} from Kaggle {src.kaggle}: wrong checksum, expected {expected}, got {digest}")
+    try:
+        if expected is not None and digest != expected:
+            raise ChecksumError(f"{name}: {src.name} from Kaggle {src.kaggle}: wrong checksum, expected {expected}, got {digest}")
+        check(got)
+    except (ChecksumError, ContentError):
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     os.replace(got, file_path)
     folder.rmdir()
-    return digest, f"kaggle:{src.kaggle}"
+    return digest, f"kaggle:{src.kaggle}", None
 
 
-def fetch_source(params, name: str, src, lock: LockFile, state: dict) -> dict:
-    """Make one (non-manual) source present in the raw folder; returns what was done."""
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def fetch_source(params, name: str, src, lock: LockFile, state: dict) -> tuple[dict, dict | None]:
+    """Make one (non-manual) source present in the raw folder.
+
+    Returns (what was done, the lock entry to record once the layout is verified, or None).
+    """
     cfg = params.dataset(name)
     raw = params.raw_dir(name)
     file_path, target = source_paths(raw, src)
     expected = src.sha256 or lock.expected(src.name)
+    published = src.sha256 is not None
     done = state.get(src.name)
     if done and target.exists() and (expected is None or done.get("sha256") == expected):
+        pending = None
         if lock.expected(src.name) is None:
-            lock.record(src.name, done["sha256"], done["size"], done.get("url"), published=src.sha256 is not None)
-        return {"file": src.name, "status": "present", "path": str(target)}
+            pending = {"sha256": done["sha256"], "size": done["size"], "url": done.get("url"), "published": published,
+                       "final_url": done.get("final_url")}
+        return {"file": src.name, "status": "present", "path": str(target)}, pending
 
     fetched_now = False
     url: str | None = None
+    final_url: str | None = None
     if file_path.exists():  # a kept archive, or a file put there by hand: verify, do not fetch
         digest = sha256_of(file_path)
         if expected is not None and digest != expected:
             log.warning("%s: %s has sha256 %s, expected %s; fetching it again", name, file_path, digest, expected)
             file_path.unlink()
         else:
+            try:
+                check_fetched(file_path, archive=is_archive(src))
+            except ContentError as exc:
+                raise ContentError(f"{name}: {exc}; delete {file_path} (or replace it) and run again") from None
             url = (lock.files.get(src.name) or {}).get("url")
     if not file_path.exists():
-        digest, url = _fetch(params, name, src, file_path, expected)
+        digest, url, final_url = _fetch(params, name, src, file_path, expected)
         fetched_now = True
     size = file_path.stat().st_size
 
     if is_archive(src):
         try:
-            count = extract(file_path, target, src.unpack)
+            count = extract(file_path, target, src.unpack, limits=ExtractLimits.from_options(cfg.download))
         except ArchiveError as exc:
             trusted = expected is not None
             if fetched_now or not trusted or isinstance(exc, TruncatedArchiveError):
@@ -256,10 +291,28 @@ def fetch_source(params, name: str, src, lock: LockFile, state: dict) -> dict:
         if not cfg.download.keep_archives:
             file_path.unlink(missing_ok=True)
 
-    lock.record(src.name, digest, size, url, published=src.sha256 is not None)
-    state[src.name] = {"sha256": digest, "size": size, "url": url, "target": os.path.relpath(target, raw)}
+    state[src.name] = {"sha256": digest, "size": size, "url": url, "final_url": final_url,
+                       "target": os.path.relpath(target, raw)}
     write_json(raw / STATE_FILE, state)
-    return {"file": src.name, "status": "downloaded" if fetched_now else "verified", "path": str(target), "sha256": digest}
+    pending = {"sha256": digest, "size": size, "url": url, "published": published, "final_url": final_url}
+    status = "downloaded" if fetched_now else "verified"
+    return {"file": src.name, "status": status, "path": str(target), "sha256": digest}, pending
+
+
+def _verify_or_undo(params, name: str, raw: Path, fetched: list, state: dict) -> Path:
+    """The layout under ``raw``; if it is not there, remove what this run fetched and unpacked."""
+    try:
+        return verify_layout(params, name, raw)
+    except UserError as exc:
+        for src in fetched:
+            for path in source_paths(raw, src):
+                _remove(path)
+            state.pop(src.name, None)
+        write_json(raw / STATE_FILE, state)
+        undone = ", ".join(s.name for s in fetched)
+        raise type(exc)(
+            f"{exc}" + (f" (what this run fetched - {undone} - was removed and its checksum not recorded)" if fetched else "")
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,10 +344,18 @@ def download_dataset(params, name: str) -> dict:
     raw.mkdir(parents=True, exist_ok=True)
     lock = LockFile(lock_path(params, name), name)
     state = _read_state(raw)
+    pending: dict[str, dict] = {}
+    fetched = []
     for src in cfg.sources:
         if src.name not in results:
-            results[src.name] = fetch_source(params, name, src, lock, state)
-    root = verify_layout(params, name, raw)
+            results[src.name], entry = fetch_source(params, name, src, lock, state)
+            if results[src.name]["status"] != "present":
+                fetched.append(src)
+            if entry is not None:
+                pending[src.name] = entry
+    root = _verify_or_undo(params, name, raw, fetched, state)
+    for file, entry in pending.items():  # trusted only now that the whole layout checked out
+        lock.record(file, **entry)
     files = [results[s.name] for s in cfg.sources]
     log.info("%s: %s", name, ", ".join(f"{f['file']} {f['status']}" for f in files))
     return {"dataset": name, "status": "ok", "root": str(root), "lock_file": str(lock.path), "files": files}

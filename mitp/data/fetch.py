@@ -6,11 +6,26 @@ request (the bytes already in the ``.part`` file are never fetched again; a serv
 ignores ``Range`` makes it start over), and connection errors, timeouts and HTTP 5xx / 408 /
 429 answers are retried with exponential backoff. Other 4xx answers (404, 403, ...) move on to
 the next mirror at once. The finished file's sha256 is compared with the expected one (when
-known); only a complete and verified file is renamed to ``target``, so ``target`` never holds
-a partial or wrong file. A wrong checksum deletes the ``.part`` file.
+known), and an optional content ``check`` runs on it (an HTML error page served with status 200
+is not a dataset file): only a complete, verified file is renamed to ``target``, so ``target``
+never holds a partial or wrong file. A wrong checksum or content deletes the ``.part`` file and
+the next mirror is tried.
 
-Errors (user errors with the URL and file in the message): :class:`DownloadError` (every
-mirror failed; lists each mirror's last error), :class:`ChecksumError`, :class:`DiskFullError`.
+Resuming is only done with a validator: when a ``.part`` is started, the answer's ``ETag`` (or
+``Last-Modified``) and URL are recorded in ``<target>.part.json``; a resume sends them as
+``If-Range``, so a server whose file changed answers 200 with the whole new file and the
+download starts over. A ``.part`` with no record (or none the server gave a validator for) is
+never resumed, and a 206 answer carrying a different ``ETag`` restarts too: a stale ``.part``
+is never spliced onto a newer file.
+
+Redirects are followed to any ``https://`` URL, or within the same scheme, host and port;
+anything else (``http://`` to another host, a downgrade from https) is refused for that mirror,
+since a plain-http hop elsewhere is where a file is most easily swapped. The URL the bytes
+finally came from is returned (:attr:`FetchResult.final_url`) and recorded in the lock file.
+
+Errors (user errors with the URL and file in one line): :class:`DownloadError` (every mirror
+failed; lists each mirror's last error), :class:`ChecksumError`, :class:`ContentError`,
+:class:`DiskFullError`.
 """
 
 from __future__ import annotations
@@ -18,18 +33,22 @@ from __future__ import annotations
 import errno
 import hashlib
 import http.client
+import json
 import logging
 import os
 import re
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from mitp.atomic import write_json
 from mitp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -52,6 +71,10 @@ class DiskFullError(DownloadError):
     """No space left for the download or its unpacking."""
 
 
+class ContentError(DownloadError):
+    """The fetched bytes are not what the file should hold (an HTML page as a .jsonl, ...)."""
+
+
 class _HTTPFailure(Exception):
     """One URL's failure: ``retry`` tells whether trying it again may help."""
 
@@ -63,10 +86,11 @@ class _HTTPFailure(Exception):
 @dataclass
 class FetchResult:
     path: Path
-    url: str
+    url: str  # the mirror asked
     sha256: str
     size: int
     downloaded: int  # bytes transferred over the network by this call
+    final_url: str = ""  # where the bytes came from after redirects ("" if never redirected)
 
 
 def sha256_of(path: str | Path, chunk: int = CHUNK) -> str:
@@ -94,24 +118,76 @@ def _total_from_content_range(value: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _attempt(url: str, part: Path, timeout: float, desc: str) -> int:
-    """One request, appending to ``part`` from its current size; returns bytes received.
+def _meta_path(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _read_validator(part: Path) -> dict:
+    """What was recorded when ``part`` was started: ``{"etag", "last_modified", "url"}`` or {}."""
+    try:
+        meta = json.loads(_meta_path(part).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _start_over(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _meta_path(part).unlink(missing_ok=True)
+
+
+def _if_range(meta: dict) -> str | None:
+    """A strong ETag, else Last-Modified (RFC 9110: a weak ETag cannot validate a range)."""
+    etag = meta.get("etag")
+    if isinstance(etag, str) and etag and not etag.startswith("W/"):
+        return etag
+    modified = meta.get("last_modified")
+    return modified if isinstance(modified, str) and modified else None
+
+
+def same_origin_or_https(old_url: str, new_url: str) -> bool:
+    """The redirect policy: to any https URL, or within one scheme + host + port."""
+    old, new = urllib.parse.urlsplit(old_url), urllib.parse.urlsplit(new_url)
+    return new.scheme == "https" or (new.scheme, new.netloc) == (old.scheme, old.netloc)
+
+
+class _RedirectPolicy(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not same_origin_or_https(req.full_url, newurl):
+            raise _HTTPFailure(
+                f"redirect to {newurl} refused (only https, or the same host, are followed)", retry=False
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_RedirectPolicy)
+
+
+def _attempt(url: str, part: Path, timeout: float, desc: str) -> tuple[int, str]:
+    """One request, appending to ``part`` from its current size; returns (bytes received, final URL).
 
     Raises :class:`_HTTPFailure` on anything short of a complete body.
     """
     offset = part.stat().st_size if part.exists() else 0
+    meta = _read_validator(part) if offset else {}
+    validator = _if_range(meta)
+    if offset and validator is None:
+        log.info("%s: no validator recorded for %s; fetching from the start", url, part.name)
+        _start_over(part)
+        offset = 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        headers["If-Range"] = validator
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
             total = _total_from_content_range(exc.headers.get("Content-Range"))
             if total == offset:
-                return 0  # the .part file is already complete
-            part.unlink(missing_ok=True)
+                return 0, url  # the .part file is already complete (and validated by If-Range)
+            _start_over(part)
             raise _HTTPFailure(f"HTTP 416 for a resume at byte {offset}; starting over", retry=True) from None
         raise _HTTPFailure(f"HTTP {exc.code} {exc.reason}", retry=exc.code in RETRY_STATUS) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
@@ -120,18 +196,25 @@ def _attempt(url: str, part: Path, timeout: float, desc: str) -> int:
 
     with response:
         status = response.status
+        final_url = response.geturl()
+        etag = response.headers.get("ETag")
         length = response.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
         if offset and status == 206:
             m = re.match(r"bytes\s+(\d+)-", response.headers.get("Content-Range") or "")
             if not m or int(m.group(1)) != offset:
-                part.unlink(missing_ok=True)
+                _start_over(part)
                 raise _HTTPFailure("server answered a resume with the wrong range; starting over", retry=True)
+            if meta.get("etag") and etag and etag != meta["etag"]:
+                _start_over(part)  # the server ignored If-Range and the file changed
+                raise _HTTPFailure(f"file changed since the partial download (ETag {etag}); starting over", retry=True)
             mode = "ab"
         else:
             if offset:
-                log.info("%s ignores Range requests; fetching from the start", url)
+                log.info("%s: file changed or Range ignored; fetching from the start", url)
             offset, mode = 0, "wb"
+            meta = {"url": final_url, "etag": etag, "last_modified": response.headers.get("Last-Modified")}
+            write_json(_meta_path(part), meta)
         if length is not None:
             _check_space(part.parent, length, url)
         total = offset + length if length is not None else None
@@ -158,18 +241,18 @@ def _attempt(url: str, part: Path, timeout: float, desc: str) -> int:
                 raise _HTTPFailure(f"connection dropped after {offset + received} bytes: {exc!r}", retry=True) from None
         if length is not None and received < length:
             raise _HTTPFailure(f"connection dropped after {offset + received} of {total} bytes", retry=True)
-        return received
+        return received, final_url
 
 
-def _fetch_one(url: str, part: Path, *, retries: int, backoff_s: float, timeout: float, desc: str) -> int:
-    """Fetch ``url`` completely into ``part`` (resuming it), with retries; returns bytes received."""
+def _fetch_one(url: str, part: Path, *, retries: int, backoff_s: float, timeout: float, desc: str) -> tuple[int, str]:
+    """Fetch ``url`` completely into ``part`` (resuming it), with retries; returns (bytes received, final URL)."""
     received_total = 0
     failures = 0
     while True:
         before = part.stat().st_size if part.exists() else 0
         try:
-            received_total += _attempt(url, part, timeout, desc)
-            return received_total
+            received, final_url = _attempt(url, part, timeout, desc)
+            return received_total + received, final_url
         except _HTTPFailure as exc:
             now = part.stat().st_size if part.exists() else 0
             received_total += max(0, now - before)
@@ -190,10 +273,12 @@ def fetch_file(
     backoff_s: float = 2.0,
     timeout: float = 60.0,
     what: str = "",
+    check: Callable[[Path], None] | None = None,
 ) -> FetchResult:
     """Download the first working mirror of ``urls`` to ``target``; verified when ``sha256`` is given.
 
-    ``what`` names the file in messages (``"mmimdb: mmimdb.tar.gz"``).
+    ``what`` names the file in messages (``"mmimdb: mmimdb.tar.gz"``). ``check(path)`` may raise
+    :class:`ContentError` for bytes that are not the file (that mirror is then skipped).
     """
     target = Path(target)
     what = what or target.name
@@ -203,32 +288,40 @@ def fetch_file(
     part = target.with_name(target.name + ".part")
     errors: list[str] = []
     downloaded = 0
-    mismatch = False
+    refused: set[type] = set()  # why mirrors' files were refused
     for url in urls:
         try:
-            downloaded += _fetch_one(
+            received, final_url = _fetch_one(
                 url, part, retries=retries, backoff_s=backoff_s, timeout=timeout, desc=what
             )
+            downloaded += received
         except _HTTPFailure as exc:
             errors.append(f"{url}: {exc}")
             log.warning("%s: %s: %s", what, url, exc)
             continue
         digest = sha256_of(part)
-        if sha256 is not None and digest != sha256:
-            part.unlink(missing_ok=True)
-            errors.append(f"{url}: sha256 mismatch: expected {sha256}, got {digest}")
-            log.warning("%s: %s served a file with the wrong sha256", what, url)
-            mismatch = True
+        try:
+            if sha256 is not None and digest != sha256:
+                raise ChecksumError(f"sha256 mismatch: expected {sha256}, got {digest}")
+            if check is not None:
+                check(part)
+        except (ChecksumError, ContentError) as exc:
+            _start_over(part)
+            errors.append(f"{final_url}: {exc}")
+            log.warning("%s: %s served a wrong file: %s", what, final_url, exc)
+            refused.add(type(exc))
             continue
         size = part.stat().st_size
         with open(part, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(part, target)
-        return FetchResult(path=target, url=url, sha256=digest, size=size, downloaded=downloaded)
-    if mismatch:
+        _meta_path(part).unlink(missing_ok=True)
+        return FetchResult(path=target, url=url, sha256=digest, size=size, downloaded=downloaded,
+                           final_url="" if final_url == url else final_url)
+    if ChecksumError in refused:
         raise ChecksumError(
-            f"{what}: wrong checksum, nothing was kept at {target}. Expected sha256 {sha256}:\n  - "
-            + "\n  - ".join(errors)
+            f"{what}: wrong checksum, nothing was kept at {target}. Expected sha256 {sha256}: " + "; ".join(errors)
         )
-    raise DownloadError(f"{what}: could not be downloaded from any of its {len(urls)} URL(s):\n  - " + "\n  - ".join(errors))
-
+    if ContentError in refused:
+        raise ContentError(f"{what}: not a valid file, nothing was kept at {target}: " + "; ".join(errors))
+    raise DownloadError(f"{what}: could not be downloaded from any of its {len(urls)} URL(s): " + "; ".join(errors))

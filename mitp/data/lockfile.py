@@ -6,7 +6,12 @@ Default location ``locks/<name>.lock.json`` at the repository root (``data.locks
 
     {"dataset": "mmimdb",
      "files": {"mmimdb.tar.gz": {"sha256": "...", "size": 8123456789,
-                                  "url": "https://...", "checksum": "published" | "first download"}}}
+                                  "url": "https://...", "checksum": "published" | "first download",
+                                  "final_url": "https://..."}}}   # only when the mirror redirected
+
+``final_url`` is where a redirect led (query string dropped: CDNs sign it per request). An
+entry is written by :mod:`mitp.data.download` only once the file passed its content check, was
+unpacked and the dataset's layout was found, so a poisoned first download is never locked.
 
 A published checksum (``sources[].sha256`` in params) is always checked; where none is
 published, the first download's sha256 is recorded here (trust on first use) and every later
@@ -16,6 +21,7 @@ download must match it. No timestamps, so the file changes only when the data do
 from __future__ import annotations
 
 import json
+import urllib.parse
 from pathlib import Path
 
 from mitp.atomic import write_json
@@ -53,8 +59,12 @@ class LockFile:
         entry = self.files.get(file)
         return entry.get("sha256") if entry else None
 
-    def record(self, file: str, sha256: str, size: int, url: str | None, published: bool) -> None:
+    def record(
+        self, file: str, sha256: str, size: int, url: str | None, published: bool, final_url: str | None = None
+    ) -> None:
         entry = {"sha256": sha256, "size": size, "url": url, "checksum": "published" if published else "first download"}
+        if final_url and final_url != url:
+            entry["final_url"] = urllib.parse.urlsplit(final_url)._replace(query="", fragment="").geturl()
         if self.files.get(file) != entry:
             self.files[file] = entry
             self.save()

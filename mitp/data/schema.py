@@ -60,6 +60,10 @@ class DownloadOptions(_Strict):
     backoff_s: float = Field(2.0, ge=0.0, description="first wait between retries; doubles each time (max 60 s)")
     timeout_s: float = Field(60.0, gt=0.0, description="socket timeout")
     keep_archives: bool = Field(False, description="keep downloads/<archive> after unpacking (costs disk)")
+    max_unpacked_gb: float = Field(64.0, gt=0.0, description="refuse an archive that unpacks to more than this")
+    max_compression_ratio: float = Field(
+        200.0, gt=1.0, description="refuse an archive member (zip) or stream (tar) over 1 MiB compressed better than this"
+    )
 
 
 class DatasetConfig(_Strict):

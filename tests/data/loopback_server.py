@@ -1,17 +1,24 @@
 """A loopback HTTP file server for download tests (127.0.0.1 only, one thread, started per test).
 
 It serves ``files`` (path -> bytes) with ``Range`` support and records every request (path,
-``Range`` header, status, body bytes sent). ``plan[path]`` is a list of behaviours consumed by
+``Range`` and ``If-Range`` headers, status, body bytes sent). Each file carries validators: an
+``ETag`` (a hash of its bytes) and a ``Last-Modified``; a ``Range`` request whose ``If-Range``
+does not match them gets the whole file with status 200, as RFC 9110 says (``if_range=False``
+makes the server ignore ``If-Range``; ``validators=False`` sends none). ``redirects[path]`` is
+a URL answered with ``302 Found``. ``plan[path]`` is a list of behaviours consumed by
 successive requests for that path: ``"500"`` / ``"503"`` (an error answer), ``"404"``, or
 ``("drop", n)`` (announce the full length, send ``n`` bytes, close the connection).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LAST_MODIFIED = "Mon, 02 Mar 2026 10:00:00 GMT"
 
 
 @dataclass
@@ -20,6 +27,11 @@ class Hit:
     range: str | None
     status: int
     sent: int
+    if_range: str | None = None
+
+
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
 
 
 @dataclass
@@ -27,7 +39,10 @@ class LoopbackServer:
     files: dict[str, bytes] = field(default_factory=dict)
     plan: dict[str, list] = field(default_factory=dict)
     hits: list[Hit] = field(default_factory=list)
+    redirects: dict[str, str] = field(default_factory=dict)
     ranges: bool = True
+    validators: bool = True
+    if_range: bool = True
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -48,7 +63,9 @@ class LoopbackServer:
             def _answer(self, status: int, body: bytes = b"", headers: dict | None = None, send: int | None = None):
                 out = body if send is None else body[:send]
                 # recorded before anything goes out, so a client that has the answer sees the hit
-                server.hits.append(Hit(self.path, self.headers.get("Range"), status, len(out)))
+                server.hits.append(
+                    Hit(self.path, self.headers.get("Range"), status, len(out), self.headers.get("If-Range"))
+                )
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 for k, v in (headers or {}).items():
@@ -60,6 +77,8 @@ class LoopbackServer:
                     self.close_connection = True
 
             def do_GET(self):
+                if self.path in server.redirects:
+                    return self._answer(302, b"", {"Location": server.redirects[self.path]})
                 steps = server.plan.get(self.path) or []
                 step = steps.pop(0) if steps else None
                 if step in ("500", "502", "503"):
@@ -67,9 +86,12 @@ class LoopbackServer:
                 body = server.files.get(self.path)
                 if body is None or step == "404":
                     return self._answer(404, b"not found")
-                start, status, headers = 0, 200, {}
+                start, status = 0, 200
+                headers = {"ETag": etag_of(body), "Last-Modified": LAST_MODIFIED} if server.validators else {}
                 m = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
-                if m and server.ranges:
+                validator = self.headers.get("If-Range")
+                fresh = validator is None or not server.if_range or validator in headers.values()
+                if m and server.ranges and fresh:
                     start = int(m.group(1))
                     if start >= len(body):
                         return self._answer(416, b"", {"Content-Range": f"bytes */{len(body)}"})
