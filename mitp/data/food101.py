@@ -18,6 +18,11 @@ Ids are ``<source split>/<file stem>`` (``train/apple_pie_12``), so val ids say 
 came from. Rows rejected while reading train_titles.csv count as ``train`` skips in the report
 (they are dropped before val is carved); image problems count in the split the record fell in.
 The label list is the sorted class folders of ``images/train``.
+
+Untrusted fields: an ``image_filename`` must be a plain file name (``../x`` or ``/x`` is an
+``unsafe_path`` skip, see :mod:`mitp.data.safe_names`) and the class one of the folders;
+a row with bytes that are not UTF-8 is ``not_utf8``; an unterminated quote is caught (see
+:func:`read_titles`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,17 @@ from collections import defaultdict
 from pathlib import Path
 
 from mitp.data.layout import LayoutError, find_root
-from mitp.data.records import DUPLICATE_ID, EMPTY_TEXT, MALFORMED, UNKNOWN_LABEL, Record, SkipLog
+from mitp.data.records import (
+    DUPLICATE_ID,
+    EMPTY_TEXT,
+    MALFORMED,
+    NOT_UTF8,
+    UNKNOWN_LABEL,
+    UNSAFE_PATH,
+    Record,
+    SkipLog,
+)
+from mitp.data.safe_names import child_path, unsafe_reason
 
 SOURCE_SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -55,13 +70,28 @@ def _csv_path(root: Path, split: str) -> Path:
     raise LayoutError(f"{root / 'texts'}: {split}_titles.csv not found")
 
 
+def _is_utf8(field: str) -> bool:
+    """False for text read with ``surrogateescape`` that held bytes which are not UTF-8."""
+    try:
+        field.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_titles(path: Path, split: str, images: Path, classes: set[str], log: SkipLog) -> list[Record]:
-    """Records of one ``<split>_titles.csv``; bad rows go to ``log``."""
+    """Records of one ``<split>_titles.csv``; bad rows go to ``log``.
+
+    A row is one physical line: a field holding a line break means a quote was left open and
+    swallowed the lines after it, each of which counts as a ``malformed_line`` skip (so the
+    records read stay one per line). Bytes that are not UTF-8 make the row a ``not_utf8`` skip.
+    """
     records: list[Record] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
         reader = csv.reader(fh)
         while True:
+            first = reader.line_num + 1
             try:
                 row = next(reader)
             except StopIteration:
@@ -70,7 +100,15 @@ def read_titles(path: Path, split: str, images: Path, classes: set[str], log: Sk
                 log.add(split, MALFORMED, f"{path}:{reader.line_num}", detail=f"CSV error: {exc}")
                 continue
             where = f"{path}:{reader.line_num}"
+            if reader.line_num > first or any("\n" in c or "\r" in c for c in row):
+                for line in range(first, reader.line_num + 1):
+                    log.add(split, MALFORMED, f"{path}:{line}",
+                            detail=f"inside a quote opened on line {first} and not closed before line {reader.line_num}")
+                continue
             if not row or all(not c.strip() for c in row):
+                continue
+            if not all(_is_utf8(c) for c in row):
+                log.add(split, NOT_UTF8, where, detail="bytes that are not UTF-8")
                 continue
             if len(row) != 3:
                 log.add(split, MALFORMED, where, detail=f"expected 3 fields (image_filename,title,class), got {len(row)}")
@@ -86,11 +124,15 @@ def read_titles(path: Path, split: str, images: Path, classes: set[str], log: Sk
             if label not in classes:
                 log.add(split, UNKNOWN_LABEL, where, id=rid, detail=f"class {label!r} has no folder in {images}")
                 continue
+            image = child_path(images / split / label, fname)
+            if image is None:
+                log.add(split, UNSAFE_PATH, where, id=rid, detail=f"image_filename: {unsafe_reason(fname)}")
+                continue
             if rid in seen:
                 log.add(split, DUPLICATE_ID, where, id=rid, detail=f"{fname} listed twice")
                 continue
             seen.add(rid)
-            records.append(Record(id=rid, image=images / split / label / fname, text=text, label=label, where=where))
+            records.append(Record(id=rid, image=image, text=text, label=label, where=where))
     return records
 
 

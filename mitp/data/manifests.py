@@ -64,11 +64,18 @@ def write_labels(out_dir: str | Path, labels: list[str]) -> Path:
     return target
 
 
+def _rerun(path: Path, what: str) -> ManifestError:
+    return ManifestError(f"{path}: {what}; run `python -m pipeline.prepare` for this dataset again")
+
+
 def read_labels(prepared_dir: str | Path) -> list[str]:
     path = Path(prepared_dir) / "labels.json"
     if not path.exists():
         raise ManifestError(f"{path}: not found; run `python -m pipeline.prepare` for this dataset first")
-    labels = json.loads(path.read_text())
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _rerun(path, f"unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise ManifestError(f"{path}: expected a non-empty list of label names")
     return labels
@@ -79,7 +86,11 @@ def read_split(prepared_dir: str | Path, split: str) -> Manifest:
     path = prepared_dir / f"{split}.parquet"
     if not path.exists():
         raise ManifestError(f"{path}: not found; run `python -m pipeline.prepare` for this dataset first")
-    frame = pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a cut-short or corrupt file
+        detail = " ".join(str(exc).split())[:200]
+        raise _rerun(path, f"truncated or corrupt parquet manifest ({type(exc).__name__}: {detail})") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"{path}: missing columns {missing}")

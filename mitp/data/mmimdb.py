@@ -16,6 +16,8 @@ Rules, as MMBT and the original code apply them:
 * a missing or unparsable ``<id>.json`` is a ``malformed_line`` (the id's entry in split.json
   points to nothing usable); a missing poster is a ``missing_image``.
 * ``dev`` becomes ``val``; an id listed in two splits is kept in the first (``duplicate_id``).
+* an id must be a plain file name (:mod:`mitp.data.safe_names`): ``../x`` or ``/x`` is an
+  ``unsafe_path`` skip, never joined; a metadata file that is not UTF-8 is ``not_utf8``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import json
 from pathlib import Path
 
 from mitp.data.layout import LayoutError, find_root
-from mitp.data.records import DUPLICATE_ID, EMPTY_TEXT, MALFORMED, NO_LABEL, Record, SkipLog
+from mitp.data.records import DUPLICATE_ID, EMPTY_TEXT, MALFORMED, NO_LABEL, NOT_UTF8, UNSAFE_PATH, Record, SkipLog
+from mitp.data.safe_names import child_path, unsafe_reason
 
 GENRES = [
     "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror",
@@ -79,13 +82,19 @@ def known_genres(genres) -> tuple[str, ...]:
 
 
 def read_movie(dataset: Path, mid: str, split: str, where: str, log: SkipLog) -> Record | None:
-    meta_path = dataset / f"{mid}.json"
+    meta_path = child_path(dataset, f"{mid}.json")
+    if meta_path is None:
+        log.add(split, UNSAFE_PATH, where, id=mid, detail=f"metadata file: {unsafe_reason(mid + '.json')}")
+        return None
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         log.add(split, MALFORMED, where, id=mid, detail=f"{meta_path} not found")
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        log.add(split, NOT_UTF8, where, id=mid, detail=f"{meta_path}: byte {exc.start} is not UTF-8")
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
         log.add(split, MALFORMED, where, id=mid, detail=f"{meta_path}: not readable JSON: {exc}")
         return None
     if not isinstance(meta, dict):

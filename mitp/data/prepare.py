@@ -13,6 +13,9 @@ folder as a whole only when everything succeeded:
   every skip listed (split, reason, file:line, id, detail), and reader facts (source folder,
   text field, Food101 split seed, MM-IMDB genre rule).
 
+An image used by two splits (an annotation pointing the same file into train and test) is kept
+in the first of train, val, test and counted as an ``image_in_two_splits`` skip in the other.
+
 Bad records follow ``data.<name>.bad_records``: ``skip`` (default) drops and counts them,
 ``fail`` stops at the first. A split that loses more than ``data.<name>.max_skip_fraction`` of
 its records fails the stage; the full report is then written beside the prepared folder as
@@ -22,6 +25,7 @@ its records fails the stage; the full report is then written beside the prepared
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -29,7 +33,7 @@ import pandas as pd
 from mitp.atomic import atomic_dir, write_json
 from mitp.data.images import verify_images
 from mitp.data.manifests import SPLITS, relative_image_path, write_labels, write_split
-from mitp.data.records import BadRecordError, Record, SkipLog
+from mitp.data.records import IN_TWO_SPLITS, BadRecordError, Record, SkipLog
 from mitp.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,20 @@ def read_layout(params, name: str, base: Path, skips: SkipLog) -> tuple[dict[str
 
         return mmimdb.read(base, skips)
     raise ConfigError(f"dataset {name!r}: no reader for its raw layout (known: {', '.join(READERS)})")
+
+
+def drop_cross_split_images(splits: dict[str, list[Record]], skips: SkipLog) -> None:
+    """Keep each image in the first split (train, val, test) that uses it; later uses are skips."""
+    owner: dict[str, str] = {}
+    for split in SPLITS:
+        kept = []
+        for rec in splits.get(split, []):
+            first = owner.setdefault(os.path.normpath(rec.image), split)
+            if first == split:
+                kept.append(rec)
+            else:
+                skips.add(split, IN_TWO_SPLITS, rec.where, id=rec.id, detail=f"{rec.image} is used by {first} already")
+        splits[split] = kept
 
 
 def _frame(records: list[Record], out_dir: Path) -> pd.DataFrame:
@@ -113,6 +131,7 @@ def prepare_dataset(params, name: str) -> dict:
     skips = SkipLog(policy=cfg.bad_records, dataset=name)
 
     splits, labels, info = read_layout(params, name, base, skips)
+    drop_cross_split_images(splits, skips)
     read_counts = {s: len(splits.get(s, [])) + skips.count(s) for s in SPLITS}
 
     all_images = [r.image for s in SPLITS for r in splits.get(s, [])]

@@ -23,7 +23,13 @@ UNKNOWN_LABEL = "unknown_label"
 NO_LABEL = "no_label"  # MM-IMDB: no genre left inside the 23
 MALFORMED = "malformed_line"
 DUPLICATE_ID = "duplicate_id"
-REASONS = (MISSING_IMAGE, UNREADABLE_IMAGE, EMPTY_TEXT, UNKNOWN_LABEL, NO_LABEL, MALFORMED, DUPLICATE_ID)
+UNSAFE_PATH = "unsafe_path"  # an id / file name that is not a plain name inside the dataset folder
+NOT_UTF8 = "not_utf8"  # text that is not valid UTF-8 (never silently turned into U+FFFD)
+IN_TWO_SPLITS = "image_in_two_splits"  # an image already used by an earlier split (kept there)
+REASONS = (
+    MISSING_IMAGE, UNREADABLE_IMAGE, EMPTY_TEXT, UNKNOWN_LABEL, NO_LABEL, MALFORMED, DUPLICATE_ID,
+    UNSAFE_PATH, NOT_UTF8, IN_TWO_SPLITS,
+)
 
 
 class BadRecordError(UserError, ValueError):

@@ -11,6 +11,10 @@ id is ``Flickr30K_ID``; the misspellings ``Flikr30kID`` and ``Flickr30kID`` foun
 copies are accepted too. ``gold_label`` must be one of :data:`LABELS` (case and surrounding
 spaces ignored). The example id is ``pairID`` when present, else ``<split>-<line>``.
 Source split ``dev`` becomes ``val``.
+
+Untrusted fields: the image id must be a plain file name (:mod:`mitp.data.safe_names`; an id
+like ``../../outside/secret`` or ``/etc/x`` is an ``unsafe_path`` skip), and each line must be
+valid UTF-8 (else a ``not_utf8`` skip, never a silent U+FFFD).
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from mitp.data.records import (
     DUPLICATE_ID,
     EMPTY_TEXT,
     MALFORMED,
+    NOT_UTF8,
     UNKNOWN_LABEL,
+    UNSAFE_PATH,
     Record,
     SkipLog,
 )
+from mitp.data.safe_names import child_path, unsafe_reason
 
 LABELS = ["entailment", "neutral", "contradiction"]
 SPLIT_FILES = {"train": "snli_ve_train.jsonl", "val": "snli_ve_dev.jsonl", "test": "snli_ve_test.jsonl"}
@@ -78,9 +85,14 @@ def read_split(path: Path, split: str, images: Path, log: SkipLog) -> list[Recor
     """Records of one ``snli_ve_<split>.jsonl`` file; bad lines go to ``log``."""
     records: list[Record] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
             where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                log.add(split, NOT_UTF8, where, detail=f"byte {exc.start}: {raw[exc.start:exc.start + 4]!r}")
+                continue
             if not line.strip():
                 continue
             try:
@@ -110,11 +122,15 @@ def read_split(path: Path, split: str, images: Path, log: SkipLog) -> list[Recor
             if label not in LABELS:
                 log.add(split, UNKNOWN_LABEL, where, id=rid, detail=f"gold_label {obj.get('gold_label')!r}")
                 continue
+            image = child_path(images, f"{fid}.jpg")
+            if image is None:
+                log.add(split, UNSAFE_PATH, where, id=rid, detail=f"image file: {unsafe_reason(fid + '.jpg')}")
+                continue
             if rid in seen:
                 log.add(split, DUPLICATE_ID, where, id=rid, detail="pairID seen before in this file")
                 continue
             seen.add(rid)
-            records.append(Record(id=rid, image=images / f"{fid}.jpg", text=text, label=label, where=where))
+            records.append(Record(id=rid, image=image, text=text, label=label, where=where))
     return records
 
 

@@ -62,13 +62,14 @@ def test_fail_policy_names_file_and_line(tmp_path, make_params):
 def test_images_path_and_missing_images_message(tmp_path, make_params):
     ann = tmp_path / "ann"
     ann.mkdir()
-    for split in ("train", "dev", "test"):
-        row = {"pairID": split, "Flickr30K_ID": "7", "sentence2": "A thing.", "gold_label": "neutral"}
+    for fid, split in enumerate(("train", "dev", "test"), start=7):
+        row = {"pairID": split, "Flickr30K_ID": str(fid), "sentence2": "A thing.", "gold_label": "neutral"}
         (ann / f"snli_ve_{split}.jsonl").write_text(json.dumps(row) + "\n")
     params = make_params({"data.snli_ve.local_path": str(ann)})
     with pytest.raises(Exception, match="images_path"):
         prepare_dataset(params, "snli_ve")
-    write_image(tmp_path / "imgs" / "7.jpg")
+    for fid in (7, 8, 9):
+        write_image(tmp_path / "imgs" / f"{fid}.jpg")
     params = make_params({"data.snli_ve.local_path": str(ann), "data.snli_ve.images_path": str(tmp_path / "imgs")})
     report = prepare_dataset(params, "snli_ve")
     assert {s: v["kept"] for s, v in report["splits"].items()} == {"train": 1, "val": 1, "test": 1}
