@@ -36,8 +36,9 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -232,40 +233,50 @@ class _Budget:
             )
 
 
-def _write_file(src: BinaryIO, out: Path, name: str, budget: _Budget, packed: int | None, mode: int) -> None:
+@dataclass(frozen=True)
+class _Member:
+    """One checked member, whatever the archive kind."""
+
+    name: str  # as the archive spells it (for messages)
+    is_dir: bool
+    mode: int
+    packed: int | None  # compressed size (zip), None where only the stream is compressed (tar)
+    open: Callable[[], BinaryIO]
+
+
+def _write_members(archive: Path, dest: Path, members: Iterable[_Member], budget: _Budget) -> None:
+    """Write checked members under ``dest``: folders level by level, files with O_EXCL | O_NOFOLLOW."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(out, flags, 0o755 if mode & 0o111 else 0o644)
-    written = 0
-    with os.fdopen(fd, "wb") as dst:
-        while chunk := src.read(CHUNK):
-            dst.write(chunk)
-            written += len(chunk)
-            budget.add(name, len(chunk))
-            budget.check_ratio(name, written, packed)
+    for m in members:
+        name = posixpath.normpath(m.name.replace("\\", "/"))
+        if name == ".":
+            continue
+        if m.is_dir:
+            _make_dirs(dest, name, archive)
+            continue
+        _make_dirs(dest, posixpath.dirname(name), archive)
+        fd = os.open(_inside(dest, name, archive), flags, 0o755 if m.mode & 0o111 else 0o644)
+        written = 0
+        with m.open() as src, os.fdopen(fd, "wb") as dst:
+            while chunk := src.read(CHUNK):
+                dst.write(chunk)
+                written += len(chunk)
+                budget.add(m.name, len(chunk))  # the bytes written, whatever the headers said
+                budget.check_ratio(m.name, written, m.packed)
 
 
 def _extract_tar(archive: Path, dest: Path, limits: ExtractLimits) -> int:
     budget = _Budget(archive, limits)
-    packed = archive.stat().st_size
     try:
         with tarfile.open(archive, "r:*") as tf:
             members = tf.getmembers()  # reads the whole archive: a cut-short one fails here
             check_tar_members(archive, members)
-            # tar compresses the stream, not members: the ratio is the whole stream's
             budget.declared((m.name, m.size, None) for m in members if m.isfile())
-            budget.check_ratio(archive.name, sum(m.size for m in members if m.isfile()), packed)
-            for m in members:
-                name = posixpath.normpath(m.name.replace("\\", "/"))
-                if name == ".":
-                    continue
-                if m.isdir():
-                    _make_dirs(dest, name, archive)
-                    continue
-                _make_dirs(dest, posixpath.dirname(name), archive)
-                src = tf.extractfile(m)
-                assert src is not None  # a regular file (links and devices were refused)
-                with src:
-                    _write_file(src, _inside(dest, name, archive), m.name, budget, None, m.mode)
+            # tar compresses the stream, not members: the ratio is the whole stream's
+            budget.check_ratio(archive.name, sum(m.size for m in members if m.isfile()), archive.stat().st_size)
+            _write_members(archive, dest, (
+                _Member(m.name, m.isdir(), m.mode, None, partial(tf.extractfile, m)) for m in members
+            ), budget)
             return len(members)
     except (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise _truncated(archive, exc) from exc
@@ -282,17 +293,10 @@ def _extract_zip(archive: Path, dest: Path, limits: ExtractLimits) -> int:
             infos = zf.infolist()
             check_zip_members(archive, infos)
             budget.declared((i.filename, i.file_size, i.compress_size) for i in infos if not i.is_dir())
-            for info in infos:
-                name = posixpath.normpath(info.filename.replace("\\", "/"))
-                if name == ".":
-                    continue
-                if info.is_dir():
-                    _make_dirs(dest, name, archive)
-                    continue
-                _make_dirs(dest, posixpath.dirname(name), archive)
-                with zf.open(info) as src:
-                    out = _inside(dest, name, archive)
-                    _write_file(src, out, info.filename, budget, info.compress_size, info.external_attr >> 16)
+            _write_members(archive, dest, (
+                _Member(i.filename, i.is_dir(), i.external_attr >> 16, i.compress_size, partial(zf.open, i))
+                for i in infos
+            ), budget)
             return len(infos)
     except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise _truncated(archive, exc) from exc

@@ -26,7 +26,16 @@ import json
 from pathlib import Path
 
 from mitp.data.layout import LayoutError, find_root
-from mitp.data.records import DUPLICATE_ID, EMPTY_TEXT, MALFORMED, NO_LABEL, NOT_UTF8, UNSAFE_PATH, Record, SkipLog
+from mitp.data.records import (
+    DUPLICATE_ID,
+    EMPTY_TEXT,
+    MALFORMED,
+    NO_LABEL,
+    NOT_UTF8,
+    UNSAFE_PATH,
+    Record,
+    SkipLog,
+)
 from mitp.data.safe_names import child_path, unsafe_reason
 
 GENRES = [
