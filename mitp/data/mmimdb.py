@@ -59,7 +59,7 @@ def _normalise_id(value) -> str:
 def read_split_lists(path: Path) -> dict[str, list[str]]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LayoutError(f"{path}: cannot read the split lists: {exc}") from exc
     if not isinstance(obj, dict):
         raise LayoutError(f"{path}: expected an object with train/dev/test id lists")

@@ -183,8 +183,11 @@ def test_mmimdb_non_utf8_metadata_is_counted(tmp_path, make_params):
         write_image(base / "dataset" / "0000012.jpeg")
         split["dev"].append("0000012")
 
-    _, report, _ = _mmimdb(tmp_path, make_params, edit)
+    base, report, params = _mmimdb(tmp_path, make_params, edit)
     assert report["splits"]["val"]["skipped_by_reason"] == {"not_utf8": 1}
+    (base / "split.json").write_bytes(b'{"train": ["caf\xe9"], "dev": [], "test": []}')
+    with pytest.raises(UserError, match=r"split\.json: cannot read the split lists"):
+        prepare_dataset(params, "mmimdb")
 
 
 # ---- manifests ------------------------------------------------------------------------------
