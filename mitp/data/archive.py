@@ -9,9 +9,9 @@ listed twice. Members are then written by this module, never by ``tarfile.extrac
 file is created with ``O_EXCL | O_NOFOLLOW`` after its resolved path is checked to lie inside
 the extraction folder, so nothing is written outside it whatever the interpreter's filter does.
 
-Size limits (:class:`ExtractLimits`, from ``data.<name>.download``): the total unpacked size is
-capped (``max_unpacked_gb``), and so is the compression ratio (``max_compression_ratio``) of
-each zip member and of a whole tar stream once they pass 1 MiB. Sizes declared in the headers
+Size limits (:class:`ExtractLimits`, from ``data.<name>.download``; defaults 64 GB and 200): the
+total unpacked size is capped (``max_unpacked_gb``), and so is the compression ratio
+(``max_compression_ratio``) of each zip member and of a whole tar stream once they pass 1 MiB. Sizes declared in the headers
 are checked before anything is written, the bytes actually written while streaming (headers can
 lie), and the error names the member.
 
@@ -44,6 +44,7 @@ from typing import BinaryIO
 
 from mitp.atomic import atomic_dir
 from mitp.data.fetch import DiskFullError
+from mitp.data.schema import DownloadOptions
 from mitp.errors import UserError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar", ".zip")
@@ -75,8 +76,8 @@ class UnsupportedArchiveError(ArchiveError):
 class ExtractLimits:
     """Caps on what one archive may unpack to (a zip bomb is refused, naming the member)."""
 
-    max_bytes: int = 64 * 1024**3
-    max_ratio: float = 200.0
+    max_bytes: int
+    max_ratio: float
 
     @classmethod
     def from_options(cls, opts) -> ExtractLimits:
@@ -326,7 +327,7 @@ def check_opens(archive: str | Path) -> None:
 def extract(archive: str | Path, target: str | Path, kind: str = "auto", limits: ExtractLimits | None = None) -> int:
     """Unpack ``archive`` into ``target`` (replaced whole on success); returns the member count."""
     archive, target = Path(archive), Path(target)
-    limits = limits or ExtractLimits()
+    limits = limits or ExtractLimits.from_options(DownloadOptions())  # the params defaults
     if kind not in ("tar", "zip", "auto"):
         raise UnsupportedArchiveError(f"{archive}: unsupported unpack kind {kind!r} (tar, zip, auto)")
     detected = detect_kind(archive)

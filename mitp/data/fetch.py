@@ -160,9 +160,6 @@ class _RedirectPolicy(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_RedirectPolicy)
-
-
 def _attempt(url: str, part: Path, timeout: float, desc: str) -> tuple[int, str]:
     """One request, appending to ``part`` from its current size; returns (bytes received, final URL).
 
@@ -181,7 +178,8 @@ def _attempt(url: str, part: Path, timeout: float, desc: str) -> tuple[int, str]
         headers["If-Range"] = validator
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = _OPENER.open(request, timeout=timeout)
+        # built per request: the proxy settings are read from the environment as it is now
+        response = urllib.request.build_opener(_RedirectPolicy).open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
             total = _total_from_content_range(exc.headers.get("Content-Range"))
