@@ -349,7 +349,7 @@ def download_dataset(params, name: str) -> dict:
     for src in cfg.sources:
         if src.name not in results:
             results[src.name], entry = fetch_source(params, name, src, lock, state)
-            if results[src.name]["status"] != "present":
+            if results[src.name]["status"] == "downloaded":  # never a file the user put there
                 fetched.append(src)
             if entry is not None:
                 pending[src.name] = entry
