@@ -1,7 +1,7 @@
 """Record which params keys a process reads: every field read on a validated ``Params`` tree.
 
 ``install(path)`` wraps ``Params.model_validate`` so that each validated tree registers the dotted
-path of every section in it, and wraps attribute access on the schema's base classes so that
+path of every section in it, and wraps attribute access on every schema class so that
 reading a value (not a section) appends its dotted key to ``path``, once per key and process.
 Reads made while validating (the schema's own cross-checks) happen before registration and do
 not count: they are checks of the file, not settings the stage uses; the same holds for the
@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 ENV = "MITP_PARAM_READS"
 # (module file name, function): config checks that pipeline.cli.load runs for every stage
-FILE_CHECKS = {("backbones.py", "check_depth")}
+FILE_CHECKS = {("backbones.py", "check_depth"), ("space.py", "check_params")}
 
 
 def _in_file_check() -> bool:
@@ -37,7 +37,6 @@ def _in_file_check() -> bool:
 
 def install(path: str | Path) -> None:
     from mitp import config
-    from mitp.data import schema
 
     sections: dict[int, tuple[str, BaseModel]] = {}  # id -> (dotted path, the object, kept alive)
     seen: set[str] = set()
@@ -64,16 +63,26 @@ def install(path: str | Path) -> None:
 
     config.Params.model_validate = classmethod(model_validate)
 
-    for base in {config.Strict, schema._Strict}:
-        def getattribute(self, name, _get=object.__getattribute__):
-            value = _get(self, name)
-            if name in _get(self, "__class__").model_fields and not isinstance(value, BaseModel):
-                entry = sections.get(id(self))
-                if entry is not None and entry[1] is self and not _in_file_check():
-                    record(entry[0] + name)
-            return value
+    def getattribute(self, name, _get=object.__getattribute__):
+        value = _get(self, name)
+        if name in _get(self, "__class__").model_fields and not isinstance(value, BaseModel):
+            entry = sections.get(id(self))
+            if entry is not None and entry[1] is self and not _in_file_check():
+                record(entry[0] + name)
+        return value
 
-        base.__getattribute__ = getattribute
+    for cls in schema_classes(config.Params):
+        cls.__getattribute__ = getattribute
+
+
+def schema_classes(model: type[BaseModel]) -> set[type[BaseModel]]:
+    """``model`` and every section class under it."""
+    found = {model}
+    for field in model.model_fields.values():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            found |= schema_classes(ann)
+    return found
 
 
 def sitecustomize_source() -> str:
