@@ -1,4 +1,4 @@
-"""Stage ``download``: a dataset's sources -> ``data/raw/<ds>/`` (+ ``data/raw/<ds>.lock.json``).
+"""Stage ``download``: a dataset's sources -> ``data/raw/<ds>/`` (+ ``locks/<ds>.lock.json``).
 
     python -m pipeline.download --dataset NAME [-S data.NAME.local_path=/path/to/copy]
 
