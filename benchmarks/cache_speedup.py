@@ -3,8 +3,8 @@
     python benchmarks/cache_speedup.py [--smoke] [--preset vit-base|tiny-random] [--start N]
                                        [--steps N] [--batch-size B] [-S key=value ...]
 
-Both paths train the same model (same initial weights, same optimizer, the training loop of
-``mitp.train.fit``) on the same synthetic data for the same number of steps:
+Both paths train the same model (same initial weights, same optimizer, the training step of
+``mitp.train.fit``, :func:`mitp.train.train_step`) on the same synthetic data for the same number of steps:
 
 (a) raw: every step decodes the images, runs the image processor and the tokenizer (the
     DataLoader of ``cache.enabled: false``) and the full frozen stack from the embeddings;
@@ -153,7 +153,7 @@ def run_worker(path: str, cfg: dict) -> dict:
     import torch
 
     from mitp.data.loaders import raw_loaders
-    from mitp.train import autocast, build_model, make_optimizer, pick_device, seed_everything, to_device
+    from mitp.train import build_model, make_optimizer, pick_device, seed_everything, to_device, train_step
 
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
@@ -183,14 +183,8 @@ def run_worker(path: str, cfg: dict) -> dict:
         batch = to_device(batch, device)
         data_s += time.perf_counter() - td
         text_tokens.append(batch["attention_mask"].shape[1])
-        with autocast(device):
-            out = model(**batch, start_layer=loaders.start_layer)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), params.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        losses.append(out.loss.item())
+        losses.append(train_step(model, batch, optimizer, scheduler, start_layer=loaders.start_layer,
+                                 grad_clip=params.train.grad_clip, device=device))
     sync(device)
     seconds = time.perf_counter() - t0
     steps = cfg["steps"]

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mitp.data.schema import DataConfig
+from mitp.dotted_keys import flatten
 from mitp.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -296,12 +297,4 @@ def load_params(
 
 def to_flat_dict(params: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
     """``{"model.hub_size": 64, ...}``: the form MLflow params and sweep configs use."""
-    data = params.model_dump() if isinstance(params, BaseModel) else params
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(to_flat_dict(value, full + "."))
-        else:
-            flat[full] = value
-    return flat
+    return flatten(params.model_dump() if isinstance(params, BaseModel) else params, prefix)

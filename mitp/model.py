@@ -1,6 +1,6 @@
 """MITP: memory-inspired temporal prompt interaction between a frozen ViT and a frozen BERT.
 
-Reads top to bottom like DESIGN.md section 3. Notation: modality m in {v, t}; frozen layer
+Reads top to bottom like docs/design.md, "The model". Notation: modality m in {v, t}; frozen layer
 f_l^m; X_l^m the tokens entering layer l (B x N_m x d_m); M the prompt length; h the hub size;
 interaction layers I = {s, s+D, s+2D, ...} below L.
 

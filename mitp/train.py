@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from mitp import backbones as backbones_mod
 from mitp import checkpoint, metrics, tracking
@@ -77,7 +78,8 @@ def build_model(params: Params, backbones, num_labels: int, multi_label: bool) -
 
 
 def make_optimizer(model: MITP, params: Params, total_steps: int):
-    """AdamW on the trainable parameters only; no decay on norms, biases, prompts, tau."""
+    """AdamW on the trainable parameters only (no decay on norms, biases, prompts, tau), and a
+    linear warm-up over ``train.warmup_ratio`` of ``total_steps`` followed by a cosine decay to 0."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -87,14 +89,7 @@ def make_optimizer(model: MITP, params: Params, total_steps: int):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
     warmup = max(1, int(t.warmup_ratio * total_steps))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    return opt, get_cosine_schedule_with_warmup(opt, warmup, total_steps)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -105,6 +100,27 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def train_step(model: MITP, batch: dict, optimizer, scheduler, *, start_layer: int, grad_clip: float,
+               device: torch.device) -> float:
+    """One optimisation step on a batch already on ``device``; returns the batch's mean loss.
+
+    Forward (bf16 autocast on CUDA), backward, clip the trainable gradients to ``grad_clip``,
+    optimizer and schedule step. A non-finite loss stops training before it reaches the weights.
+    """
+    with autocast(device):
+        out = model(**batch, start_layer=start_layer)
+    loss = out.loss
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"loss became {loss.item()} (lr {scheduler.get_last_lr()[0]:.2e}); "
+                               "lower train.lr or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
 
 
 @torch.inference_mode()
@@ -144,10 +160,12 @@ def fit(
     ``checkpoint_dir``: a folder for the per-epoch checkpoint; if it already holds one, the run
     resumes from it (same MLflow run, no epoch done twice).
     """
-    seed_everything(params.seed)
     device = pick_device(params.train.device)
-    bb = backbones_mod.load(params, device)
+    bb = backbones_mod.load(params, device)  # may build the tiny-random pair, which draws random numbers
     loaders = loaders_mod.build(params, dataset, bb, device)
+    # Seeded here, after everything that may or may not draw random numbers depending on what is
+    # already on disk: prompt init, dropout and shuffling are the same on a first run and a re-run.
+    seed_everything(params.seed)
     model = build_model(params, bb, len(loaders.labels), loaders.multi_label).to(device)
     primary = metrics.primary_metric(loaders.multi_label)
 
@@ -188,22 +206,15 @@ def fit(
             for step, batch in enumerate(bar):
                 if step >= steps_per_epoch:
                     break
-                batch = to_device(batch, device)
-                with autocast(device):
-                    out = model(**batch, start_layer=loaders.start_layer)
-                loss = out.loss
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                                           f"(lr {scheduler.get_last_lr()[0]:.2e}); lower train.lr or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), t.grad_clip)
-                optimizer.step()
-                scheduler.step()
+                try:
+                    loss = train_step(model, to_device(batch, device), optimizer, scheduler,
+                                      start_layer=loaders.start_layer, grad_clip=t.grad_clip, device=device)
+                except TrainingDiverged as exc:
+                    raise TrainingDiverged(f"epoch {epoch + 1}, step {step + 1}: {exc}") from None
                 n = len(batch["labels"])
                 seen += n
-                loss_sum += loss.item() * n
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                loss_sum += loss * n
+                bar.set_postfix(loss=f"{loss:.4f}")
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
             train_samples += seen

@@ -1,4 +1,4 @@
-"""Feature cache of the frozen layers: compute once, train many (DESIGN.md section 4).
+"""Feature cache of the frozen layers: compute once, train many (contract: docs/design.md).
 
 Layers below the first interaction layer never see a prompt, so their output is the same in
 every epoch and every sweep trial. The cache stage (``python -m pipeline.cache --dataset NAME``)

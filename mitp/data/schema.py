@@ -81,7 +81,7 @@ class DatasetConfig(_Strict):
 
 
 class SyntheticConfig(DatasetConfig):
-    """The generated visual-entailment set of DESIGN.md section 5 (SNLI-VE layout)."""
+    """The generated visual-entailment set of mitp/data/synthetic.py (SNLI-VE layout)."""
 
     max_text_length: int = Field(16, ge=2)
     n_train: int = Field(3000, ge=3)

@@ -1,4 +1,4 @@
-"""The synthetic visual-entailment set (DESIGN.md section 5): the offline default.
+"""The synthetic visual-entailment set: the offline default.
 
 Each image holds one shape (circle / square / triangle) in one of six colours, at a random
 size and position, on a noisy background. Each hypothesis names a colour and a shape, sometimes

@@ -40,6 +40,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from mitp.dotted_keys import flatten as flatten_plain
 from mitp.errors import ConfigError
 
 GRID_FORMS = ("grid", "grid_search")
@@ -182,16 +183,6 @@ def normalize_train(train: dict | None) -> dict[str, Any]:
     for key, value in flatten_plain(train or {}).items():
         key = key.removeprefix("train.")
         out[f"train.{key}"] = value
-    return out
-
-
-def flatten_plain(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten_plain(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
     return out
 
 

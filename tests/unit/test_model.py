@@ -149,19 +149,42 @@ def test_only_prompts_hub_head_train_and_backbones_stay_frozen(tiny_backbones):
     assert model.prompt_v.grad is not None and model.prompt_v.grad.abs().sum() > 0
 
 
-def test_late_fusion_trains_only_the_head(tiny_backbones):
-    model = build(tiny_backbones, kind="late_fusion")
-    assert set(model.parameter_groups()) == {"prompts", "hub", "head"}
+@pytest.mark.parametrize("kind", ["mitp", "mitp_no_hub", "late_fusion"])
+def test_parameter_groups_count_what_trains(tiny_backbones, kind):
+    """Counts against the shapes the model is specified with, and against what actually trains."""
+    model = build(tiny_backbones, kind=kind)
     groups = model.parameter_groups()
-    assert groups["prompts"] == 0 and groups["hub"] == 0 and groups["head"] > 0
+    d_v, d_t = tiny_backbones.vision.config.hidden_size, tiny_backbones.text.config.hidden_size
+    M, h, K = 4, 16, 3
+    readout = 2 * (d_v + d_t) if kind != "late_fusion" else d_v + d_t
+    assert groups["head"] == 2 * readout + readout * K + K  # LayerNorm + Linear(K)
+    if kind == "late_fusion":
+        assert groups["prompts"] == 0 and groups["hub"] == 0
+    else:
+        assert groups["prompts"] == M * (d_v + d_t)
+        n_steps = len(model.layers_i) - 1  # start 1 of 4 layers: 2 hub steps
+        hub = (2 * d_v + 2 * d_t + (d_v + 1) * h + (d_t + 1) * h + n_steps * h + 1
+               + (2 * h + 1) * d_v + (2 * h + 1) * d_t)
+        assert n_steps == 2 and groups["hub"] == hub
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(groups.values()) == trainable == sum(p.numel() for p in model.trainable_parameters())
 
 
 def test_multi_label_loss(tiny_backbones):
+    """Multi-hot labels train with per-label sigmoid BCE, not a softmax cross-entropy (which also
+    accepts float targets but makes the labels compete)."""
+    import torch.nn.functional as F
+
     model = build(tiny_backbones, num_labels=5, multi_label=True)
     pixels, ids, mask = batch(tiny_backbones)
     labels = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 1]], dtype=torch.float)
     out = model(mask, pixel_values=pixels, input_ids=ids, labels=labels)
-    assert out.logits.shape == (2, 5) and torch.isfinite(out.loss)
+    assert out.logits.shape == (2, 5)
+    logits = out.logits.double()
+    p = torch.sigmoid(logits)
+    by_hand = -(labels * p.log() + (1 - labels) * (1 - p).log()).mean()
+    torch.testing.assert_close(out.loss.double(), by_hand, rtol=1e-5, atol=1e-6)
+    assert abs(F.cross_entropy(logits, labels.double()).item() - by_hand.item()) > 0.1  # the two differ here
 
 
 def test_towers_of_different_depth_align_from_the_top(tiny_backbones):
