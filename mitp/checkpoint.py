@@ -1,22 +1,81 @@
 """Training checkpoints: trainable weights (safetensors, a few MB; never the backbones) plus the
-optimizer, scheduler, RNG and loop state, written atomically so a killed run resumes cleanly."""
+optimizer, scheduler, RNG and loop state, written atomically so a killed run resumes cleanly.
+
+One run at a time owns a checkpoint folder (:func:`locked`): a second identical training would
+otherwise resume the first's checkpoint and MLflow run while the first is still writing them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import socket
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from safetensors.torch import load_file, save_file
 
-from mitp.atomic import atomic_dir, atomic_path
+from mitp.atomic import atomic_dir, atomic_path, write_json
+from mitp.errors import UserError
 
 WEIGHTS = "trainable.safetensors"
 STATE = "state.pt"
 META = "meta.json"
+
+
+class CheckpointBusy(UserError):
+    """Another run holds the checkpoint folder."""
+
+
+def lock_paths(directory: str | Path) -> tuple[Path, Path]:
+    """(lock file, owner note) beside the folder: the folder itself is replaced on every save."""
+    d = Path(directory)
+    return d.with_name(d.name + ".lock"), d.with_name(d.name + ".owner.json")
+
+
+@contextlib.contextmanager
+def locked(directory: str | Path) -> Iterator[None]:
+    """Hold the checkpoint folder for this run, or raise :class:`CheckpointBusy` at once.
+
+    An OS file lock (released by the kernel when its process dies, so a killed run never leaves a
+    stale lock); re-entrant in the same process, so the stage and ``fit`` may both take it. The
+    owner note beside it (pid, host, command, start) lets the refused run name the running one.
+    """
+    lock_file, owner = lock_paths(directory)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_file), timeout=0, is_singleton=True)
+    outermost = not lock.is_locked
+    try:
+        lock.acquire()
+    except Timeout:
+        raise CheckpointBusy(f"{Path(directory)}: another training holds this checkpoint folder "
+                             f"({_describe_owner(owner)}; lock {lock_file}); wait for it to finish or stop it") from None
+    try:
+        if outermost:
+            write_json(owner, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                               "command": " ".join(sys.argv)[:500]})
+        yield
+    finally:
+        if outermost:
+            owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def _describe_owner(owner: Path) -> str:
+    try:
+        info = json.loads(owner.read_text())
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info["started"]))
+        return f"pid {info['pid']} on {info['host']}, started {started}: {info['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "owner unknown"
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mitp.atomic import atomic_path, write_json, write_text  # noqa: E402
+from mitp.errors import UserError  # noqa: E402
 
 KINDS = ("mitp", "mitp_no_hub", "late_fusion")
 KIND_LABELS = {"mitp": "MITP", "mitp_no_hub": "MITP, no hub (ablation)", "late_fusion": "Late fusion (frozen linear probe)"}
@@ -51,12 +52,48 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+class ReportInputError(UserError):
+    """A metrics file the report reads is unreadable (truncated, not JSON, wrong shape)."""
+
+
+def read_json(f: Path, shape: type) -> dict | list:
+    """A metrics file's content, checked to be a JSON ``shape`` (dict or list of dicts)."""
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportInputError(f"{f}: not valid JSON ({exc}); re-run the stage that writes it") from None
+    if not isinstance(data, shape) or (shape is list and not all(isinstance(r, dict) for r in data)):
+        what = "an object" if shape is dict else "a list of objects"
+        raise ReportInputError(f"{f}: expected {what}, got {type(data).__name__}; re-run the stage that writes it")
+    return data
+
+
+def read_sweep_csv(f: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(f)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ReportInputError(f"{f}: not a readable CSV ({str(exc).strip()}); re-run the sweep") from None
+
+
+def check_inputs(metrics_dir: Path, datasets: list[str]) -> None:
+    """Read every input once before anything is written: a bad file stops the report whole."""
+    for ds in datasets:
+        load_runs(metrics_dir, ds)
+        for kind in KINDS:
+            if (f := metrics_dir / ds / f"train_{kind}_history.json").exists():
+                read_json(f, list)
+        if (f := metrics_dir / ds / "sweep_best.json").exists():
+            read_json(f, dict)
+        if (f := metrics_dir / ds / "sweep.csv").exists():
+            read_sweep_csv(f)
+
+
 def load_runs(metrics_dir: Path, dataset: str) -> dict[str, dict]:
     runs = {}
     for kind in KINDS:
         f = metrics_dir / dataset / f"train_{kind}.json"
         if f.exists():
-            runs[kind] = json.loads(f.read_text())
+            runs[kind] = read_json(f, dict)
     return runs
 
 
@@ -83,7 +120,7 @@ def plot_curves(dataset: str, metrics_dir: Path, out: Path) -> Path | None:
         f = metrics_dir / dataset / f"train_{kind}_history.json"
         if not f.exists():
             continue
-        hist = pd.DataFrame(json.loads(f.read_text()))
+        hist = pd.DataFrame(read_json(f, list))
         col = "val_f1_micro" if "val_f1_micro" in hist else "val_accuracy"
         ax.plot(hist["epoch"], 100 * hist[col], marker="o", ms=3, label=KIND_LABELS[kind])
         plotted = True
@@ -137,7 +174,7 @@ def sweep_section(dataset: str, metrics_dir: Path, out_dir: Path) -> tuple[list[
     f = metrics_dir / dataset / "sweep.csv"
     if not f.exists():
         return [f"_No sweep results for {dataset} (`metrics/{dataset}/sweep.csv` missing)._"], {}
-    df = pd.read_csv(f)
+    df = read_sweep_csv(f)
     metric = sweep_metric(df)
     lines, summary = [], {"trials": int(len(df))}
     if metric is None:
@@ -174,6 +211,7 @@ def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict
     from mitp.config import to_flat_dict
     from mitp.tracking import git_commit
 
+    check_inputs(metrics_dir, datasets)
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     md = ["# MITP results\n",

@@ -12,9 +12,13 @@ import logging
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from mitp.config import REPO_ROOT, Params
+from mitp.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +71,69 @@ def run_params(params: Params, dataset: str) -> dict[str, Any]:
     return {k: ("null" if v is None else v) for k, v in flat.items()}
 
 
+class TrackingError(UserError):
+    """The tracking store cannot be opened, or lacks a run a checkpoint refers to."""
+
+
+# Two processes creating the tables of a new sqlite store at once: the second's migration fails
+# with "duplicate column name" (or "table ... already exists"); retried once, the store is complete.
+_INIT_RACE = ("duplicate column name", "already exists")
+STORE_LOCK_TIMEOUT_S = 300.0
+_ready: set[str] = set()  # stores this process has opened
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory sqlite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def ensure_store(uri: str) -> None:
+    """Open the store once so that a new sqlite database gets its tables under a file lock
+    (``<db>.lock`` beside it): concurrent first runs (trainings, sweep trials, the report) would
+    otherwise race in MLflow's schema migration. A known race error is retried once."""
+    from mlflow.tracking import MlflowClient
+
+    if uri in _ready:
+        return
+    db = sqlite_path(uri)
+    lock: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(db) + ".lock", timeout=STORE_LOCK_TIMEOUT_S)
+    try:
+        with lock:
+            for attempt in (1, 2):
+                try:
+                    MlflowClient(uri).search_experiments(max_results=1)
+                    break
+                except Exception as exc:
+                    if attempt == 2 or not any(m in str(exc) for m in _INIT_RACE):
+                        raise
+                    log.info("tracking store %s was being initialised concurrently; retrying", uri)
+    except Timeout as exc:
+        raise TrackingError(f"{exc.lock_file}: another process has held the tracking store's lock for "
+                            f"{STORE_LOCK_TIMEOUT_S:.0f} s; is it stuck?") from None
+    _ready.add(uri)
+
+
+def client(params: Params):
+    """An MlflowClient on the store of ``params``, initialised (see :func:`ensure_store`)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(params)
+    ensure_store(uri)
+    return MlflowClient(uri)
+
+
 def setup(params: Params):
-    """Point MLflow at the store and make sure the experiment exists; returns the module."""
+    """Point MLflow at the store (initialised under a lock) and make sure the experiment exists;
+    returns the module."""
     import mlflow
 
+    ensure_store(tracking_uri(params))
     mlflow.set_tracking_uri(tracking_uri(params))
     name = params.mlflow.experiment
     if mlflow.get_experiment_by_name(name) is None:
@@ -111,6 +174,34 @@ def start_run(
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")
+
+
+def resumable_run(params: Params, run_id: str | None, checkpoint_dir: Path) -> str | None:
+    """``run_id`` if the tracking store holds it (not deleted); otherwise None, with a warning:
+    the checkpoint was written against another store (or its run was deleted), so the resumed
+    training logs to a new run."""
+    if run_id is None:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client(params).get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        run = None
+    if run is not None and run.info.lifecycle_stage != "deleted":
+        return run_id
+    log.warning("checkpoint %s belongs to MLflow run %s, which the tracking store %s does not hold (written "
+                "against another store, or deleted): resuming into a new run", checkpoint_dir, run_id,
+                tracking_uri(params))
+    return None
+
+
+def summary_metrics(final: dict[str, float]) -> dict[str, float]:
+    """The selected figures of a finished run as MLflow metrics: the best epoch's ``val_*`` go
+    under ``best_val_*``, because MLflow shows the latest step of ``val_*``, the last epoch's."""
+    return {f"best_{k}" if k.startswith("val_") else k: v for k, v in final.items()}
 
 
 def log_params(mlflow, flat: dict[str, Any]) -> None:

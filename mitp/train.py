@@ -144,7 +144,15 @@ def evaluate(model: MITP, loader, device: torch.device, start_layer: int, multi_
 # --------------------------------------------------------------------------------------------
 
 
-def fit(
+def fit(params: Params, dataset: str, *, checkpoint_dir: str | Path | None = None, **kwargs) -> TrainResult:
+    """Train one model on ``dataset`` (see :func:`_fit`), holding ``checkpoint_dir`` for the whole
+    run: a second training on the same folder stops at once with
+    :class:`~mitp.checkpoint.CheckpointBusy` naming the running one."""
+    with checkpoint.locked(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext():
+        return _fit(params, dataset, checkpoint_dir=checkpoint_dir, **kwargs)
+
+
+def _fit(
     params: Params,
     dataset: str,
     *,
@@ -158,7 +166,8 @@ def fit(
     """Train one model on ``dataset``; returns the best epoch's val and test metrics.
 
     ``checkpoint_dir``: a folder for the per-epoch checkpoint; if it already holds one, the run
-    resumes from it (same MLflow run, no epoch done twice).
+    resumes from it (same MLflow run, no epoch done twice; a new run, with a warning, if the
+    tracking store no longer holds that one).
     """
     device = pick_device(params.train.device)
     bb = backbones_mod.load(params, device)  # may build the tiny-random pair, which draws random numbers
@@ -178,7 +187,8 @@ def fit(
     if ckpt is not None and checkpoint.exists(ckpt):
         meta, best_state = checkpoint.restore(ckpt, model, optimizer, scheduler)
         start_epoch, history = meta["epoch"] + 1, meta["history"]
-        best_val, best_epoch, run_id = meta["best_val"], meta["best_epoch"], meta.get("run_id")
+        best_val, best_epoch = meta["best_val"], meta["best_epoch"]
+        run_id = tracking.resumable_run(params, meta.get("run_id"), ckpt)
         log.info("resuming %s from epoch %d (checkpoint %s)", dataset, start_epoch, ckpt)
 
     n_trainable = sum(p.numel() for p in model.trainable_parameters())
@@ -193,6 +203,8 @@ def fit(
             tracking.log_params(mlflow, tracking.run_params(params, dataset))
             mlflow.log_metrics({"trainable_params": n_trainable, "total_params": n_total,
                                 "trainable_ratio": n_trainable / n_total})
+            for h in history:  # a new run resuming a checkpoint: the epochs done before it
+                mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
         run_id = run.info.run_id
 
         train_time, train_samples = 0.0, 0
@@ -254,7 +266,7 @@ def fit(
             "train_time_s": train_time,
             "peak_memory_mb": peak_memory_mb(device),
         }
-        mlflow.log_metrics(final)
+        mlflow.log_metrics(tracking.summary_metrics(final))
         weights_path = None
         if weights_out is not None:
             weights_path = Path(weights_out)

@@ -1,11 +1,15 @@
 """Train one model: ``python -m pipeline.train --dataset NAME [-S key=value ...]``.
 
 Writes ``metrics/<dataset>/train.json`` (or ``--metrics-out``), the best epoch's trainable
-weights, and one MLflow run. Resumes from its checkpoint if a previous run was interrupted.
+weights, and one MLflow run. Resumes from its checkpoint if a previous run was interrupted (into
+its MLflow run, or a new one, with a warning, if the tracking store no longer holds it). The
+checkpoint folder is locked while the run lasts: the same training started twice stops the
+second at once (exit status 2), naming the first.
 """
 
 import json
 
+from mitp import checkpoint
 from mitp.atomic import write_json
 from mitp.config import REPO_ROOT
 from mitp.run_layout import train_paths
@@ -18,19 +22,24 @@ def main() -> int:
     p.add_argument("--metrics-out", default=None, help="metrics JSON (default metrics/<dataset>/train.json)")
     p.add_argument("--history-out", default=None, help="per-epoch curves JSON (default metrics/<dataset>/train_history.json)")
     p.add_argument("--run-name", default=None, help="MLflow run name")
-    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore an existing checkpoint and start over in a new MLflow run (without it, an "
+                        "interrupted run resumes into its MLflow run, or into a new one with a warning if the "
+                        "tracking store does not hold that run)")
     args = p.parse_args()
     params, dataset = cli.load(args)
     paths = train_paths(params, dataset, metrics_out=args.metrics_out, history_out=args.history_out)
-    if args.fresh:
-        paths.clear_checkpoint()
-    result = fit(params, dataset, run_name=args.run_name, checkpoint_dir=paths.checkpoint,
-                 weights_out=paths.weights)
-    lineage = {k: v for k, v in result.tags.items() if k in ("git_commit", "backbone", "cache_fingerprint")}
-    write_json(paths.metrics, {"dataset": dataset, "model_kind": params.model.kind,
-                               "run_id": result.run_id, **lineage, **result.metrics})
-    write_json(paths.history, result.history)
-    paths.clear_checkpoint()  # finished: only an interrupted run leaves a checkpoint to resume
+    # held from --fresh to the final clean-up, so a second identical training touches nothing
+    with checkpoint.locked(paths.checkpoint):
+        if args.fresh:
+            paths.clear_checkpoint()
+        result = fit(params, dataset, run_name=args.run_name, checkpoint_dir=paths.checkpoint,
+                     weights_out=paths.weights)
+        lineage = {k: v for k, v in result.tags.items() if k in ("git_commit", "backbone", "cache_fingerprint")}
+        write_json(paths.metrics, {"dataset": dataset, "model_kind": params.model.kind,
+                                   "run_id": result.run_id, **lineage, **result.metrics})
+        write_json(paths.history, result.history)
+        paths.clear_checkpoint()  # finished: only an interrupted run leaves a checkpoint to resume
     shown = {k: v for k, v in result.metrics.items() if k.startswith(("test_", "val_")) or k.endswith("params")}
     print(json.dumps(shown, indent=2))
     print(f"metrics: {paths.metrics.relative_to(REPO_ROOT) if paths.metrics.is_relative_to(REPO_ROOT) else paths.metrics}")

@@ -1,0 +1,45 @@
+"""Processes the run-state tests start: a holder of a training's checkpoint lock, and a first
+run against a new tracking store."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def open_new_store(uri: str, barrier, results) -> None:
+    """One process of the fresh-store race: all open the same new sqlite store at once, as
+    concurrently started trainings do, and log one run."""
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    from mitp import tracking
+    from mitp.config import load_params
+
+    params = load_params()
+    barrier.wait()
+    try:
+        with tracking.start_run(params, run_name="race"):
+            import mlflow
+
+            mlflow.log_metric("x", 1.0)
+        results.put("ok")
+    except BaseException as exc:  # reported to the test, which shows it
+        results.put(f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def hold_checkpoint() -> None:
+    """``python run_state_workers.py [train args]``: take the checkpoint lock the training with
+    these arguments would take, print its checkpoint folder, and keep it until stdin closes."""
+    from mitp import checkpoint
+    from mitp.run_layout import train_paths
+    from pipeline import cli
+
+    args = cli.parser("hold").parse_args()
+    params, dataset = cli.load(args)
+    folder = train_paths(params, dataset).checkpoint
+    with checkpoint.locked(folder):
+        print(folder, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    hold_checkpoint()

@@ -1,0 +1,138 @@
+"""Training run state under attack: the same training started twice, trainings racing to create a
+new tracking store, a checkpoint resumed against another store, and the run summary in MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from run_state_workers import open_new_store
+from test_train_run import Interrupt, _cli_overrides
+
+from mitp import checkpoint, train
+from mitp.config import REPO_ROOT
+from mitp.tracking import tracking_uri
+
+WORKERS = Path(__file__).with_name("run_state_workers.py")
+
+
+def _runs(params) -> list:
+    client = MlflowClient(tracking_uri(params))
+    exp = client.get_experiment_by_name(params.mlflow.experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_second_identical_training_stops_naming_the_running_one(synthetic_prepared, tmp_path, fresh):
+    params = synthetic_prepared.model_copy(deep=True)
+    params.cache.enabled = False
+    args = ["--dataset", "synthetic", *_cli_overrides(params, {"cache.enabled": "false", "train.epochs": 1})]
+    holder = subprocess.Popen([sys.executable, str(WORKERS), *args], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        ckpt = Path(holder.stdout.readline().strip())
+        ckpt.mkdir(parents=True)
+        (ckpt / "meta.json").write_text("{}")  # stands for the running training's checkpoint
+        out = subprocess.run([sys.executable, "-m", "pipeline.train", *args, "--metrics-out", str(tmp_path / "m.json"),
+                              "--history-out", str(tmp_path / "h.json"), *(["--fresh"] if fresh else [])],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        holder.communicate("", timeout=60)
+    assert out.returncode == 2, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert str(ckpt) in errors[0] and f"pid {holder.pid}" in errors[0] and str(ckpt) + ".lock" in errors[0]
+    assert (ckpt / "meta.json").read_text() == "{}", "the running training's checkpoint must stay untouched"
+    assert not (tmp_path / "m.json").exists() and not _runs(params)
+
+
+def test_fit_refuses_a_held_checkpoint_folder_before_loading_anything(synthetic_prepared, tmp_path, monkeypatch):
+    params = synthetic_prepared
+    ckpt = tmp_path / "ckpt"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from mitp import checkpoint\n"
+                               f"with checkpoint.locked({str(ckpt)!r}):\n print('held', flush=True); sys.stdin.read()"],
+                              cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    monkeypatch.setattr(train.backbones_mod, "load", lambda *a: pytest.fail("loaded backbones despite the lock"))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(checkpoint.CheckpointBusy, match=f"pid {holder.pid}"):
+            train.fit(params, "synthetic", checkpoint_dir=ckpt)
+    finally:
+        holder.communicate("", timeout=60)
+    assert not checkpoint.lock_paths(ckpt)[1].exists(), "the owner note goes with its lock"
+
+
+def test_trainings_racing_on_a_new_tracking_store_all_start(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    n = 4
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=open_new_store, args=(uri, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert outcomes == ["ok"] * n, outcomes
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("mitp")
+    assert len(client.search_runs([exp.experiment_id])) == n
+
+
+def test_resume_against_another_tracking_store_starts_a_new_run_and_says_so(synthetic_prepared, tmp_path, caplog,
+                                                                           monkeypatch):
+    params = synthetic_prepared.model_copy(deep=True)
+    params.cache.enabled = False
+    params.train.epochs = 2
+    ckpt = tmp_path / "ckpt"
+
+    def stop(epoch, row, _):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.fit(params, "synthetic", checkpoint_dir=ckpt, on_epoch=stop)
+    old_run = json.loads((ckpt / "meta.json").read_text())["run_id"]
+    other = params.model_copy(deep=True)
+    other.mlflow.tracking_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    # mlflow.set_tracking_uri exports the first store to the environment (which wins over params);
+    # a later training in a new process does not inherit it
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with caplog.at_level(logging.WARNING, logger="mitp.tracking"):
+        result = train.fit(other, "synthetic", checkpoint_dir=ckpt)
+    assert result.run_id != old_run and [h["epoch"] for h in result.history] == [1, 2]
+    assert any(old_run in r.getMessage() and "new run" in r.getMessage() for r in caplog.records), caplog.text
+    client = MlflowClient(tracking_uri(other))
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    # the new run holds the whole curve: the epoch done before the resume, then the resumed one
+    assert [m.step for m in client.get_metric_history(result.run_id, "train_loss")] == [1, 2]
+    assert client.get_run(result.run_id).data.params["dataset"] == "synthetic"
+
+
+def test_run_summary_shows_the_selected_epoch_not_the_last(synthetic_prepared, monkeypatch):
+    params = synthetic_prepared.model_copy(deep=True)
+    params.cache.enabled = False
+    params.train.epochs = 3
+    scripted = iter([0.50, 0.90, 0.60])  # validation accuracy per epoch: the best is epoch 2
+    real_evaluate = train.evaluate
+
+    def evaluate(*args, desc="eval", **kwargs):
+        out = real_evaluate(*args, desc=desc, **kwargs)
+        if desc == "val":
+            out["accuracy"] = next(scripted)
+        return out
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    result = train.fit(params, "synthetic")
+    assert result.best_epoch == 2 and result.metrics["val_accuracy"] == pytest.approx(0.90)
+    summary = MlflowClient(tracking_uri(params)).get_run(result.run_id).data.metrics
+    assert summary["best_val_accuracy"] == pytest.approx(result.metrics["val_accuracy"])
+    assert summary["best_val_loss"] == pytest.approx(result.metrics["val_loss"])
+    assert summary["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"])
+    assert summary["best_epoch"] == 2
+    assert summary["val_accuracy"] == pytest.approx(0.60), "val_* stays the per-epoch curve"
