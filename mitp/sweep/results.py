@@ -29,6 +29,8 @@ def status_of(tune_status: str, last_result: dict[str, Any]) -> str:
     if tune_status == "ERROR":
         return ERROR
     if tune_status == "TERMINATED":
+        if last_result.get("error"):  # reported by a diverged trial, which then ends
+            return ERROR
         return COMPLETED if last_result.get("trial_done") == 1 else STOPPED
     return tune_status
 

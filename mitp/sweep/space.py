@@ -25,10 +25,11 @@ seeds: with ``num_samples > 1`` and no ``seed`` key in the space, the space gain
 ``sweep.train`` holds ``train.*`` overrides applied inside every trial (e.g. fewer epochs than
 a full ``train`` run); a key in the space wins over it.
 
-Every trial configuration is validated before the sweep starts (:func:`validate_trials`): the
-full schema (``apply_overrides`` + ``validate``), the backbone depth, and ``cache.layer`` <=
-every ``model.interaction.start`` the space can produce; a bad value is an error naming the key
-and the trial.
+This module is the one parser of the space, and the one home of the rule "``cache.layer`` <=
+every interaction start in use" (:func:`starts_in_use`, :func:`check_cache_layer`): every stage
+runs :func:`check_params` after loading, the cache build runs :func:`check_cache_layer`, and the
+sweep validates every trial configuration before it starts (:func:`validate_trials`: the full
+schema and the backbone depth, a bad value is an error naming the key and the trial).
 """
 
 from __future__ import annotations
@@ -37,9 +38,13 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
+from mitp.config import MODEL_KINDS, Params, TrainConfig, apply_overrides, to_flat_dict, validate
 from mitp.errors import ConfigError
 
 GRID_FORMS = ("grid", "grid_search")
@@ -118,10 +123,6 @@ def flatten(space: dict, prefix: str = "") -> dict[str, Any]:
 
 def _check_key_path(key: str) -> None:
     """The key names a value of the schema (not a section, not a typo)."""
-    from pydantic import BaseModel
-
-    from mitp.config import Params
-
     model: type[BaseModel] | None = Params
     parts = key.split(".")
     for i, part in enumerate(parts):
@@ -177,25 +178,16 @@ def normalize_space(space: dict | None) -> dict[str, Dim]:
 
 def normalize_train(train: dict | None) -> dict[str, Any]:
     """``sweep.train`` -> ``{"train.epochs": 3, ...}`` (keys relative to ``train``; a leading
-    ``train.`` is accepted too)."""
+    ``train.`` is accepted too); an unknown key is an error."""
     out: dict[str, Any] = {}
-    for key, value in flatten_plain(train or {}).items():
+    for key, value in to_flat_dict(train or {}).items():
         key = key.removeprefix("train.")
+        if key not in TrainConfig.model_fields:
+            raise ConfigError(f"sweep.train: {key}: unknown train key")
         out[f"train.{key}"] = value
     return out
 
 
-def flatten_plain(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten_plain(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -210,11 +202,7 @@ class SweepSpace:
 
     @property
     def grid_size(self) -> int:
-        n = 1
-        for d in self.dims.values():
-            if d.is_grid:
-                n *= len(d.args)
-        return n
+        return math.prod(len(d.args) for d in self.dims.values() if d.is_grid)
 
     @property
     def n_trials(self) -> int:
@@ -238,7 +226,7 @@ class SweepSpace:
         return int(self.train_overrides.get("train.epochs", base_epochs))
 
 
-def build_space(params) -> SweepSpace:
+def build_space(params: Params) -> SweepSpace:
     """Parse ``params.sweep`` into a :class:`SweepSpace` (repeats become seeds, see module doc)."""
     sweep = params.sweep
     dims = normalize_space(sweep.space)
@@ -253,10 +241,8 @@ def build_space(params) -> SweepSpace:
     return SweepSpace(dims, train, num_samples, seeds, swept)
 
 
-def trial_params(base_raw: dict, overrides: dict[str, Any], source: str = "sweep trial"):
+def trial_params(base_raw: dict, overrides: dict[str, Any], source: str = "sweep trial") -> Params:
     """Validated :class:`~mitp.config.Params` of one trial (the schema names a bad key)."""
-    from mitp.config import apply_overrides, validate
-
     return validate(apply_overrides(base_raw, overrides), source)
 
 
@@ -264,15 +250,47 @@ def describe_overrides(overrides: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "no overrides"
 
 
-def _check_layers(params, overrides: dict[str, Any]) -> None:
-    """``cache.layer`` <= start, and start below the depth (the config checks the first)."""
+
+
+def starts_in_use(params: Params) -> set[int]:
+    """Every ``model.interaction.start`` a configured run can use: the train config's and every
+    value ``sweep.space`` can give it (both ends of a range stand for it); empty when no model
+    kind in use (``model.kind`` and the kinds the space can give) has interaction layers."""
+    dims = normalize_space(params.sweep.space)
+    kinds = dims["model.kind"].candidates() if "model.kind" in dims else [params.model.kind]
+    if not any(MODEL_KINDS.get(kind, True) for kind in {params.model.kind, *kinds}):
+        return set()
+    starts = {params.model.interaction.start}
+    for value in dims[START_KEY].candidates() if START_KEY in dims else []:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"sweep.space.{START_KEY}: {value!r} is not a layer number")
+        starts.add(value)
+    return starts
+
+
+def check_cache_layer(params: Params) -> None:
+    """``cache.layer`` k <= every start in use (the cached layers must never see a prompt)."""
+    starts = starts_in_use(params)
+    k = params.cache.layer
+    if not params.cache.enabled or not starts or min(starts) >= k:
+        return
+    start = params.model.interaction.start
+    if start < k:
+        raise ConfigError(f"cache.layer: {k} is above model.interaction.start {start}; the cached layers must "
+                          "never see a prompt")
+    raise ConfigError(f"sweep.space.{START_KEY}: value {min(starts)} is below cache.layer {k}; the cached layers "
+                      f"must never see a prompt (the cache serves the sweep too: set cache.layer to at most "
+                      f"{min(starts)} and rebuild the cache, or override sweep.space for a run that does not sweep)")
+
+
+def check_params(params: Params) -> None:
+    """The checks every stage runs after loading the params: the sweep settings parse, the
+    interaction layers fit the backbones, and the cache-layer rule."""
     from mitp.backbones import check_depth
 
+    normalize_train(params.sweep.train)
     check_depth(params)
-    k, start = params.cache.layer, params.model.interaction.start
-    if params.cache.enabled and params.model.kind != "late_fusion" and start < k:
-        raise ConfigError(f"sweep.space.{START_KEY}: value {start} is below cache.layer {k}; the cached layers "
-                          "must never see a prompt")
+    check_cache_layer(params)  # parses sweep.space
 
 
 def combinations(space: SweepSpace) -> list[dict[str, Any]]:
@@ -280,10 +298,7 @@ def combinations(space: SweepSpace) -> list[dict[str, Any]]:
     small, else each key's candidates with the other keys at their first value."""
     keys = list(space.dims)
     values = [space.dims[k].candidates() for k in keys]
-    total = 1
-    for v in values:
-        total *= len(v)
-    if total <= MAX_VALIDATED_COMBINATIONS:
+    if math.prod(map(len, values)) <= MAX_VALIDATED_COMBINATIONS:
         return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
     first = {k: v[0] for k, v in zip(keys, values, strict=True)}
     out = [first]
@@ -292,32 +307,22 @@ def combinations(space: SweepSpace) -> list[dict[str, Any]]:
     return out
 
 
-def validate_trials(params, space: SweepSpace, base_raw: dict) -> int:
+def validate_trials(params: Params, space: SweepSpace, base_raw: dict) -> int:
     """Validate every trial configuration the space can produce; returns how many were checked.
 
     Raises :class:`~mitp.errors.ConfigError` naming the key and the trial's values.
     """
-    # cache.layer vs every start first: the clearest message for the commonest mistake
-    if params.cache.enabled and START_KEY in space.dims:
-        k = params.cache.layer
-        for value in space.dims[START_KEY].candidates():
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"sweep.space.{START_KEY}: {value!r} is not a layer number")
-            kinds = space.dims["model.kind"].candidates() if "model.kind" in space.dims else [params.model.kind]
-            if value < k and any(kind != "late_fusion" for kind in kinds):
-                lowest = min(space.dims[START_KEY].candidates())
-                raise ConfigError(f"sweep.space.{START_KEY}: value {value} is below cache.layer {k}; the cached "
-                                  f"layers must never see a prompt (set cache.layer to at most {lowest}, and "
-                                  "rebuild the cache)")
+    from mitp.backbones import check_depth
+
+    check_cache_layer(params)  # over every start the space can give: the clearest message first
     combos = combinations(space)
     for combo in combos:
         overrides = space.trial_overrides(combo)
         source = f"sweep trial ({describe_overrides(overrides)})"
-        trial = trial_params(base_raw, overrides, source)
         try:
-            _check_layers(trial, overrides)
+            check_depth(trial_params(base_raw, overrides, source))
         except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            raise ConfigError(exc if str(exc).startswith(source) else f"{source}: {exc}") from None
     return len(combos)
 
 
@@ -327,6 +332,6 @@ def space_hash(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
-def base_raw_of(params) -> dict:
+def base_raw_of(params: Params) -> dict:
     """The validated params as a plain dict, the base every trial's overrides apply to."""
     return copy.deepcopy(params.model_dump(mode="json"))
