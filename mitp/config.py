@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from mitp.data.schema import DataConfig
+from mitp.data.schema import DataConfig, Strict
 from mitp.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,11 +37,6 @@ MODEL_KINDS: dict[str, bool] = {
     "late_fusion": False,
 }
 ModelKind = Literal[tuple(MODEL_KINDS)]  # type: ignore[valid-type]
-
-
-class Strict(BaseModel):
-    # inf/nan are never a sensible setting (a learning rate of inf trains nothing)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class BackboneConfig(Strict):
