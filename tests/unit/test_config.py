@@ -8,7 +8,15 @@ import sys
 
 import pytest
 
-from mitp.config import MODEL_KINDS, REPO_ROOT, ModelConfig, apply_overrides, load_params, parse_override, to_flat_dict
+from mitp.config import (
+    MODEL_KINDS,
+    REPO_ROOT,
+    ModelConfig,
+    apply_overrides,
+    load_params,
+    parse_override,
+    to_flat_dict,
+)
 from mitp.errors import ConfigError
 
 
