@@ -1,21 +1,15 @@
 """Run a sweep: validate, connect to Ray, open the MLflow parent run, run or resume the Tuner,
 collect the trials, and log the best one on the parent.
 
-Where it runs: ``ray.address`` in params, else the ``RAY_ADDRESS`` environment variable, else a
-local Ray sized to this machine (``ray.num_cpus`` CPUs, default all; GPUs detected). If Ray is
-already initialised in this process (tests, notebooks) that instance is used as it is.
-
-Where it writes: the Ray experiment folder ``<ray.storage_path>/<dataset>-<sweep.name>-<hash>``
-(``ray.storage_path`` defaults to ``<repo>/ray_results``; a shared path or a URI on clusters).
-The hash covers everything that defines the trials (the space, ``num_samples``, the scheduler,
-the metric, ``sweep.train``, the base configuration and the code that computes a trial's result:
-the sweep stage's code deps in ``dvc.yaml``, :func:`result_code`), so the same command resumes the
-same sweep and a changed sweep starts a new folder. The MLflow parent run is tagged with that
-folder (``ray.experiment_path``); a resumed sweep finds it there and reopens it: no second parent.
-
-Resume: if the folder holds a Tune experiment, ``Tuner.restore`` continues it
-(``resume_unfinished=True``, ``resume_errored=True``: unfinished and errored trials continue from
-their last checkpoint; finished trials are never re-run).
+Ray: ``ray.address`` in params, else ``RAY_ADDRESS``, else a local Ray (``ray.num_cpus`` CPUs,
+default all); a Ray already initialised in this process is used as it is. The Ray experiment
+folder is ``<ray.storage_path>/<dataset>-<sweep.name>-<hash>`` (default ``<repo>/ray_results``;
+a shared path or a URI on clusters); the hash covers all that defines the trials (space,
+``num_samples``, scheduler, metric, ``sweep.train``, base configuration, and the code of
+:func:`result_code`), so the same command resumes the same sweep (``Tuner.restore``: finished
+trials kept, the others continue from their last checkpoint) and a changed sweep starts anew.
+The MLflow parent run is tagged with that folder (``ray.experiment_path``): a resumed sweep finds
+it there and reopens it.
 """
 
 from __future__ import annotations

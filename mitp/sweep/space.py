@@ -1,35 +1,25 @@
 """The search space of a sweep: ``sweep.space`` in params.yaml -> a Ray Tune ``param_space``.
 
-A space maps dotted keys of the configuration to what the sweep gives them::
+A space maps dotted keys (or nested mappings) of ``seed``, ``model.*`` and ``train.*`` to values
+(the data, the backbones and the feature cache are built once, before the sweep)::
 
-    sweep:
-      space:
-        model.prompt_length: {grid: [4, 8, 16]}     # every value (Tune grid_search)
-        model.hub_size: [64, 128]                    # a plain list is a grid too
-        model.interaction.start: {choice: [2, 3]}    # one value per trial, drawn at random
-        train.lr: {loguniform: [1.0e-4, 3.0e-3]}     # a range, sampled per trial
-        model.kind: mitp                             # a scalar: fixed for every trial
+    model.prompt_length: {grid: [4, 8, 16]}     # every value (Tune grid_search); a plain list too
+    model.interaction.start: {choice: [2, 3]}    # one value per trial, drawn at random
+    train.lr: {loguniform: [1.0e-4, 3.0e-3]}     # a range, sampled per trial
+    model.kind: mitp                             # a scalar: fixed for every trial
 
-Forms (as ``ray.tune`` defines them): ``grid``/``grid_search``, ``choice``/``values``,
+Forms (as ``ray.tune`` names them): ``grid``/``grid_search``, ``choice``/``values``,
 ``uniform``/``loguniform`` ``[low, high]``, ``quniform``/``qloguniform`` ``[low, high, q]``,
-``randint``/``lograndint`` ``[low, high)`` (high excluded), ``qrandint``/``qlograndint``
-``[low, high, q]`` (high included). Keys may also be nested mappings
-(``{model: {hub_size: [64, 128]}}``). Only ``seed``, ``model.*`` and ``train.*`` can be swept:
-the data, the backbones and the feature cache are built once, before the sweep.
+``randint``/``lograndint`` ``[low, high)``, ``qrandint``/``qlograndint`` ``[low, high, q]``.
+There are ``num_samples`` times the grid size trials; with ``num_samples > 1`` and no ``seed``
+in the space, repeats get the seeds ``seed, seed + 1, ...`` as a grid. ``sweep.train`` holds
+``train.*`` overrides for every trial; a key in the space wins over it.
 
-The number of trials is ``num_samples`` times the size of the grid. Repeats get their own
-seeds: with ``num_samples > 1`` and no ``seed`` key in the space, the space gains
-``seed: {grid: [seed, seed + 1, ...]}`` and Tune runs it once (so ``num_samples: 3`` over a
-4-point grid is 12 trials, every grid point with seeds 0, 1, 2).
-
-``sweep.train`` holds ``train.*`` overrides applied inside every trial (e.g. fewer epochs than
-a full ``train`` run); a key in the space wins over it.
-
-This module is the one parser of the space, and the one home of the rule "``cache.layer`` <=
+This module is the one parser of the space and the one home of the rule "``cache.layer`` <=
 every interaction start in use" (:func:`starts_in_use`, :func:`check_cache_layer`): every stage
 runs :func:`check_params` after loading, the cache build runs :func:`check_cache_layer`, and the
-sweep validates every trial configuration before it starts (:func:`validate_trials`: the full
-schema and the backbone depth, a bad value is an error naming the key and the trial).
+sweep validates every trial configuration (schema and backbone depth) before it starts
+(:func:`validate_trials`, errors name the key and the trial).
 """
 
 from __future__ import annotations

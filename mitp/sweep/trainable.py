@@ -1,30 +1,18 @@
 """One sweep trial: :func:`mitp.train.fit` with a Tune reporting hook (no second training loop).
 
-A trial
+A trial takes its CPU share of torch threads, validates its configuration (base params +
+``sweep.train`` + its own values), restores ``tune.get_checkpoint()`` (a retry or a resumed
+sweep) into the folder ``fit`` resumes from, and reports every epoch to Tune with the checkpoint
+``fit`` just wrote; the last epoch goes out once, after the test evaluation, with the final
+metrics (a scheduler sees exactly ``epochs`` results, the last one complete).
 
-1. sets torch's thread count to its CPU share and points MLflow at the sweep's store;
-2. builds its configuration: the sweep's base params + ``sweep.train`` + its own values,
-   validated by the schema (the runner already validated every combination before launch);
-3. restores ``tune.get_checkpoint()`` (if Tune retries or resumes it) into a local folder and
-   hands that folder to ``fit`` as ``checkpoint_dir``: ``fit`` resumes from it, including the
-   same MLflow run (the run id travels in the checkpoint), so a retried or resumed trial keeps
-   one child run and never repeats a finished epoch;
-4. reports every epoch to Tune with the checkpoint ``fit`` just wrote
-   (``tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(...))``), except the last
-   epoch, which is reported once, after the test evaluation, together with the final metrics
-   (so a scheduler sees exactly ``epochs`` results, the last one complete).
-
-A trial whose loss diverges reports the error as its final result and ends: a retry from the
-same checkpoint and seed would diverge again, so Tune never retries it (the results table still
-counts it as an error).
-
-The MLflow child run is the run ``fit`` opens, with ``parent_run_id`` = the sweep's parent run,
-its config as params, per-epoch and final metrics from ``fit`` and tags naming the trial
-(``sweep_trial_id``), its Ray node and its resources. A trial that raises ends its run FAILED
-with the error as a tag (``tracking.start_run``); a trial a scheduler stops ends it KILLED.
-MLflow and Ray hold all the state: a retried trial that starts from a checkpoint reopens the run
-whose id the checkpoint holds; one that failed before its first checkpoint starts a new run (the
-failed attempt's run stays, FAILED, as the record of that attempt).
+MLflow and Ray hold all the state. The child run is the one ``fit`` opens (parent: the sweep's
+run; tags: ``sweep_trial_id``, the Ray node, the resources); its id travels in the checkpoint, so
+a trial resumed from a checkpoint reopens its run and never repeats an epoch; one that failed
+before its first checkpoint starts a new run (the failed attempt's stays, FAILED). A trial that
+raises ends its run FAILED with the error as a tag; one a scheduler stops ends it KILLED; one
+whose loss diverges reports the error as its final result and ends (the same checkpoint and seed
+would diverge again, so Tune never retries it).
 """
 
 from __future__ import annotations
