@@ -30,7 +30,7 @@ from mitp import tracking
 from mitp.config import REPO_ROOT, Params, to_flat_dict
 from mitp.errors import ConfigError
 from mitp.sweep import results as results_mod
-from mitp.sweep.space import SweepSpace, base_raw_of, build_space, space_hash, validate_trials
+from mitp.sweep.space import SweepSpace, base_raw_of, build_space, validate_trials
 from mitp.sweep.trainable import TrialHooks, TrialSpec, run_trial
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ class SweepOutcome:
     experiment_path: str
     parent_run_id: str
     metric: str
-    mode: str
     rows: list[dict[str, Any]]
     best: dict[str, Any]  # the sweep_best.json content
     resumed: bool
@@ -79,10 +78,9 @@ def resolve_metric(params: Params, dataset: str) -> str:
     """``sweep.metric`` (``auto`` -> the validation score of the task's primary metric)."""
     from mitp.metrics import primary_metric
 
-    multi = params.dataset(dataset).task == "multi_label"
-    allowed = ["val_loss", "train_loss"] + [f"val_{m}" for m in
-                                            (("f1_micro", "f1_macro", "f1_weighted", "f1_samples") if multi else ("accuracy",))]
-    metric = params.sweep.metric
+    multi, metric = params.dataset(dataset).task == "multi_label", params.sweep.metric
+    scores = ("f1_micro", "f1_macro", "f1_weighted", "f1_samples") if multi else ("accuracy",)
+    allowed = ["val_loss", "train_loss", *(f"val_{m}" for m in scores)]
     if metric == "auto":
         return f"val_{primary_metric(multi)}"
     if metric not in allowed:
@@ -114,13 +112,9 @@ def connect_ray(params: Params) -> bool:
 
     if ray.is_initialized():
         return False
-    address = params.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address)
-    else:
-        log.info("starting a local Ray (%s CPUs)", params.ray.num_cpus or "all")
-        ray.init(num_cpus=params.ray.num_cpus, include_dashboard=False)
+    address = params.ray.address or os.environ.get("RAY_ADDRESS")  # the param wins over the environment
+    log.info("Ray: %s", f"the cluster at {address}" if address else f"local, {params.ray.num_cpus or 'all'} CPUs")
+    ray.init(**({"address": address} if address else {"num_cpus": params.ray.num_cpus, "include_dashboard": False}))
     return True
 
 
@@ -158,6 +152,12 @@ def _parent_params(params: Params, dataset: str, space: SweepSpace, metric: str)
     flat.update({f"space.{key}": json.dumps(spec) for key, spec in space.describe().items()})
     flat.update({f"sweep.{key}": value for key, value in space.train_overrides.items()})
     return flat
+
+
+def _shown(path: str) -> str:
+    """A path as committed outputs show it: relative to the repository when inside it."""
+    inside = "://" not in path and Path(path).is_relative_to(REPO_ROOT)
+    return Path(path).relative_to(REPO_ROOT).as_posix() if inside else path
 
 
 def find_parent(params: Params, exp_path: str) -> str | None:
@@ -236,10 +236,9 @@ def experiment_name(params: Params, dataset: str, space: SweepSpace, metric: str
     for key in ("train.device", "train.num_workers", "train.checkpoint_dir"):  # where, not what
         base.pop(key, None)
     s = params.sweep
-    digest = space_hash(dataset, base, space.describe(), space.train_overrides, space.num_samples, s.scheduler,
-                        s.asha.model_dump() if s.scheduler == "asha" else None, metric, s.mode,
-                        code_fingerprint())
-    return f"{dataset}-{s.name}-{digest}"
+    parts = (dataset, base, space.describe(), space.train_overrides, space.num_samples, s.scheduler,
+             s.asha.model_dump() if s.scheduler == "asha" else None, metric, s.mode, code_fingerprint())
+    return f"{dataset}-{s.name}-{hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]}"
 
 
 def _tuner(params: Params, space: SweepSpace, spec: TrialSpec, exp_name: str, storage: str, exp_path: str,
@@ -276,15 +275,9 @@ def _tuner(params: Params, space: SweepSpace, spec: TrialSpec, exp_name: str, st
                       run_config=run_config), False
 
 
-def run_sweep(
-    params: Params,
-    dataset: str,
-    *,
-    fresh: bool = False,
-    hooks: TrialHooks | None = None,
-    outputs: tuple[str | Path, str | Path] | None = None,
-    say: Callable[[str], None] = log.info,
-) -> SweepOutcome:
+def run_sweep(params: Params, dataset: str, *, fresh: bool = False, hooks: TrialHooks | None = None,
+              outputs: tuple[str | Path, str | Path] | None = None,
+              say: Callable[[str], None] = log.info) -> SweepOutcome:
     """Run (or resume) the sweep ``params.sweep`` on ``dataset``; see the module docstring.
 
     ``outputs``: (csv path, best-config JSON path), written atomically before returning, also
@@ -294,18 +287,15 @@ def run_sweep(
     """
     t0 = time.perf_counter()
     params.dataset(dataset)
-    space = build_space(params)
-    metric = resolve_metric(params, dataset)
+    space, metric, s = build_space(params), resolve_metric(params, dataset), params.sweep
     check_resources(params)
     uri = tracking.tracking_uri(params)
     base_raw = base_raw_of(params)
     base_raw["mlflow"]["tracking_uri"] = uri  # trials on other nodes do not see this process's environment
     n_checked = validate_trials(params, space, base_raw)
-    say(f"sweep {params.sweep.name} on {dataset}: {space.n_trials} trials ({n_checked} configurations validated), "
-        f"metric {metric} ({params.sweep.mode}), {params.sweep.resources_per_trial.cpu:g} CPU + "
-        f"{params.sweep.resources_per_trial.gpu:g} GPU per trial")
+    say(f"sweep {s.name} on {dataset}: {space.n_trials} trials ({n_checked} configurations validated), metric "
+        f"{metric} ({s.mode}), {s.resources_per_trial.cpu:g} CPU + {s.resources_per_trial.gpu:g} GPU per trial")
     fingerprint = ensure_cache(params, dataset, say)
-
     storage = storage_root(params)
     exp_name = experiment_name(params, dataset, space, metric)
     exp_path = f"{storage}/{exp_name}"
@@ -323,43 +313,37 @@ def run_sweep(
                 f"{storage} on this node; set it to a path every node mounts (or a URI) so retries on other "
                 "nodes can resume")
         parent_id = None if fresh else find_parent(params, exp_path)
-        tags = {**tracking.lineage_tags(params, dataset), "sweep": params.sweep.name, PARENT_TAG: exp_path,
-                "mitp.role": "sweep-parent"}
+        tags = {**tracking.lineage_tags(params, dataset), "sweep": s.name, PARENT_TAG: exp_path,
+                "mitp.role": "sweep-parent", **({"cache_fingerprint": fingerprint} if fingerprint else {})}
         if "model.kind" in space.swept_keys:
             tags.pop("model.kind", None)
-        if fingerprint:
-            tags["cache_fingerprint"] = fingerprint
-        with tracking.start_run(params, run_name=f"sweep {dataset}-{params.sweep.name}", tags=tags,
-                                run_id=parent_id) as parent:
+        with tracking.start_run(params, run_name=f"sweep {dataset}-{s.name}", tags=tags, run_id=parent_id) as parent:
             mlflow = tracking.setup(params)
             if parent_id is None:
                 tracking.log_params(mlflow, _parent_params(params, dataset, space, metric))
             parent_id = parent.info.run_id
-            spec = TrialSpec(base_raw, space, dataset, params.sweep.name, exp_name, parent_id, uri,
-                             params.sweep.resources_per_trial.cpu, params.sweep.resources_per_trial.gpu, metric, hooks)
+            spec = TrialSpec(base_raw, space, dataset, s.name, exp_name, parent_id, uri, s.resources_per_trial.cpu,
+                             s.resources_per_trial.gpu, metric, hooks)
             tuner, resumed = _tuner(params, space, spec, exp_name, storage, exp_path, metric, say)
             t_fit = time.perf_counter()
             grid = tuner.fit()
             timings["tune_fit_s"] = time.perf_counter() - t_fit
             rows = collect_rows(exp_path, grid, space)
-            best = results_mod.best_row(rows, metric, params.sweep.mode)
-            best_overrides = space.trial_overrides(best) if best else {}
-            summary = results_mod.best_summary(best, dataset=dataset, sweep=params.sweep.name, metric=metric,
-                                               mode=params.sweep.mode, swept_keys=space.swept_keys,
-                                               overrides=best_overrides, rows=rows, parent_run_id=parent_id,
-                                               experiment_path=exp_path)
+            best = results_mod.best_row(rows, metric, s.mode)
+            summary = results_mod.best_summary(best, dataset=dataset, sweep=s.name, metric=metric, mode=s.mode,
+                                               swept_keys=space.swept_keys, rows=rows, parent_run_id=parent_id,
+                                               overrides=space.trial_overrides(best) if best else {},
+                                               experiment_path=_shown(exp_path))
             _log_best(mlflow, summary, metric)
             mlflow.log_metrics({"trials": len(rows), "trials_failed": summary["errors"],
                                 "trials_completed": summary["completed"], "trials_stopped": summary["stopped"]})
-            outcome = SweepOutcome(dataset, exp_path, parent_id, metric, params.sweep.mode, rows, summary, resumed,
-                                   time.perf_counter() - t0, space, timings)
+            outcome = SweepOutcome(dataset, exp_path, parent_id, metric, rows, summary, resumed, 0.0, space, timings)
             if outputs is not None:
                 results_mod.write_outputs(rows, summary, *outputs)
-            if outcome.failed:
-                mlflow.set_tag("error", outcome.failure_message()[:5000])
-            elif outcome.unfinished:
-                mlflow.set_tag("error", f"{len(outcome.unfinished)} trials did not finish (interrupted); run the "
-                                        "same command again to resume")
+            if outcome.failed or outcome.unfinished:
+                mlflow.set_tag("error", outcome.failure_message()[:5000] if outcome.failed else
+                               f"{len(outcome.unfinished)} trials did not finish (interrupted); run the same "
+                               "command again to resume")
         if outcome.failed or outcome.unfinished:
             from mlflow.tracking import MlflowClient
 
@@ -368,6 +352,4 @@ def run_sweep(
         return outcome
     finally:
         if started:
-            import ray
-
             ray.shutdown()

@@ -25,9 +25,7 @@ sweep validates every trial configuration (schema and backbone depth) before it 
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,11 +39,8 @@ GRID_FORMS = ("grid", "grid_search")
 CHOICE_FORMS = ("choice", "values")
 # form -> (number of arguments, integer range whose high end is excluded)
 RANGE_FORMS: dict[str, tuple[int, bool]] = {
-    "uniform": (2, False), "loguniform": (2, False),
-    "quniform": (3, False), "qloguniform": (3, False),
-    "randint": (2, True), "lograndint": (2, True),
-    "qrandint": (3, False), "qlograndint": (3, False),
-}
+    "uniform": (2, False), "loguniform": (2, False), "quniform": (3, False), "qloguniform": (3, False),
+    "randint": (2, True), "lograndint": (2, True), "qrandint": (3, False), "qlograndint": (3, False)}
 FORMS = GRID_FORMS + CHOICE_FORMS + tuple(RANGE_FORMS)
 SWEEPABLE_ROOTS = ("seed", "model", "train")
 START_KEY = "model.interaction.start"
@@ -68,26 +63,18 @@ class Dim:
         """The values validation checks: every listed value, or both ends of a range."""
         if self.form in ("grid", "choice", "fixed"):
             return list(self.args)
-        low, high = self.args[0], self.args[1]
-        if RANGE_FORMS[self.form][1]:  # randint-like: high excluded
-            high = high - 1
+        low, high = self.args[0], self.args[1] - (1 if RANGE_FORMS[self.form][1] else 0)  # randint: high excluded
         return [low] if low == high else [low, high]
 
     def describe(self) -> Any:
         """The spec as it is logged on the parent run (plain JSON)."""
-        if self.form == "fixed":
-            return self.args[0]
-        return {self.form: list(self.args)}
+        return self.args[0] if self.form == "fixed" else {self.form: list(self.args)}
 
     def to_tune(self):
         from ray import tune
 
-        if self.form == "fixed":
-            return self.args[0]
-        if self.form == "grid":
-            return tune.grid_search(list(self.args))
-        if self.form == "choice":
-            return tune.choice(list(self.args))
+        if self.form in ("fixed", "grid", "choice"):
+            return {"fixed": lambda v: v[0], "grid": tune.grid_search, "choice": tune.choice}[self.form](list(self.args))
         return getattr(tune, self.form)(*self.args)
 
 
@@ -157,12 +144,8 @@ def parse_dim(key: str, spec: Any) -> Dim:
     return Dim(key, form, tuple(args))
 
 
-def normalize_space(space: dict | None) -> dict[str, Dim]:
+def normalize_space(space: dict[str, Any]) -> dict[str, Dim]:
     """Parse ``sweep.space`` (shape and forms only; values are checked by :func:`validate_trials`)."""
-    if space is None:
-        return {}
-    if not isinstance(space, dict):
-        raise ConfigError(f"sweep.space: expected a mapping of keys to values, got {type(space).__name__}")
     return {key: parse_dim(key, spec) for key, spec in flatten(space).items()}
 
 
@@ -314,12 +297,6 @@ def validate_trials(params: Params, space: SweepSpace, base_raw: dict) -> int:
         except ConfigError as exc:
             raise ConfigError(exc if str(exc).startswith(source) else f"{source}: {exc}") from None
     return len(combos)
-
-
-def space_hash(*parts: Any) -> str:
-    """8 hex digits identifying a sweep definition (the Ray experiment folder's suffix)."""
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
 def base_raw_of(params: Params) -> dict:
