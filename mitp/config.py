@@ -121,7 +121,8 @@ class AshaConfig(Strict):
 
 
 class SweepConfig(Strict):
-    """``sweep:``; the space format is documented in :mod:`mitp.sweep.space`."""
+    """``sweep:``; ``space`` and ``train`` are parsed (forms, keys) by :mod:`mitp.sweep.space`, which
+    every stage runs after loading (``check_params``)."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     space: dict[str, Any] = Field(default_factory=dict)
