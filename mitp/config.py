@@ -5,30 +5,39 @@ name the key (``model.interaction.start: must be below the backbone depth 4, got
 typo in ``params.yaml`` or in a ``-S key=value`` override never goes unnoticed.
 
 Overrides use the spelling of ``dvc exp run -S``: ``model.hub_size=128``; the value is parsed
-as YAML (``true``, ``1e-3``, ``[1, 2]`` all work).
+as YAML (``true``, ``1e-3``, ``[1, 2]`` all work; a quoted value stays a string: ``'1.0'``).
+
+This module is the schema and its loading only. Rules that need the sweep space or the backbone
+depth (``cache.layer`` vs every interaction start in use) live in :mod:`mitp.sweep.space` and run
+at every stage's entry (:func:`pipeline.cli.load`).
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from mitp.data.schema import DataConfig
+from mitp.data.schema import DataConfig, Strict
 from mitp.dotted_keys import flatten
 from mitp.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
 
-MODEL_KINDS = ("mitp", "mitp_no_hub", "late_fusion")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+# Every model kind, once: kind -> whether it has interaction layers (prompts from
+# ``model.interaction.start`` on, so the feature cache must stop below them). A new kind is one line.
+MODEL_KINDS: dict[str, bool] = {
+    "mitp": True,
+    "mitp_no_hub": True,
+    "late_fusion": False,
+}
+ModelKind = Literal[tuple(MODEL_KINDS)]  # type: ignore[valid-type]
 
 
 class BackboneConfig(Strict):
@@ -59,7 +68,7 @@ class InteractionConfig(Strict):
 
 
 class ModelConfig(Strict):
-    kind: Literal["mitp", "mitp_no_hub", "late_fusion"] = "mitp"
+    kind: ModelKind = "mitp"
     prompt_length: int = Field(8, ge=1)
     hub_size: int = Field(64, ge=1)
     interaction: InteractionConfig = InteractionConfig()
@@ -113,7 +122,8 @@ class AshaConfig(Strict):
 
 
 class SweepConfig(Strict):
-    """``sweep:``; the space format is documented in :mod:`mitp.sweep.space`."""
+    """``sweep:``; ``space`` and ``train`` are parsed (forms, keys) by :mod:`mitp.sweep.space`, which
+    every stage runs after loading (``check_params``)."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     space: dict[str, Any] = Field(default_factory=dict)
@@ -126,27 +136,6 @@ class SweepConfig(Strict):
     resources_per_trial: ResourcesConfig = ResourcesConfig()
     max_failures: int = Field(1, ge=0, description="retries of a failed trial, from its last checkpoint")
     train: dict[str, Any] = Field(default_factory=dict, description="train.* overrides inside trials")
-
-    @field_validator("space")
-    @classmethod
-    def _space_shape(cls, space: dict[str, Any]) -> dict[str, Any]:
-        from mitp.sweep.space import normalize_space
-
-        try:  # forms and keys here; the values are checked per trial before launch
-            normalize_space(space)
-        except ConfigError as exc:
-            raise ValueError(str(exc).removeprefix("sweep.space.").removeprefix("sweep.space: ")) from None
-        return space
-
-    @field_validator("train")
-    @classmethod
-    def _train_keys(cls, train: dict[str, Any]) -> dict[str, Any]:
-        from mitp.sweep.space import normalize_train
-
-        for key in normalize_train(train):
-            if key.removeprefix("train.") not in TrainConfig.model_fields:
-                raise ValueError(f"{key.removeprefix('train.')}: unknown train key")
-        return train
 
 
 class ReportConfig(Strict):
@@ -161,7 +150,7 @@ class Params(Strict):
     """Root of ``params.yaml``."""
 
     seed: int = 0
-    datasets: list[str] = Field(default_factory=lambda: ["synthetic"])
+    datasets: list[str] = Field(default_factory=lambda: ["synthetic"], min_length=1)
     backbone: BackboneConfig = BackboneConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -178,11 +167,6 @@ class Params(Strict):
         for name in self.datasets:
             if name not in known:
                 raise ValueError(f"datasets: unknown dataset {name!r} (known: {', '.join(sorted(known))})")
-        if self.model.kind != "late_fusion" and self.cache.enabled and self.cache.layer > self.model.interaction.start:
-            raise ConfigError(
-                f"cache.layer: {self.cache.layer} is above model.interaction.start "
-                f"{self.model.interaction.start}; the cached layers must never see a prompt"
-            )
         return self
 
     # ----------------------------------------------------------------------------------------
@@ -215,6 +199,42 @@ class Params(Strict):
 # --------------------------------------------------------------------------------------------
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML as params files and ``-S`` values are read: a duplicate key is an error (YAML would
+    let the later one silently replace the earlier section), and ``1e-3`` is a number (YAML 1.1
+    wants a dot in a float; a quoted ``'1e-3'`` stays a string)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str, where: str) -> Any:
+    """Parse YAML; any error becomes one line naming ``where`` and the line."""
+    try:
+        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{where}: {line}{exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"model.hub_size=128"`` -> ``("model.hub_size", 128)`` (value parsed as YAML)."""
     if "=" not in item:
@@ -223,16 +243,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {item!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {exc}") from exc
-    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
-        try:
-            value = float(value) if any(c in value.lower() for c in "e.") and " " not in value else value
-        except ValueError:
-            pass
-    return key, value
+    return key, (_load_yaml(raw, f"override {key}") if raw.strip() else None)
 
 
 def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
@@ -275,13 +286,19 @@ def validate(raw: dict, source: str = "params") -> Params:
 
 
 def load_raw(path: str | Path | None = None) -> dict:
+    """The params file as a dict; a missing, unreadable, empty or malformed file is a ConfigError."""
     path = Path(path) if path else DEFAULT_PARAMS
     if not path.exists():
         raise ConfigError(f"{path}: params file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: is a folder, not a params file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    raw = _load_yaml(text, str(path))
+    if raw is None:  # silently running on the built-in defaults would hide a truncated file
+        raise ConfigError(f"{path}: no settings (the file is empty or only comments)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return raw

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from mitp.config import Params, load_params
 from mitp.errors import UserError
+from mitp.sweep.space import check_params
 
 
 def parser(description: str, dataset: bool = True) -> argparse.ArgumentParser:
@@ -29,9 +30,7 @@ def parser(description: str, dataset: bool = True) -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace) -> tuple[Params, str | None]:
     params = load_params(args.params, args.overrides)
-    from mitp.backbones import check_depth
-
-    check_depth(params)
+    check_params(params)
     name = getattr(args, "dataset", None)
     if hasattr(args, "dataset"):
         name = name or params.datasets[0]

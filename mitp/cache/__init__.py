@@ -8,8 +8,8 @@ entering layer k (``cache.layer``) as memory-mapped float16 shards; training the
 Modules: :mod:`~mitp.cache.build` (the stage's work, resumable), :mod:`~mitp.cache.storage`
 (shards, index, checksums), :mod:`~mitp.cache.fingerprint` (what must match),
 :mod:`~mitp.cache.dataset` (training from the cache), :mod:`~mitp.cache.estimate` (disk size),
-:mod:`~mitp.cache.layer_check` (k vs train and sweep starts), :mod:`~mitp.cache.flops` (the
-benchmark's FLOP model), :mod:`~mitp.cache.errors`.
+:mod:`~mitp.cache.flops` (the benchmark's FLOP model), :mod:`~mitp.cache.errors`; the rule on k
+(``check_cache_layer``: k <= every interaction start in use) lives in :mod:`mitp.sweep.space`.
 """
 
 from mitp.cache.build import BuildSummary, build_cache
@@ -25,7 +25,7 @@ from mitp.cache.errors import (
 )
 from mitp.cache.estimate import Estimate, Shapes, estimate_bytes
 from mitp.cache.fingerprint import CACHE_FORMAT, fingerprint, short_hash
-from mitp.cache.layer_check import check_cache_layer
+from mitp.sweep.space import check_cache_layer
 
 __all__ = [
     "CACHE_FORMAT", "BuildSummary", "CacheBusy", "CacheCorrupt", "CacheError", "CacheIncomplete",

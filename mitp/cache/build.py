@@ -33,10 +33,10 @@ from mitp.cache import storage
 from mitp.cache.errors import CacheError, build_command
 from mitp.cache.estimate import Estimate, check_space, human, shapes_of
 from mitp.cache.fingerprint import describe_diff, diff, fingerprint, short_hash
-from mitp.cache.layer_check import check_cache_layer
 from mitp.data.dataset import encode_labels
 from mitp.data.manifests import SPLITS, read_labels, read_split
 from mitp.model import MITP, MITPConfig
+from mitp.sweep.space import check_cache_layer
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,8 @@
-"""Configuration schema of the ``data:`` section of ``params.yaml`` (one block per dataset)."""
+"""Configuration schema of the ``data:`` section of ``params.yaml`` (one block per dataset).
+
+Where each dataset comes from (``sources``: mirrors, checksums, terms) is defined in
+``params.yaml`` alone; the schema only says what a source may hold.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class Strict(BaseModel):
+    """Unknown keys are errors; inf/nan are never a sensible setting (a timeout of inf hangs)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-class SourceFile(_Strict):
+class SourceFile(Strict):
     """One file to fetch: mirrors tried in order, optional published sha256, how to unpack.
 
     Where it goes (see :mod:`mitp.data.download`): a plain file (``unpack: none``) lands at
@@ -53,7 +59,7 @@ class SourceFile(_Strict):
         return value
 
 
-class DownloadOptions(_Strict):
+class DownloadOptions(Strict):
     """How the download stage talks to servers."""
 
     retries: int = Field(5, ge=0, description="retries per URL after a connection error or HTTP 5xx")
@@ -66,13 +72,13 @@ class DownloadOptions(_Strict):
     )
 
 
-class DatasetConfig(_Strict):
+class DatasetConfig(Strict):
     """Settings every dataset has."""
 
     task: Literal["single_label", "multi_label"] = "single_label"
     max_text_length: int = Field(40, ge=2)
     local_path: str | None = Field(None, description="a copy the user already has (raw layout)")
-    sources: list[SourceFile] = Field(default_factory=list)
+    sources: list[SourceFile] = Field(default_factory=list, description="where to get it: set in params.yaml")
     bad_records: Literal["skip", "fail"] = "skip"
     max_skip_fraction: float = Field(0.05, ge=0.0, le=1.0)
     verify_workers: int = Field(0, ge=0, description="threads decoding images in prepare (0: one per CPU)")
@@ -81,7 +87,7 @@ class DatasetConfig(_Strict):
 
 
 class SyntheticConfig(DatasetConfig):
-    """The generated visual-entailment set of mitp/data/synthetic.py (SNLI-VE layout)."""
+    """The generated visual-entailment set (SNLI-VE layout; :mod:`mitp.data.synthetic` makes it)."""
 
     max_text_length: int = Field(16, ge=2)
     n_train: int = Field(3000, ge=3)
@@ -92,55 +98,8 @@ class SyntheticConfig(DatasetConfig):
     generator_seed: int = 0
 
 
-KAGGLE_FOOD101 = "gianmarco96/upmcfood101"
-FLICKR30K_TERMS = (
-    "Flickr30k images: non-commercial research and educational use only, under the Flickr terms of use; "
-    "request access at https://shannon.cs.illinois.edu/DenotationGraph/"
-)
-
-
-def _food101_sources() -> list[SourceFile]:
-    return [
-        SourceFile(
-            name="upmcfood101.zip", kaggle=KAGGLE_FOOD101, unpack="zip", extract_to="upmcfood101",
-            homepage=f"https://www.kaggle.com/datasets/{KAGGLE_FOOD101}",
-            terms="UPMC-Food101 (Kaggle mirror): research use; sign in to Kaggle and accept the dataset's terms "
-            "on its page. The official tarball http://visiir.lip6.fr/data/public/UPMC_Food101.tar.gz is dead since 2023.",
-        )
-    ]
-
-
-def _mmimdb_sources() -> list[SourceFile]:
-    return [
-        SourceFile(
-            name="mmimdb.tar.gz", unpack="tar", extract_to="mmimdb",
-            urls=["http://lisi1.unal.edu.co/mmimdb/mmimdb.tar.gz", "https://archive.org/download/mmimdb/mmimdb.tar.gz"],
-            homepage="https://github.com/johnarevalo/gmu-mmimdb",
-            terms="MM-IMDB: research use; the IMDb metadata and posters stay under IMDb's terms.",
-        )
-    ]
-
-
-SNLI_VE_HF = "https://huggingface.co/datasets/HuggingFaceM4/SNLI-VE/resolve/main"
-
-
-def _snli_ve_sources() -> list[SourceFile]:
-    return [
-        *(
-            SourceFile(name=f"snli_ve_{split}.jsonl", unpack="none", urls=[f"{SNLI_VE_HF}/snli_ve_{split}.jsonl"],
-                       homepage="https://github.com/necla-ml/SNLI-VE")
-            for split in ("train", "dev", "test")
-        ),
-        SourceFile(
-            name="flickr30k-images", unpack="none", satisfied_by="images_path", terms=FLICKR30K_TERMS,
-            homepage="https://shannon.cs.illinois.edu/DenotationGraph/",
-        ),
-    ]
-
-
 class Food101Config(DatasetConfig):
     max_text_length: int = Field(40, ge=2)
-    sources: list[SourceFile] = Field(default_factory=_food101_sources)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     split_seed: int = 0
     text_source: Literal["titles"] = "titles"
@@ -149,16 +108,14 @@ class Food101Config(DatasetConfig):
 class MMIMDBConfig(DatasetConfig):
     task: Literal["single_label", "multi_label"] = "multi_label"
     max_text_length: int = Field(256, ge=2)
-    sources: list[SourceFile] = Field(default_factory=_mmimdb_sources)
 
 
 class SNLIVEConfig(DatasetConfig):
     max_text_length: int = Field(40, ge=2)
-    sources: list[SourceFile] = Field(default_factory=_snli_ve_sources)
     images_path: str | None = Field(None, description="Flickr30k images folder (<id>.jpg), if not in the raw layout")
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     root: str = "data"
     locks_dir: str = Field("locks", description="download lock files (sha256 of what was fetched); keep in git")
     synthetic: SyntheticConfig = SyntheticConfig()

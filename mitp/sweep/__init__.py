@@ -9,7 +9,3 @@
 
 The entry point is ``python -m pipeline.sweep --dataset NAME``.
 """
-
-from mitp.sweep.space import SweepSpace, build_space, normalize_space, validate_trials
-
-__all__ = ["SweepSpace", "build_space", "normalize_space", "validate_trials"]

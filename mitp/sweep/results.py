@@ -29,6 +29,8 @@ def status_of(tune_status: str, last_result: dict[str, Any]) -> str:
     if tune_status == "ERROR":
         return ERROR
     if tune_status == "TERMINATED":
+        if last_result.get("error"):  # reported by a diverged trial, which then ends
+            return ERROR
         return COMPLETED if last_result.get("trial_done") == 1 else STOPPED
     return tune_status
 
@@ -47,22 +49,12 @@ def first_line(error: Any) -> str:
 
 def make_row(trial_id: str, status: str, config: dict[str, Any], keys: list[str], last: dict[str, Any],
              failures: int, run_id: str | None, error: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"trial_id": trial_id, "status": status}
-    for key in keys:
-        row[key] = config.get(key)
-    metrics = {k: v for k, v in last.items() if k.startswith(("val_", "test_"))}
-    for key in sorted(metrics, key=lambda k: (not k.startswith("test_"), k)):
-        row[key] = metrics[key]
-    if "train_loss" in last:
-        row["train_loss"] = last["train_loss"]
-    for key in EPOCH_KEYS + COST_KEYS:
-        if key in last:
-            row[key] = last[key]
-    row["failures"] = failures
-    row["node_id"] = last.get("node_id", "")
-    row["mlflow_run_id"] = run_id or last.get("mlflow_run_id") or ""
-    row["error"] = error
-    return row
+    """One row: id, status, the swept keys, test then val metrics, train loss, epochs, cost, bookkeeping."""
+    metrics = sorted((k for k in last if k.startswith(("val_", "test_"))), key=lambda k: (not k.startswith("test_"), k))
+    return {"trial_id": trial_id, "status": status, **{key: config.get(key) for key in keys},
+            **{k: last[k] for k in [*metrics, "train_loss", *EPOCH_KEYS, *COST_KEYS] if k in last},
+            "failures": failures, "node_id": last.get("node_id", ""),
+            "mlflow_run_id": run_id or last.get("mlflow_run_id") or "", "error": error}
 
 
 def _is_number(v: Any) -> bool:
@@ -99,22 +91,14 @@ def best_summary(best: dict[str, Any] | None, *, dataset: str, sweep: str, metri
                  parent_run_id: str, experiment_path: str) -> dict[str, Any]:
     """The content of ``sweep_best.json``."""
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in (COMPLETED, STOPPED, ERROR)}
-    out: dict[str, Any] = {"dataset": dataset, "sweep": sweep, "metric": metric, "mode": mode,
-                           "trials": len(rows), "completed": counts[COMPLETED], "stopped": counts[STOPPED],
-                           "errors": counts[ERROR], "parent_run_id": parent_run_id,
-                           "ray_experiment": experiment_path}
+    out: dict[str, Any] = {"dataset": dataset, "sweep": sweep, "metric": metric, "mode": mode, "trials": len(rows),
+                           "completed": counts[COMPLETED], "stopped": counts[STOPPED], "errors": counts[ERROR],
+                           "parent_run_id": parent_run_id, "ray_experiment": experiment_path}
     if best is None:
-        out["best"] = None
-        return out
-    out.update({
-        "value": best[metric],
-        "trial_id": best["trial_id"],
-        "mlflow_run_id": best["mlflow_run_id"],
-        "config": {k: best.get(k) for k in swept_keys},
-        "overrides": overrides,
-        "metrics": {k: v for k, v in best.items() if k.startswith(("val_", "test_")) or k in EPOCH_KEYS + COST_KEYS},
-    })
-    return out
+        return {**out, "best": None}
+    return {**out, "value": best[metric], "trial_id": best["trial_id"], "mlflow_run_id": best["mlflow_run_id"],
+            "config": {k: best.get(k) for k in swept_keys}, "overrides": overrides,
+            "metrics": {k: v for k, v in best.items() if k.startswith(("val_", "test_")) or k in EPOCH_KEYS + COST_KEYS}}
 
 
 def write_outputs(rows: list[dict[str, Any]], best: dict[str, Any], csv_path, best_path) -> None:

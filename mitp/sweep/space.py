@@ -1,57 +1,46 @@
 """The search space of a sweep: ``sweep.space`` in params.yaml -> a Ray Tune ``param_space``.
 
-A space maps dotted keys of the configuration to what the sweep gives them::
+A space maps dotted keys (or nested mappings) of ``seed``, ``model.*`` and ``train.*`` to values
+(the data, the backbones and the feature cache are built once, before the sweep)::
 
-    sweep:
-      space:
-        model.prompt_length: {grid: [4, 8, 16]}     # every value (Tune grid_search)
-        model.hub_size: [64, 128]                    # a plain list is a grid too
-        model.interaction.start: {choice: [2, 3]}    # one value per trial, drawn at random
-        train.lr: {loguniform: [1.0e-4, 3.0e-3]}     # a range, sampled per trial
-        model.kind: mitp                             # a scalar: fixed for every trial
+    model.prompt_length: {grid: [4, 8, 16]}     # every value (Tune grid_search); a plain list too
+    model.interaction.start: {choice: [2, 3]}    # one value per trial, drawn at random
+    train.lr: {loguniform: [1.0e-4, 3.0e-3]}     # a range, sampled per trial
+    model.kind: mitp                             # a scalar: fixed for every trial
 
-Forms (as ``ray.tune`` defines them): ``grid``/``grid_search``, ``choice``/``values``,
+Forms (as ``ray.tune`` names them): ``grid``/``grid_search``, ``choice``/``values``,
 ``uniform``/``loguniform`` ``[low, high]``, ``quniform``/``qloguniform`` ``[low, high, q]``,
-``randint``/``lograndint`` ``[low, high)`` (high excluded), ``qrandint``/``qlograndint``
-``[low, high, q]`` (high included). Keys may also be nested mappings
-(``{model: {hub_size: [64, 128]}}``). Only ``seed``, ``model.*`` and ``train.*`` can be swept:
-the data, the backbones and the feature cache are built once, before the sweep.
+``randint``/``lograndint`` ``[low, high)``, ``qrandint``/``qlograndint`` ``[low, high, q]``.
+There are ``num_samples`` times the grid size trials; with ``num_samples > 1`` and no ``seed``
+in the space, repeats get the seeds ``seed, seed + 1, ...`` as a grid. ``sweep.train`` holds
+``train.*`` overrides for every trial; a key in the space wins over it.
 
-The number of trials is ``num_samples`` times the size of the grid. Repeats get their own
-seeds: with ``num_samples > 1`` and no ``seed`` key in the space, the space gains
-``seed: {grid: [seed, seed + 1, ...]}`` and Tune runs it once (so ``num_samples: 3`` over a
-4-point grid is 12 trials, every grid point with seeds 0, 1, 2).
-
-``sweep.train`` holds ``train.*`` overrides applied inside every trial (e.g. fewer epochs than
-a full ``train`` run); a key in the space wins over it.
-
-Every trial configuration is validated before the sweep starts (:func:`validate_trials`): the
-full schema (``apply_overrides`` + ``validate``), the backbone depth, and ``cache.layer`` <=
-every ``model.interaction.start`` the space can produce; a bad value is an error naming the key
-and the trial.
+This module is the one parser of the space and the one home of the rule "``cache.layer`` <=
+every interaction start in use" (:func:`starts_in_use`, :func:`check_cache_layer`): every stage
+runs :func:`check_params` after loading, the cache build runs :func:`check_cache_layer`, and the
+sweep validates every trial configuration (schema and backbone depth) before it starts
+(:func:`validate_trials`, errors name the key and the trial).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from mitp.dotted_keys import flatten as flatten_plain
+from pydantic import BaseModel
+
+from mitp.config import MODEL_KINDS, Params, TrainConfig, apply_overrides, to_flat_dict, validate
 from mitp.errors import ConfigError
 
 GRID_FORMS = ("grid", "grid_search")
 CHOICE_FORMS = ("choice", "values")
 # form -> (number of arguments, integer range whose high end is excluded)
 RANGE_FORMS: dict[str, tuple[int, bool]] = {
-    "uniform": (2, False), "loguniform": (2, False),
-    "quniform": (3, False), "qloguniform": (3, False),
-    "randint": (2, True), "lograndint": (2, True),
-    "qrandint": (3, False), "qlograndint": (3, False),
-}
+    "uniform": (2, False), "loguniform": (2, False), "quniform": (3, False), "qloguniform": (3, False),
+    "randint": (2, True), "lograndint": (2, True), "qrandint": (3, False), "qlograndint": (3, False)}
 FORMS = GRID_FORMS + CHOICE_FORMS + tuple(RANGE_FORMS)
 SWEEPABLE_ROOTS = ("seed", "model", "train")
 START_KEY = "model.interaction.start"
@@ -74,26 +63,18 @@ class Dim:
         """The values validation checks: every listed value, or both ends of a range."""
         if self.form in ("grid", "choice", "fixed"):
             return list(self.args)
-        low, high = self.args[0], self.args[1]
-        if RANGE_FORMS[self.form][1]:  # randint-like: high excluded
-            high = high - 1
+        low, high = self.args[0], self.args[1] - (1 if RANGE_FORMS[self.form][1] else 0)  # randint: high excluded
         return [low] if low == high else [low, high]
 
     def describe(self) -> Any:
         """The spec as it is logged on the parent run (plain JSON)."""
-        if self.form == "fixed":
-            return self.args[0]
-        return {self.form: list(self.args)}
+        return self.args[0] if self.form == "fixed" else {self.form: list(self.args)}
 
     def to_tune(self):
         from ray import tune
 
-        if self.form == "fixed":
-            return self.args[0]
-        if self.form == "grid":
-            return tune.grid_search(list(self.args))
-        if self.form == "choice":
-            return tune.choice(list(self.args))
+        if self.form in ("fixed", "grid", "choice"):
+            return {"fixed": lambda v: v[0], "grid": tune.grid_search, "choice": tune.choice}[self.form](list(self.args))
         return getattr(tune, self.form)(*self.args)
 
 
@@ -119,10 +100,6 @@ def flatten(space: dict, prefix: str = "") -> dict[str, Any]:
 
 def _check_key_path(key: str) -> None:
     """The key names a value of the schema (not a section, not a typo)."""
-    from pydantic import BaseModel
-
-    from mitp.config import Params
-
     model: type[BaseModel] | None = Params
     parts = key.split(".")
     for i, part in enumerate(parts):
@@ -167,26 +144,23 @@ def parse_dim(key: str, spec: Any) -> Dim:
     return Dim(key, form, tuple(args))
 
 
-def normalize_space(space: dict | None) -> dict[str, Dim]:
+def normalize_space(space: dict[str, Any]) -> dict[str, Dim]:
     """Parse ``sweep.space`` (shape and forms only; values are checked by :func:`validate_trials`)."""
-    if space is None:
-        return {}
-    if not isinstance(space, dict):
-        raise ConfigError(f"sweep.space: expected a mapping of keys to values, got {type(space).__name__}")
     return {key: parse_dim(key, spec) for key, spec in flatten(space).items()}
 
 
 def normalize_train(train: dict | None) -> dict[str, Any]:
     """``sweep.train`` -> ``{"train.epochs": 3, ...}`` (keys relative to ``train``; a leading
-    ``train.`` is accepted too)."""
+    ``train.`` is accepted too); an unknown key is an error."""
     out: dict[str, Any] = {}
-    for key, value in flatten_plain(train or {}).items():
+    for key, value in to_flat_dict(train or {}).items():
         key = key.removeprefix("train.")
+        if key not in TrainConfig.model_fields:
+            raise ConfigError(f"sweep.train: {key}: unknown train key")
         out[f"train.{key}"] = value
     return out
 
 
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -201,11 +175,7 @@ class SweepSpace:
 
     @property
     def grid_size(self) -> int:
-        n = 1
-        for d in self.dims.values():
-            if d.is_grid:
-                n *= len(d.args)
-        return n
+        return math.prod(len(d.args) for d in self.dims.values() if d.is_grid)
 
     @property
     def n_trials(self) -> int:
@@ -229,7 +199,7 @@ class SweepSpace:
         return int(self.train_overrides.get("train.epochs", base_epochs))
 
 
-def build_space(params) -> SweepSpace:
+def build_space(params: Params) -> SweepSpace:
     """Parse ``params.sweep`` into a :class:`SweepSpace` (repeats become seeds, see module doc)."""
     sweep = params.sweep
     dims = normalize_space(sweep.space)
@@ -244,10 +214,8 @@ def build_space(params) -> SweepSpace:
     return SweepSpace(dims, train, num_samples, seeds, swept)
 
 
-def trial_params(base_raw: dict, overrides: dict[str, Any], source: str = "sweep trial"):
+def trial_params(base_raw: dict, overrides: dict[str, Any], source: str = "sweep trial") -> Params:
     """Validated :class:`~mitp.config.Params` of one trial (the schema names a bad key)."""
-    from mitp.config import apply_overrides, validate
-
     return validate(apply_overrides(base_raw, overrides), source)
 
 
@@ -255,15 +223,47 @@ def describe_overrides(overrides: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "no overrides"
 
 
-def _check_layers(params, overrides: dict[str, Any]) -> None:
-    """``cache.layer`` <= start, and start below the depth (the config checks the first)."""
+
+
+def starts_in_use(params: Params) -> set[int]:
+    """Every ``model.interaction.start`` a configured run can use: the train config's and every
+    value ``sweep.space`` can give it (both ends of a range stand for it); empty when no model
+    kind in use (``model.kind`` and the kinds the space can give) has interaction layers."""
+    dims = normalize_space(params.sweep.space)
+    kinds = dims["model.kind"].candidates() if "model.kind" in dims else [params.model.kind]
+    if not any(MODEL_KINDS.get(kind, True) for kind in {params.model.kind, *kinds}):
+        return set()
+    starts = {params.model.interaction.start}
+    for value in dims[START_KEY].candidates() if START_KEY in dims else []:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"sweep.space.{START_KEY}: {value!r} is not a layer number")
+        starts.add(value)
+    return starts
+
+
+def check_cache_layer(params: Params) -> None:
+    """``cache.layer`` k <= every start in use (the cached layers must never see a prompt)."""
+    starts = starts_in_use(params)
+    k = params.cache.layer
+    if not params.cache.enabled or not starts or min(starts) >= k:
+        return
+    start = params.model.interaction.start
+    if start < k:
+        raise ConfigError(f"cache.layer: {k} is above model.interaction.start {start}; the cached layers must "
+                          "never see a prompt")
+    raise ConfigError(f"sweep.space.{START_KEY}: value {min(starts)} is below cache.layer {k}; the cached layers "
+                      f"must never see a prompt (the cache serves the sweep too: set cache.layer to at most "
+                      f"{min(starts)} and rebuild the cache, or override sweep.space for a run that does not sweep)")
+
+
+def check_params(params: Params) -> None:
+    """The checks every stage runs after loading the params: the sweep settings parse, the
+    interaction layers fit the backbones, and the cache-layer rule."""
     from mitp.backbones import check_depth
 
+    normalize_train(params.sweep.train)
     check_depth(params)
-    k, start = params.cache.layer, params.model.interaction.start
-    if params.cache.enabled and params.model.kind != "late_fusion" and start < k:
-        raise ConfigError(f"sweep.space.{START_KEY}: value {start} is below cache.layer {k}; the cached layers "
-                          "must never see a prompt")
+    check_cache_layer(params)  # parses sweep.space
 
 
 def combinations(space: SweepSpace) -> list[dict[str, Any]]:
@@ -271,10 +271,7 @@ def combinations(space: SweepSpace) -> list[dict[str, Any]]:
     small, else each key's candidates with the other keys at their first value."""
     keys = list(space.dims)
     values = [space.dims[k].candidates() for k in keys]
-    total = 1
-    for v in values:
-        total *= len(v)
-    if total <= MAX_VALIDATED_COMBINATIONS:
+    if math.prod(map(len, values)) <= MAX_VALIDATED_COMBINATIONS:
         return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
     first = {k: v[0] for k, v in zip(keys, values, strict=True)}
     out = [first]
@@ -283,41 +280,25 @@ def combinations(space: SweepSpace) -> list[dict[str, Any]]:
     return out
 
 
-def validate_trials(params, space: SweepSpace, base_raw: dict) -> int:
+def validate_trials(params: Params, space: SweepSpace, base_raw: dict) -> int:
     """Validate every trial configuration the space can produce; returns how many were checked.
 
     Raises :class:`~mitp.errors.ConfigError` naming the key and the trial's values.
     """
-    # cache.layer vs every start first: the clearest message for the commonest mistake
-    if params.cache.enabled and START_KEY in space.dims:
-        k = params.cache.layer
-        for value in space.dims[START_KEY].candidates():
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"sweep.space.{START_KEY}: {value!r} is not a layer number")
-            kinds = space.dims["model.kind"].candidates() if "model.kind" in space.dims else [params.model.kind]
-            if value < k and any(kind != "late_fusion" for kind in kinds):
-                lowest = min(space.dims[START_KEY].candidates())
-                raise ConfigError(f"sweep.space.{START_KEY}: value {value} is below cache.layer {k}; the cached "
-                                  f"layers must never see a prompt (set cache.layer to at most {lowest}, and "
-                                  "rebuild the cache)")
+    from mitp.backbones import check_depth
+
+    check_cache_layer(params)  # over every start the space can give: the clearest message first
     combos = combinations(space)
     for combo in combos:
         overrides = space.trial_overrides(combo)
         source = f"sweep trial ({describe_overrides(overrides)})"
-        trial = trial_params(base_raw, overrides, source)
         try:
-            _check_layers(trial, overrides)
+            check_depth(trial_params(base_raw, overrides, source))
         except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            raise ConfigError(exc if str(exc).startswith(source) else f"{source}: {exc}") from None
     return len(combos)
 
 
-def space_hash(*parts: Any) -> str:
-    """8 hex digits identifying a sweep definition (the Ray experiment folder's suffix)."""
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:8]
-
-
-def base_raw_of(params) -> dict:
+def base_raw_of(params: Params) -> dict:
     """The validated params as a plain dict, the base every trial's overrides apply to."""
     return copy.deepcopy(params.model_dump(mode="json"))

@@ -1,23 +1,18 @@
 """One sweep trial: :func:`mitp.train.fit` with a Tune reporting hook (no second training loop).
 
-A trial
+A trial takes its CPU share of torch threads, validates its configuration (base params +
+``sweep.train`` + its own values), restores ``tune.get_checkpoint()`` (a retry or a resumed
+sweep) into the folder ``fit`` resumes from, and reports every epoch to Tune with the checkpoint
+``fit`` just wrote; the last epoch goes out once, after the test evaluation, with the final
+metrics (a scheduler sees exactly ``epochs`` results, the last one complete).
 
-1. sets torch's thread count to its CPU share and points MLflow at the sweep's store;
-2. builds its configuration: the sweep's base params + ``sweep.train`` + its own values,
-   validated by the schema (the runner already validated every combination before launch);
-3. restores ``tune.get_checkpoint()`` (if Tune retries or resumes it) into a local folder and
-   hands that folder to ``fit`` as ``checkpoint_dir``: ``fit`` resumes from it, including the
-   same MLflow run (the run id travels in the checkpoint), so a retried or resumed trial keeps
-   one child run and never repeats a finished epoch;
-4. reports every epoch to Tune with the checkpoint ``fit`` just wrote
-   (``tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(...))``), except the last
-   epoch, which is reported once, after the test evaluation, together with the final metrics
-   (so a scheduler sees exactly ``epochs`` results, the last one complete).
-
-The MLflow child run is the run ``fit`` opens, with ``parent_run_id`` = the sweep's parent run,
-its config as params, per-epoch and final metrics from ``fit`` and tags naming the trial
-(``sweep_trial_id``), its Ray node and its resources. A trial that raises ends its run FAILED
-with the error as a tag (``tracking.start_run``); a trial a scheduler stops ends it KILLED.
+MLflow and Ray hold all the state. The child run is the one ``fit`` opens (parent: the sweep's
+run; tags: ``sweep_trial_id``, the Ray node, the resources); its id travels in the checkpoint, so
+a trial resumed from a checkpoint reopens its run and never repeats an epoch; one that failed
+before its first checkpoint starts a new run (the failed attempt's stays, FAILED). A trial that
+raises ends its run FAILED with the error as a tag; one a scheduler stops ends it KILLED; one
+whose loss diverges reports the error as its final result and ends (the same checkpoint and seed
+would diverge again, so Tune never retries it).
 """
 
 from __future__ import annotations
@@ -30,6 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
 from mitp.sweep.space import SweepSpace, describe_overrides, trial_params
 
@@ -78,6 +77,7 @@ class TrialSpec:
     tracking_uri: str
     cpus: float
     gpus: float
+    metric: str  # reported (as nan) by a diverged trial: Tune wants it in every result
     hooks: TrialHooks | None = None
 
 
@@ -85,72 +85,14 @@ def _numeric(row: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def _mlflow_client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def _diverged(error: str | None) -> bool:
-    return bool(error) and error.startswith(DIVERGED)
-
-
-def _not_retried(error: str) -> None:
-    """A diverged run diverges again from the same checkpoint (its RNG state is restored too):
-    fail the retry at once instead of training again."""
-    from mitp.train import TrainingDiverged
-
-    raise TrainingDiverged(f"{error.removeprefix(DIVERGED + ': ')} (not retried: the same checkpoint and seed "
-                           "would diverge again)")
-
-
-def _drop_stale_runs(spec: TrialSpec, params, trial_id: str) -> str | None:
-    """A trial that starts without a checkpoint may have left a child run in an earlier attempt
-    (it failed, or the sweep was killed, before its first epoch checkpoint): that run holds no
-    finished epoch, so it is deleted and this attempt's run replaces it. Returns the earlier
-    attempt's error, if any (tagged on the new run). An earlier divergence is final: its run is
-    kept and this attempt fails at once."""
-    client = _mlflow_client(spec.tracking_uri)
-    exp = client.get_experiment_by_name(params.mlflow.experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{spec.parent_run_id}' "
-                                            f"and tags.{TRIAL_TAG} = '{trial_id}'")
-    for run in runs:
-        if _diverged(run.data.tags.get("error")):
-            _not_retried(run.data.tags["error"])
-    error = None
-    for run in runs:
-        error = run.data.tags.get("error") or error
-        log.info("trial %s: deleting run %s of an earlier attempt that finished no epoch", trial_id, run.info.run_id)
-        client.delete_run(run.info.run_id)
-    return error
-
-
-def _check_resumed_run(spec: TrialSpec, checkpoint_dir: Path) -> None:
-    """Resuming from a checkpoint: if the run it belongs to diverged, fail at once."""
-    import json
-
-    try:
-        run_id = json.loads((checkpoint_dir / "meta.json").read_text()).get("run_id")
-        error = _mlflow_client(spec.tracking_uri).get_run(run_id).data.tags.get("error") if run_id else None
-    except Exception:  # no meta, no run: fit decides
-        return
-    if _diverged(error):
-        _not_retried(error)
-
-
 def _mark_stopped(spec: TrialSpec, run_id: str, epoch: int) -> None:
     """A scheduler stopped the trial: its run ends KILLED, not FAILED."""
     try:
-        client = _mlflow_client(spec.tracking_uri)
+        client = MlflowClient(spec.tracking_uri)
         client.set_terminated(run_id, status="KILLED")
         client.set_tag(run_id, "stopped_early", f"stopped by the scheduler after epoch {epoch}")
-        try:
+        if "error" in client.get_run(run_id).data.tags:  # tracking.start_run tagged Tune's SystemExit
             client.delete_tag(run_id, "error")
-        except Exception:  # no such tag
-            pass
     except Exception as exc:  # never mask Tune's stop
         log.warning("could not mark run %s as stopped: %s", run_id, exc)
 
@@ -164,7 +106,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     import torch
     from ray import tune
 
-    from mitp.train import fit
+    from mitp.train import TrainingDiverged, fit
 
     t_start = time.perf_counter()  # trial_wall_s: the trial's own work, after the imports a fresh process pays once
     torch.set_num_threads(max(1, int(spec.cpus)))
@@ -185,11 +127,6 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     try:
         if ckpt is not None:
             ckpt.to_directory(str(local_ckpt))
-            _check_resumed_run(spec, local_ckpt)
-        else:
-            earlier = _drop_stale_runs(spec, params, trial_id)
-            if earlier:
-                tags["earlier_attempt_error"] = earlier[:5000]
         if spec.hooks is not None:
             spec.hooks.on_start(info)
 
@@ -197,8 +134,6 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         extra = {"node_id": info.node_id}
 
         def on_epoch(epoch: int, row: dict[str, float], ckpt_dir: Path | None) -> None:
-            import mlflow
-
             active = mlflow.active_run()
             state["run_id"] = active.info.run_id if active else state["run_id"]
             state["epoch"] = epoch
@@ -219,6 +154,11 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             if state["run_id"]:
                 _mark_stopped(spec, state["run_id"], state["epoch"])
             raise
+        except TrainingDiverged as exc:  # final: the run ended FAILED with the error as a tag
+            run = mlflow.last_active_run()
+            tune.report({spec.metric: float("nan"), "error": f"{DIVERGED}: {exc}", DONE_KEY: 0, **extra,
+                         "mlflow_run_id": run.info.run_id if run else state["run_id"]})
+            return
 
         final = {**_numeric(state["last_row"] or {}), **_numeric(result.metrics)}
         final.update({"epoch": params.train.epochs, DONE_KEY: 1, "mlflow_run_id": result.run_id,
@@ -230,8 +170,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
                          "gpu_memory_fraction_peak": result.metrics.get("peak_memory_mb", 0.0) / total})
             final.update(cost)
         try:
-            _mlflow_client(spec.tracking_uri).log_batch(result.run_id, metrics=[
-                _metric(k, v) for k, v in cost.items()])
+            MlflowClient(spec.tracking_uri).log_batch(result.run_id, metrics=[
+                Metric(k, float(v), int(time.time() * 1000), 0) for k, v in cost.items()])
         except Exception as exc:  # cost figures are a bonus; never fail a finished trial for them
             log.warning("could not log cost figures on run %s: %s", result.run_id, exc)
         from mitp import checkpoint as checkpoint_mod
@@ -240,9 +180,3 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         tune.report(final, checkpoint=last)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _metric(key: str, value: float):
-    from mlflow.entities import Metric
-
-    return Metric(key, float(value), int(time.time() * 1000), 0)

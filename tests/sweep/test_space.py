@@ -73,14 +73,68 @@ def test_trial_overrides_space_wins_over_sweep_train(make_params):
     ({"model.hub_size": {"grid": []}}, "non-empty list"),
 ])
 def test_malformed_space_fails_at_load(make_params, space, message):
+    from mitp.sweep.space import check_params
+
     with pytest.raises(ConfigError, match="sweep.space") as info:
-        _params(make_params, **{"sweep.space": space})
+        check_params(_params(make_params, **{"sweep.space": space}))
     assert message in str(info.value)
 
 
 def test_unknown_sweep_train_key_fails_at_load(make_params):
+    from mitp.sweep.space import check_params
+
     with pytest.raises(ConfigError, match=r"sweep\.train: epochz: unknown train key"):
-        _params(make_params, **{"sweep.train": {"epochz": 2}})
+        check_params(_params(make_params, **{"sweep.train": {"epochz": 2}}))
+
+
+def test_starts_in_use(make_params):
+    """The train config's start and every start the space can give (any form, nested or dotted),
+    as long as some kind in use has interaction layers."""
+    from mitp.sweep.space import starts_in_use
+
+    def starts(**overrides):
+        return starts_in_use(make_params({"model.interaction.start": 2, **overrides}))
+
+    assert starts(**{"sweep.space": {}}) == {2}
+    assert starts(**{"sweep.space": {"model.interaction.start": {"randint": [1, 4]}}}) == {1, 2, 3}
+    assert starts(**{"sweep.space": {"model": {"interaction": {"start": {"choice": [3, 1]}}}}}) == {1, 2, 3}
+    assert starts(**{"sweep.space": {"model.interaction.start": {"loguniform": [1, 3]}}}) == {1, 2, 3}
+    assert starts(**{"model.kind": "late_fusion", "sweep.space": {"model.interaction.start": [0, 1]}}) == set()
+    assert starts(**{"model.kind": "late_fusion", "sweep.space": {"model.kind": {"choice": ["late_fusion", "mitp"]},
+                                                                  "model.interaction.start": [0]}}) == {0, 2}
+    with pytest.raises(ConfigError, match=r"sweep\.space\.model\.interaction\.start: 1\.5 is not a layer number"):
+        starts(**{"sweep.space": {"model.interaction.start": {"uniform": [1.5, 3]}}})
+
+
+def test_every_check_of_the_cache_layer_rule_is_reached(make_params, tmp_path):
+    """Loading no longer applies the rule, so each place that checks it is reached and refuses:
+    a stage's entry (the train config and the sweep space), the cache build, the sweep."""
+    import re
+    import subprocess
+    import sys
+
+    from overrides import set_args
+
+    from mitp.cache import build_cache
+    from mitp.config import REPO_ROOT
+    from mitp.sweep.space import base_raw_of, build_space, validate_trials
+
+    train_bad = {"cache.layer": 2, "model.interaction.start": 1, "sweep.space": {}}
+    sweep_bad = {"cache.layer": 2, "model.interaction.start": 2, "sweep.space": {"model.interaction.start": [1, 2]}}
+    train_msg = r"cache\.layer: 2 is above model\.interaction\.start 1"
+    sweep_msg = r"sweep\.space\.model\.interaction\.start: value 1 is below cache\.layer 2"
+    for overrides, message in ((train_bad, train_msg), (sweep_bad, sweep_msg)):
+        params = make_params(overrides)  # loads: the schema alone does not know the rule
+        out = subprocess.run([sys.executable, "-m", "pipeline.info", "--dataset", "synthetic", *set_args(overrides)],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert len([ln for ln in out.stderr.splitlines() if ln.startswith("error:")]) == 1
+        assert re.search(message, out.stderr), out.stderr
+        with pytest.raises(ConfigError, match=message):  # before it opens anything (no backbones needed)
+            build_cache(params, "synthetic", backbones=None)
+        assert not params.features_dir("synthetic").exists()
+        with pytest.raises(ConfigError, match=message):
+            validate_trials(params, build_space(params), base_raw_of(params))
 
 
 def test_bad_trial_value_fails_before_launch_naming_key_and_trial(make_params):
@@ -158,39 +212,41 @@ def test_experiment_name_identifies_the_sweep(make_params):
 
 
 def test_a_change_to_the_trials_code_starts_a_new_sweep(make_params, monkeypatch, tmp_path):
+    """The fingerprinted code is what dvc.yaml's sweep stage lists under mitp/, less the runner."""
     from mitp.sweep import runner
     from mitp.sweep.space import build_space
 
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "model.py").write_text("A = 1\n")
-    (tmp_path / "cache" / "build.py").write_text("B = 1\n")
+    for rel, text in {"mitp/model.py": "A = 1\n", "mitp/cache/build.py": "B = 1\n", "mitp/sweep/trainable.py": "C = 1\n",
+                      "mitp/sweep/runner.py": "D = 1\n", "mitp/report.py": "E = 1\n"}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  sweep:\n    foreach: ${datasets}\n    do:\n      cmd: x\n"
+                                       "      deps:\n        - data/features/${item}\n        - mitp/model.py\n"
+                                       "        - mitp/cache\n        - mitp/sweep\n")
     code = runner.code_fingerprint
-    monkeypatch.setattr(runner, "code_fingerprint", lambda: code(tmp_path, ("model.py", "cache")))
+    monkeypatch.setattr(runner, "code_fingerprint", lambda: code(tmp_path))
     params = _params(make_params)
 
     def name():
         return runner.experiment_name(params, "synthetic", build_space(params), "val_accuracy")
 
-    before = name()
-    assert name() == before  # unchanged code: the same folder, so a rerun resumes
-    (tmp_path / "cache" / "build.py").write_text("B = 2\n")
-    changed = name()
-    assert changed != before
-    (tmp_path / "model.py").write_text("A = 2\n")
-    assert name() not in (before, changed)
+    seen = [name()]
+    assert name() == seen[0]  # unchanged code: the same folder, so a rerun resumes
+    for rel, text, changes in [("mitp/sweep/runner.py", "D = 2\n", False), ("mitp/report.py", "E = 2\n", False),
+                               ("mitp/cache/build.py", "B = 2\n", True), ("mitp/model.py", "A = 2\n", True),
+                               ("mitp/sweep/trainable.py", "C = 2\n", True)]:
+        (tmp_path / rel).write_text(text)
+        assert (name() not in seen) is changes, rel
+        seen.append(name())
 
 
-def test_result_code_matches_the_sweep_stage_deps():
-    """The fingerprinted code is the sweep stage's code deps in dvc.yaml, minus the orchestration."""
-    import yaml
-
+def test_result_code_is_the_sweep_stage_code_deps():
     from mitp.config import REPO_ROOT
     from mitp.sweep import runner
 
-    deps = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["sweep"]["do"]["deps"]
-    stage_code = {d.removeprefix("mitp/") for d in deps if d.startswith("mitp/")} - {"sweep"}
-    assert stage_code == {rel for rel in runner.RESULT_CODE if not rel.startswith("sweep/")}
-    assert all((runner.PACKAGE_ROOT / rel).exists() for rel in runner.RESULT_CODE)
+    files = {f.relative_to(REPO_ROOT).as_posix() for f in runner.result_code()}
+    assert {"mitp/model.py", "mitp/train.py", "mitp/sweep/trainable.py", "mitp/sweep/space.py"} <= files
+    assert "mitp/sweep/runner.py" not in files and "mitp/report.py" not in files
 
 
 def test_best_row_and_csv():

@@ -8,21 +8,15 @@ import subprocess
 import sys
 
 import pytest
+from overrides import params_overrides, set_args
 from sweep_checks import mlflow_runs, read_csv
 
-from mitp.config import REPO_ROOT, to_flat_dict
+from mitp.config import REPO_ROOT
 
 
 def _cli(params, *extra: str, overrides: dict | None = None, timeout: int = 600):
-    """Run the stage with every setting of ``params`` that differs from the repo's as -S."""
-    flat = to_flat_dict(params.model_dump(mode="json"))
-    keep = {k: v for k, v in flat.items() if k.split(".")[0] in ("data", "backbone", "cache", "train", "mlflow", "ray",
-                                                                 "model", "seed")}
-    keep.update({"sweep.space": params.sweep.space, "sweep.train": params.sweep.train,
-                 "sweep.max_concurrent_trials": params.sweep.max_concurrent_trials,
-                 "sweep.resources_per_trial": params.sweep.resources_per_trial.model_dump()})
-    keep.update(overrides or {})
-    args = [a for k, v in keep.items() for a in ("-S", f"{k}={json.dumps(v)}")]
+    """Run the stage with every setting of ``params`` as -S."""
+    args = set_args(params_overrides(params, **(overrides or {})))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["TQDM_DISABLE"] = "1"
     return subprocess.run([sys.executable, "-m", "pipeline.sweep", "--dataset", "synthetic", *args, *extra],

@@ -16,6 +16,7 @@ RAY_BOOKKEEPING = {"training_iteration", "time_total_s", "time_this_iter_s", "ti
                    "trial_done", "done", "pid", "checkpoint_dir_name"}
 
 
+@pytest.mark.slow
 def test_grid_of_four_trials_parent_and_children(ray_local, sweep_params, tmp_path):
     from mitp.sweep.runner import run_sweep
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from overrides import params_overrides
 from sweep_checks import epochs_logged, mlflow_runs, read_csv
 
 HERE = Path(__file__).parent
@@ -29,14 +30,9 @@ def _driver(tmp_path: Path, name: str, overrides: dict, address: str, kill: dict
 def test_killed_sweep_resumes_without_duplicates(ray_local, sweep_params, make_params, tmp_path):
     import ray
 
-    from mitp.config import to_flat_dict
-
     # one trial at a time, so the kill lands at a known point: trial 0 done, trial 1 after epoch 1
     params = sweep_params({"sweep.max_concurrent_trials": 1})
-    overrides = {k: v for k, v in to_flat_dict(params.model_dump(mode="json")).items()
-                 if k.split(".")[0] in ("data", "backbone", "cache", "train", "mlflow", "ray", "model")}
-    overrides.update({"sweep.space": params.sweep.space, "sweep.train": params.sweep.train,
-                      "sweep.max_concurrent_trials": 1, "sweep.max_failures": 1})
+    overrides = params_overrides(params)
     address = ray.get_runtime_context().gcs_address
 
     first = _driver(tmp_path, "first", overrides, address,

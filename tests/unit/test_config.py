@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 
-from mitp.config import REPO_ROOT, apply_overrides, load_params, parse_override, to_flat_dict
+from mitp.config import (
+    MODEL_KINDS,
+    REPO_ROOT,
+    ModelConfig,
+    apply_overrides,
+    load_params,
+    parse_override,
+    to_flat_dict,
+)
 from mitp.errors import ConfigError
 
 
 def test_repo_params_are_valid():
     params = load_params()
-    assert params.datasets and params.model.kind in ("mitp", "mitp_no_hub", "late_fusion")
+    assert params.datasets and params.model.kind in MODEL_KINDS
+
+
+def test_model_kinds_are_the_one_list():
+    for kind in MODEL_KINDS:
+        assert ModelConfig(kind=kind).kind == kind
+    with pytest.raises(ConfigError, match=r"model\.kind: Input should be 'mitp', 'mitp_no_hub' or 'late_fusion'"):
+        load_params(overrides={"model.kind": "bogus"})
 
 
 @pytest.mark.parametrize(
@@ -23,7 +39,6 @@ def test_repo_params_are_valid():
         ({"model.kind": "bogus"}, "model.kind"),
         ({"model.hub_sise": 8}, "model.hub_sise"),
         ({"datasets": ["imagenet"]}, "datasets"),
-        ({"cache.layer": 3, "model.interaction.start": 1}, "cache.layer"),
         ({"train.lr": -1}, "train.lr"),
         ({"backbone.preset": "custom"}, "backbone"),
     ],
@@ -71,3 +86,81 @@ def test_unknown_key_in_params_file(tmp_path):
     bad.write_text("model:\n  prompt_lenght: 4\n")
     with pytest.raises(ConfigError, match=r"params.yaml: model.prompt_lenght: unknown key"):
         load_params(bad)
+
+
+def _cli(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.info", "--dataset", "synthetic", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _one_error_line(out: subprocess.CompletedProcess) -> str:
+    """Exit status 2, no traceback, exactly one ``error:`` line: returned."""
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, out.stderr[-3000:]
+    return errors[0]
+
+
+def test_cache_layer_above_the_start_is_refused_at_the_stage_entry():
+    line = _one_error_line(_cli("-S", "cache.layer=3", "-S", "model.interaction.start=1", "-S", "sweep.space={}"))
+    assert "cache.layer: 3 is above model.interaction.start 1" in line
+
+
+# Attacks on the loading of params: each was a traceback or a silent wrong value before.
+
+
+def test_non_utf8_params_file_is_one_error_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_bytes((REPO_ROOT / "params.yaml").read_bytes() + "\n# caf\xe9\n".encode("latin-1"))
+    line = _one_error_line(_cli("--params", str(bad)))
+    assert str(bad) in line and "not UTF-8" in line
+
+
+def test_params_pointing_at_a_folder_is_one_error_line(tmp_path):
+    line = _one_error_line(_cli("--params", str(tmp_path)))
+    assert str(tmp_path) in line and "folder" in line
+
+
+def test_empty_dataset_list_is_one_error_line():
+    line = _one_error_line(_cli("-S", "datasets=[]"))
+    assert "datasets" in line and "at least 1 item" in line
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n# and another\n"])
+def test_empty_or_comment_only_params_file_is_an_error(tmp_path, text):
+    """Not a silent run on the built-in defaults (a truncated file would go unnoticed)."""
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=r"params\.yaml: no settings \(the file is empty or only comments\)"):
+        load_params(bad)
+
+
+def test_duplicate_key_is_an_error_naming_key_and_line(tmp_path):
+    """YAML would let the second ``model:`` silently replace the first section."""
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: 0\nmodel:\n  prompt_length: 4\ntrain:\n  epochs: 2\nmodel:\n  hub_size: 8\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml: line 6: duplicate key 'model'"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match=r"override sweep\.space: line 1: duplicate key 'a'"):
+        parse_override("sweep.space={a: 1, a: 2}")
+
+
+@pytest.mark.parametrize("key, value", [("train.lr", ".inf"), ("train.lr", "inf"), ("train.weight_decay", ".nan"),
+                                        ("model.tau_init", "-.inf"), ("sweep.asha.reduction_factor", ".inf"),
+                                        ("data.mmimdb.download.timeout_s", ".inf")])
+def test_float_fields_refuse_inf_and_nan(key, value):
+    with pytest.raises(ConfigError, match=re.escape(key) + ": Input should be a finite number"):
+        load_params(overrides=[f"{key}={value}"])
+
+
+def test_quoted_override_values_stay_strings():
+    assert parse_override("mlflow.experiment='1.0'") == ("mlflow.experiment", "1.0")
+    assert parse_override('mlflow.experiment="1e-3"') == ("mlflow.experiment", "1e-3")
+    assert load_params(overrides=["mlflow.experiment='1.0'"]).mlflow.experiment == "1.0"
+    # unquoted numbers are numbers, also where YAML 1.1 would read a string (no dot)
+    assert parse_override("train.lr=1e-3") == ("train.lr", 1e-3)
+    assert parse_override("train.lr=-2E+4") == ("train.lr", -2e4)
+    assert parse_override("sweep.space={train.lr: {loguniform: [1e-4, 3e-3]}}")[1] == {
+        "train.lr": {"loguniform": [1e-4, 3e-3]}}
+    assert parse_override("mlflow.experiment=mitp_no_hub") == ("mlflow.experiment", "mitp_no_hub")
+    assert parse_override("model.hub_size=64") == ("model.hub_size", 64)
