@@ -8,8 +8,9 @@ output is rounded to the cache dtype, exactly as the feature cache stored it; fr
 model runs as in training. So a model evaluated from raw inputs reproduces the metrics it
 reached on the cache.
 
-A row is ``{"image": path or bytes, "text": str}``; a relative path is taken relative to
-``base`` (the input file's folder, or the manifest's).
+A row is ``(image, text)``: image a path or the image's bytes. With ``base`` (the folder of a
+``pipeline.predict`` input file) paths are relative to it and must stay inside it; without it
+(manifests, the pyfunc model's DataFrame) they are used as given.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def _open_source(image: Any, base: Path | None):
     if not isinstance(image, str | Path) or not str(image).strip():
         raise ValueError("image: missing (expected a file path or image bytes)")
     path = Path(image)
-    path = path if path.is_absolute() or base is None else base / path
+    if base is not None:  # rows of an input file: never read outside its folder
+        path = (base / path).resolve()
+        if not path.is_relative_to(base.resolve()):
+            raise ValueError(f"image: {image} is outside the input file's folder")
     if not path.is_file():
         raise ValueError(f"image: {image} not found")
     return path

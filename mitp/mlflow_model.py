@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,9 @@ def _log_input(params: Params, dataset: str, card: dict[str, Any]) -> None:
     frame = read_split(prepared, "train").frame
     source = os.path.relpath(prepared, REPO_ROOT) if prepared.is_relative_to(REPO_ROOT) else str(prepared)
     digest = card["dataset"]["manifest_sha256"]
-    ds = mlflow.data.from_pandas(frame, source=source, name=f"{dataset}-train", digest=digest[:32])
+    with warnings.catch_warnings():  # MLflow registers its local-path source twice and warns about it
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        ds = mlflow.data.from_pandas(frame, source=source, name=f"{dataset}-train", digest=digest[:32])
     mlflow.log_input(ds, context="training", tags={"manifest_sha256": digest})
 
 
@@ -169,3 +172,17 @@ def log_training_outputs(params: Params, dataset: str, card: dict[str, Any], sta
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return register(run_id, register_as) if register_as else None
+
+
+def publish_best(best_run_id: str, model_out: str | Path | None, register_as: str | None) -> dict[str, str]:
+    """Inside a sweep's parent run: point it at the best trial's model (tag ``best.model_uri``),
+    copy that model folder to ``model_out`` and register it as ``register_as`` when given."""
+    uri = f"runs:/{best_run_id}/{MODEL_NAME}"
+    tags = {"best.model_uri": uri}
+    if model_out is not None:
+        with trained_model.fetched(uri) as folder:
+            trained_model.copy(folder, model_out)
+    if register_as:
+        tags["best.registered_model"] = register(best_run_id, register_as)
+    mlflow.set_tags(tags)
+    return tags

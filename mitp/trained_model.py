@@ -14,16 +14,18 @@ cache layer and dtype the model was trained from, the dataset's manifest digest,
 and the run that produced it. The folder is written atomically: a reader sees the old model or
 the new one, never a mix.
 
-Model URIs (:func:`resolve`): a local folder (a model folder, or a downloaded MLflow model
+Model URIs (:func:`fetched`, :func:`load_uri`): a local folder (a model folder, or a downloaded MLflow model
 holding one under ``artifacts/model``), ``runs:/<run id>/model`` or ``models:/<name>/<version>``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +159,14 @@ def save(folder: str | Path, state: dict[str, torch.Tensor], card: dict[str, Any
     return folder
 
 
+def copy(src: str | Path, dest: str | Path) -> Path:
+    """Copy a model folder (e.g. one fetched from MLflow) to ``dest``, replacing it atomically."""
+    read_card(src)
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+    return Path(dest)
+
+
 def read_card(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CARD
     if not path.is_file():
@@ -217,20 +227,24 @@ def load(folder: str | Path, device: str | torch.device = "cpu", backbone_dir: s
 
 def model_folder_in(path: Path) -> Path | None:
     """The model folder at ``path``: itself, or the one inside a downloaded MLflow model."""
-    for candidate in (path, path / "artifacts" / ARTIFACT_KEY):
-        if (candidate / CARD).is_file():
-            return candidate
-    return None
+    if (path / CARD).is_file():
+        return path
+    # pyfunc artifacts keep the source folder's name (artifacts/mitp, artifacts/model, ...)
+    found = sorted(c.parent for c in path.glob(f"artifacts/*/{CARD}"))
+    return found[0] if len(found) == 1 else None
 
 
-def resolve(uri: str, tracking_uri: str | None = None) -> Path:
-    """A local model folder for ``uri`` (MLflow URIs are downloaded to a temp folder)."""
+@contextlib.contextmanager
+def fetched(uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
+    """The local model folder of ``uri``; MLflow URIs are downloaded to a temp folder that is
+    removed on exit (load the model inside the ``with``)."""
     local = Path(uri)
     if "://" not in uri and ":/" not in uri:
         found = model_folder_in(local) if local.exists() else None
         if found is None:
-            raise ModelFolderError(f"--model {uri}: no {CARD} there (nor under artifacts/{ARTIFACT_KEY})")
-        return found
+            raise ModelFolderError(f"--model {uri}: no {CARD} there (nor in a downloaded MLflow model's artifacts/)")
+        yield found
+        return
     if not uri.startswith(("runs:/", "models:/")):
         raise ModelFolderError(f"--model {uri}: expected runs:/<id>/model, models:/<name>/<version> or a folder")
     import mlflow
@@ -239,11 +253,20 @@ def resolve(uri: str, tracking_uri: str | None = None) -> Path:
         mlflow.set_tracking_uri(tracking_uri)
     dest = Path(tempfile.mkdtemp(prefix="mitp-model-"))
     try:
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-    except Exception as exc:  # unknown run, model or version: say which
-        raise ModelFolderError(f"--model {uri}: could not fetch it from MLflow ({tracking_uri or 'default store'}): "
-                               f"{type(exc).__name__}: {str(exc)[:300]}") from exc
-    found = model_folder_in(got)
-    if found is None:
-        raise ModelFolderError(f"--model {uri}: the MLflow model holds no {CARD}; not a model this project logged")
-    return found
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+        except Exception as exc:  # unknown run, model or version: say which
+            raise ModelFolderError(f"--model {uri}: could not fetch it from MLflow ({tracking_uri or 'default store'}): "
+                                   f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        found = model_folder_in(got)
+        if found is None:
+            raise ModelFolderError(f"--model {uri}: the MLflow model holds no {CARD}; not a model this project logged")
+        yield found
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def load_uri(uri: str, device: str | torch.device = "cpu", tracking_uri: str | None = None) -> TrainedModel:
+    """:func:`load` for any model URI (see the module docstring)."""
+    with fetched(uri, tracking_uri) as folder:
+        return load(folder, device)

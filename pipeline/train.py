@@ -1,7 +1,9 @@
 """Train one model: ``python -m pipeline.train --dataset NAME [-S key=value ...]``.
 
 Writes ``metrics/<dataset>/train.json`` (or ``--metrics-out``), the best epoch's trainable
-weights, and one MLflow run. Resumes from its checkpoint if a previous run was interrupted.
+weights, the trained model folder (weights + model card; ``--model-out``, default beside the
+weights) and one MLflow run holding the model as a pyfunc model; ``--register NAME`` (or
+``mlflow.register_model``) adds it to the MLflow model registry. Resumes from its checkpoint if a previous run was interrupted.
 """
 
 import json
@@ -19,13 +21,17 @@ def main() -> int:
     p.add_argument("--history-out", default=None, help="per-epoch curves JSON (default metrics/<dataset>/train_history.json)")
     p.add_argument("--run-name", default=None, help="MLflow run name")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--model-out", default=None, help="trained model folder (default: <run folder>/model)")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="register the model under NAME in the MLflow model registry (default mlflow.register_model)")
     args = p.parse_args()
     params, dataset = cli.load(args)
     paths = train_paths(params, dataset, metrics_out=args.metrics_out, history_out=args.history_out)
     if args.fresh:
         paths.clear_checkpoint()
     result = fit(params, dataset, run_name=args.run_name, checkpoint_dir=paths.checkpoint,
-                 weights_out=paths.weights)
+                 weights_out=paths.weights, model_out=params.resolve(args.model_out or paths.weights.parent / "model"),
+                 register=args.register or params.mlflow.register_model)
     lineage = {k: v for k, v in result.tags.items() if k in ("git_commit", "backbone", "cache_fingerprint")}
     write_json(paths.metrics, {"dataset": dataset, "model_kind": params.model.kind,
                                "run_id": result.run_id, **lineage, **result.metrics})
@@ -33,6 +39,8 @@ def main() -> int:
     paths.clear_checkpoint()  # finished: only an interrupted run leaves a checkpoint to resume
     shown = {k: v for k, v in result.metrics.items() if k.startswith(("test_", "val_")) or k.endswith("params")}
     print(json.dumps(shown, indent=2))
+    if result.tags.get("registered_model"):
+        print(f"registered model: {result.tags['registered_model']}")
     print(f"metrics: {paths.metrics.relative_to(REPO_ROOT) if paths.metrics.is_relative_to(REPO_ROOT) else paths.metrics}")
     return 0
 

@@ -50,7 +50,7 @@ def test_round_trip_gives_the_same_logits(trained_run, tmp_path):
 
 def test_folder_without_card_is_a_clear_error(tmp_path):
     with pytest.raises(trained_model.ModelFolderError, match="model_card.json"):
-        trained_model.resolve(str(tmp_path))
+        trained_model.load_uri(str(tmp_path))
 
 
 def test_evaluate_from_raw_inputs_reproduces_the_logged_metric(trained_run):
