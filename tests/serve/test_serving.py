@@ -138,3 +138,42 @@ def test_register_creates_a_registry_version(trained_run):
     assert mv.run_id == trained_run.run_id
     tm = trained_model.load_uri(f"models:/{name}/{version}", tracking_uri=trained_run.tracking_uri)
     assert tm.card["training"]["run_id"] == trained_run.run_id
+
+
+@pytest.mark.slow
+def test_train_cli_register_and_model_out_from_raw_inputs(trained_run, tmp_path):
+    """``pipeline.train --register NAME --model-out DIR``: a registry version pointing at the run,
+    and a model folder trained from raw inputs that ``pipeline.evaluate`` reproduces."""
+    model_out = tmp_path / "model"
+    out = _cli("pipeline.train", "--dataset", "synthetic", "--register", "mitp-train-cli", "--model-out",
+               str(model_out), "--metrics-out", str(tmp_path / "train.json"), "--history-out", str(tmp_path / "h.json"),
+               "-S", "cache.enabled=false", "-S", "train.epochs=1", "-S", f"train.checkpoint_dir={tmp_path / 'runs'}",
+               "-S", "mlflow.log_system_metrics=false", *_size_overrides(trained_run), run=trained_run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    logged = json.loads((tmp_path / "train.json").read_text())
+    versions = MlflowClient(trained_run.tracking_uri).search_model_versions("name='mitp-train-cli'")
+    assert [v.run_id for v in versions] == [logged["run_id"]]
+    card = json.loads((model_out / trained_model.CARD).read_text())
+    assert card["trained_from"] == {"source": "raw", "layer": 0, "dtype": None, "cache_fingerprint": None}
+    ev = _cli("pipeline.evaluate", "--model", "models:/mitp-train-cli/1", "--dataset", "synthetic",
+              "--metrics-out", str(tmp_path / "eval.json"), *_size_overrides(trained_run), run=trained_run)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert abs(json.loads(ev.stdout.strip().splitlines()[-1])["test_accuracy"] - logged["test_accuracy"]) <= 1e-3
+
+
+def test_sweep_parent_points_at_the_registered_best_model(trained_run, tmp_path):
+    """What the sweep runner does with its best trial (here: the trained run as the best)."""
+    from mitp import tracking
+
+    with tracking.start_run(trained_run.params, run_name="sweep parent") as parent:
+        tags = mlflow_model.publish_best(trained_run.run_id, tmp_path / "best", "mitp-sweep-best")
+    run = MlflowClient(trained_run.tracking_uri).get_run(parent.info.run_id)
+    assert run.data.tags["best.model_uri"] == f"runs:/{trained_run.run_id}/model"
+    assert run.data.tags["best.registered_model"] == tags["best.registered_model"] == "mitp-sweep-best/1"
+    assert trained_model.read_card(tmp_path / "best")["training"]["run_id"] == trained_run.run_id
+
+
+def _size_overrides(run) -> list[str]:
+    s = run.params.data.synthetic
+    return ["-S", f"data.synthetic.n_train={s.n_train}", "-S", f"data.synthetic.n_val={s.n_val}",
+            "-S", f"data.synthetic.n_test={s.n_test}"]
