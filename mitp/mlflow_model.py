@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the pyfunc model's name in the run (runs:/<id>/model)
 LABEL_JOIN = "|"
 DVC_EXP_ENV = "DVC_EXP_NAME"
+ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # models from code: no pickled Python object
 REQUIREMENTS = ("torch", "transformers", "safetensors", "pillow", "pandas", "mlflow")
 
 
@@ -99,7 +100,7 @@ def _requirements() -> list[str]:
 def log_pyfunc(folder: Path, card: dict[str, Any]):
     """Log the model folder as the active run's pyfunc model ``model``; returns MLflow's ModelInfo."""
     return mlflow.pyfunc.log_model(
-        name=MODEL_NAME, python_model=MITPPyfunc(), artifacts={trained_model.ARTIFACT_KEY: str(folder)},
+        name=MODEL_NAME, python_model=str(ENTRY), artifacts={trained_model.ARTIFACT_KEY: str(folder)},
         signature=signature(card["labels"]), input_example=input_example(card),
         pip_requirements=_requirements(),  # explicit: inferring them would load the model in a subprocess
         metadata={"mitp_card_format": card["format"], "dataset": card["dataset"]["name"]},
