@@ -15,6 +15,7 @@ A row is ``(image, text)``: image a path or the image's bytes. With ``base`` (th
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -79,11 +80,22 @@ def batch_logits(tm: TrainedModel, batch: dict) -> torch.Tensor:
     dev = tm.device
     pixels, ids, mask = batch["pixel_values"].to(dev), batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
     if dtype is None:  # trained from raw inputs
-        return model(attention_mask=mask, pixel_values=pixels, input_ids=ids).logits.float()
-    hidden_v, hidden_t = model.encode_prefix(pixels, ids, mask, k)
+        with _training_autocast(tm):
+            return model(attention_mask=mask, pixel_values=pixels, input_ids=ids).logits.float()
+    hidden_v, hidden_t = model.encode_prefix(pixels, ids, mask, k)  # float32, as the cache build
     cast = getattr(torch, dtype)
-    return model(attention_mask=mask, hidden_v=hidden_v.to(cast), hidden_t=hidden_t.to(cast),
-                 start_layer=k).logits.float()
+    with _training_autocast(tm):
+        return model(attention_mask=mask, hidden_v=hidden_v.to(cast), hidden_t=hidden_t.to(cast),
+                     start_layer=k).logits.float()
+
+
+def _training_autocast(tm: TrainedModel):
+    """The autocast training ran under (bfloat16 on CUDA), when inference is on CUDA too; a model
+    trained on a GPU and run on a CPU runs in float32 (its logits may differ in the last bits)."""
+    dtype = tm.card["training"].get("autocast")
+    if dtype and tm.device.type == "cuda":
+        return torch.autocast("cuda", dtype=getattr(torch, dtype))
+    return contextlib.nullcontext()
 
 
 def probabilities(tm: TrainedModel, logits: torch.Tensor) -> torch.Tensor:

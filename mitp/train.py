@@ -266,7 +266,8 @@ def fit(
             params, dataset, bb, model.config, loaders.labels, start_layer=loaders.start_layer,
             source=loaders.source, cache_fingerprint=loaders.info.get("cache_fingerprint"),
             manifest_sha256=manifest_hash(params.prepared_dir(dataset)), run_id=run_id, best_epoch=best_epoch,
-            git_commit=tags.get("git_commit", "unknown"), metrics=final)
+            git_commit=tags.get("git_commit", "unknown"), metrics=final,
+            autocast="bfloat16" if device.type == "cuda" else None)
         registered = mlflow_model.log_training_outputs(
             params, dataset, card, best_state, history, test_out, model_out=model_out, register_as=register)
         if registered:

@@ -114,12 +114,14 @@ def preprocessing_section(bb: backbones_mod.Backbones, max_text_length: int) -> 
 
 def make_card(params: Params, dataset: str, bb: backbones_mod.Backbones, config: MITPConfig, labels: list[str],
               *, start_layer: int, source: str, cache_fingerprint: str | None, manifest_sha256: str,
-              run_id: str | None, best_epoch: int, git_commit: str, metrics: dict[str, float]) -> dict[str, Any]:
+              run_id: str | None, best_epoch: int, git_commit: str, metrics: dict[str, float],
+              autocast: str | None = None) -> dict[str, Any]:
     """The card of a model trained by ``mitp.train.fit``.
 
     ``start_layer``/``source``: the layer k the training batches entered and where they came from
     ("cache" or "raw"); inference runs the frozen layers below k and rounds their output to the
     cache dtype, as the cache build did, so it computes exactly what training saw.
+    ``autocast``: the dtype training ran the trainable part under (``bfloat16`` on CUDA).
     """
     from_cache = source == "cache"
     return {
@@ -135,6 +137,7 @@ def make_card(params: Params, dataset: str, bb: backbones_mod.Backbones, config:
                          "cache_fingerprint": cache_fingerprint},
         "dataset": {"name": dataset, "manifest_sha256": manifest_sha256},
         "training": {"run_id": run_id, "best_epoch": best_epoch, "git_commit": git_commit, "seed": params.seed,
+                     "autocast": autocast,
                      "metrics": {k: v for k, v in metrics.items() if k.startswith(("test_", "val_"))}},
     }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from mitp import inference, trained_model
 from mitp.atomic import write_json
@@ -36,7 +37,8 @@ def main() -> int:
     tm = trained_model.load_uri(args.model, pick_device(params.train.device), tracking_uri(params))
     result, _, manifest = inference.evaluate_split(tm, params.prepared_dir(dataset), args.split,
                                                    batch_size=args.batch_size or params.train.eval_batch_size)
-    out = params.resolve(args.metrics_out or f"data/evaluations/{dataset}/{args.split}-{_slug(args.model)}.json")
+    out = (Path(args.metrics_out) if args.metrics_out
+           else params.resolve(f"data/evaluations/{dataset}/{args.split}-{_slug(args.model)}.json"))
     logged = {k: v for k, v in tm.card["training"]["metrics"].items() if k in result}
     write_json(out, {"model": args.model, "dataset": dataset, "split": args.split, "rows": len(manifest),
                      "run_id": tm.card["training"]["run_id"], **result, "logged": logged})

@@ -43,7 +43,7 @@ def main() -> int:
     # with short epochs Tune would warn about that on every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     outcome = run_sweep(params, dataset, fresh=args.fresh, outputs=(csv_out, best_out), say=print,
-                        model_out=args.model_out and params.resolve(args.model_out),
+                        model_out=args.model_out,
                         register=args.register or params.mlflow.register_model)
 
     best = outcome.best

@@ -30,7 +30,7 @@ def main() -> int:
     if args.fresh:
         paths.clear_checkpoint()
     result = fit(params, dataset, run_name=args.run_name, checkpoint_dir=paths.checkpoint,
-                 weights_out=paths.weights, model_out=params.resolve(args.model_out or paths.weights.parent / "model"),
+                 weights_out=paths.weights, model_out=args.model_out or paths.weights.parent / "model",
                  register=args.register or params.mlflow.register_model)
     lineage = {k: v for k, v in result.tags.items() if k in ("git_commit", "backbone", "cache_fingerprint")}
     write_json(paths.metrics, {"dataset": dataset, "model_kind": params.model.kind,
