@@ -66,3 +66,18 @@ def _first_rows(params, n):
 
     m = read_split(params.prepared_dir("synthetic"), "test")
     return [(str(m.image_path(i)), m.frame["text"].iat[i]) for i in range(n)]
+
+
+def test_multi_label_decision_uses_the_card_threshold():
+    from pathlib import Path
+
+    from mitp.mlflow_model import prediction_record
+
+    card = {"labels": ["drama", "comedy", "horror"], "task": {"type": "multi_label", "threshold": 0.5}}
+    tm = trained_model.TrainedModel(model=None, backbones=None, card=card, folder=Path("."), device=torch.device("cpu"))
+    probs = inference.probabilities(tm, torch.tensor([[2.0, 0.0, -3.0]]))  # sigmoid: 0.88, 0.5, 0.05
+    pred = inference.decide(tm, probs[0].tolist())
+    assert pred.labels == ["drama", "comedy"] and pred.label is None
+    record = prediction_record(tm.labels, pred)
+    assert record["label"] == "drama|comedy" and record["error"] is None
+    assert record["prob_horror"] == pytest.approx(torch.sigmoid(torch.tensor(-3.0)).item())
