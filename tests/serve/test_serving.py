@@ -34,6 +34,7 @@ def test_run_holds_model_figures_history_and_input(trained_run):
     figs = {a.path for a in client.list_artifacts(trained_run.run_id, "figures")}
     assert figs == {"figures/learning_curves.png", "figures/confusion_matrix_test.png"}
     run = client.get_run(trained_run.run_id)
+    assert run.data.tags["dvc.exp_name"] == "serve-exp"
     inputs = run.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.name == "synthetic-train"
     digest = json.loads((trained_run.folder / trained_model.CARD).read_text())["dataset"]["manifest_sha256"]
