@@ -103,6 +103,9 @@ class TrainConfig(Strict):
 class MlflowConfig(Strict):
     tracking_uri: str | None = Field(None, description="null: sqlite:///<repo>/mlflow.db; env MLFLOW_TRACKING_URI wins")
     experiment: str = "mitp"
+    register_model: str | None = Field(None, description="registry name each training run's model is registered "
+                                                          "under (the sweep: its best trial); null: none")
+    log_system_metrics: bool = Field(True, description="CPU/GPU/memory of each run as MLflow system metrics")
 
 
 class RayConfig(Strict):

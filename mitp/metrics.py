@@ -42,3 +42,19 @@ def multi_label(logits: Tensor, labels: Tensor, threshold: float = 0.5) -> dict[
 
 def compute(logits: Tensor, labels: Tensor, is_multi_label: bool) -> dict[str, float]:
     return multi_label(logits, labels) if is_multi_label else single_label(logits, labels)
+
+
+def per_class(logits: Tensor, labels: Tensor, is_multi_label: bool, names: list[str]) -> dict[str, dict[str, float]]:
+    """logits (N, K), labels (N,) or (N, K) -> ``{class: {precision, recall, f1, support}}``
+    (multi-label: at the 0.5 threshold)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    if is_multi_label:
+        gold, pred = labels.int().numpy(), (torch.sigmoid(logits.float()) >= 0.5).int().numpy()
+        kw = {}
+    else:
+        gold, pred = labels.numpy(), logits.argmax(dim=-1).numpy()
+        kw = {"labels": list(range(len(names)))}
+    p, r, f, s = precision_recall_fscore_support(gold, pred, average=None, zero_division=0, **kw)
+    return {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, n in enumerate(names)}

@@ -166,7 +166,8 @@ def start_run(
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=all_tags or None,
-                           nested=mlflow.active_run() is not None)
+                           nested=mlflow.active_run() is not None,
+                           log_system_metrics=params.mlflow.log_system_metrics)
     try:
         yield run
     except BaseException as exc:

@@ -23,9 +23,10 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from mitp import backbones as backbones_mod
-from mitp import checkpoint, metrics, tracking
+from mitp import checkpoint, metrics, mlflow_model, tracking, trained_model
 from mitp.config import Params
 from mitp.data import loaders as loaders_mod
+from mitp.data.manifests import manifest_hash
 from mitp.errors import UserError
 from mitp.model import MITP, MITPConfig
 
@@ -125,7 +126,8 @@ def train_step(model: MITP, batch: dict, optimizer, scheduler, *, start_layer: i
 
 @torch.inference_mode()
 def evaluate(model: MITP, loader, device: torch.device, start_layer: int, multi_label: bool,
-             desc: str = "eval") -> dict[str, float]:
+             desc: str = "eval", keep: dict | None = None) -> dict[str, float]:
+    """Metrics on ``loader``; ``keep`` (a dict) receives ``logits`` (N, K) and ``labels``."""
     model.eval()
     all_logits, all_labels, total_loss, n = [], [], 0.0, 0
     for batch in tqdm(loader, desc=desc, leave=False, unit="batch"):
@@ -137,6 +139,8 @@ def evaluate(model: MITP, loader, device: torch.device, start_layer: int, multi_
         all_logits.append(out.logits.float().cpu())
         all_labels.append(batch["labels"].cpu())
     result = metrics.compute(torch.cat(all_logits), torch.cat(all_labels), multi_label)
+    if keep is not None:
+        keep.update(logits=torch.cat(all_logits), labels=torch.cat(all_labels))
     result["loss"] = total_loss / max(1, n)
     return result
 
@@ -162,12 +166,17 @@ def _fit(
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
     weights_out: str | Path | None = None,
+    model_out: str | Path | None = None,
+    register: str | None = None,
 ) -> TrainResult:
     """Train one model on ``dataset``; returns the best epoch's val and test metrics.
 
     ``checkpoint_dir``: a folder for the per-epoch checkpoint; if it already holds one, the run
     resumes from it (same MLflow run, no epoch done twice; a new run, with a warning, if the
     tracking store no longer holds that one).
+    ``model_out``: a folder for the trained model (weights + model card, ``mitp.trained_model``);
+    the model is logged to MLflow as a pyfunc model either way, and registered in the model
+    registry as ``register`` when a name is given.
     """
     device = pick_device(params.train.device)
     bb = backbones_mod.load(params, device)  # may build the tiny-random pair, which draws random numbers
@@ -253,7 +262,9 @@ def _fit(
         # best epoch -> test
         checkpoint.load_weights(model, best_state)
         best_row = history[best_epoch - 1]
-        test = evaluate(model, loaders.test, device, loaders.start_layer, loaders.multi_label, desc="test")
+        test_out: dict = {}
+        test = evaluate(model, loaders.test, device, loaders.start_layer, loaders.multi_label, desc="test",
+                        keep=test_out)
         final = {
             **{f"test_{k}": v for k, v in test.items()},
             **{k: v for k, v in best_row.items() if k.startswith("val_")},
@@ -273,4 +284,15 @@ def _fit(
             checkpoint.save_weights(weights_path, best_state, metadata={"dataset": dataset, "run_id": run_id,
                                                                         "best_epoch": str(best_epoch)})
             mlflow.log_artifact(str(weights_path))
+        # the self-describing model, its MLflow model, figures and lineage (mitp.mlflow_model)
+        card = trained_model.make_card(
+            params, dataset, bb, model.config, loaders.labels, start_layer=loaders.start_layer,
+            source=loaders.source, cache_fingerprint=loaders.info.get("cache_fingerprint"),
+            manifest_sha256=manifest_hash(params.prepared_dir(dataset)), run_id=run_id, best_epoch=best_epoch,
+            git_commit=tags.get("git_commit", "unknown"), metrics=final,
+            autocast="bfloat16" if device.type == "cuda" else None)
+        registered = mlflow_model.log_training_outputs(
+            params, dataset, card, best_state, history, test_out, model_out=model_out, register_as=register)
+        if registered:
+            tags["registered_model"] = registered
     return TrainResult(final, history, best_epoch, run_id, weights_path, tags)

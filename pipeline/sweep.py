@@ -3,7 +3,9 @@
     python -m pipeline.sweep --dataset NAME [-S key=value ...] [--csv-out PATH] [--best-out PATH] [--fresh]
 
 Writes ``metrics/<NAME>/sweep.csv`` (one row per trial: config, final metrics, cost figures,
-MLflow run id) and ``metrics/<NAME>/sweep_best.json`` (the best trial by ``sweep.metric``).
+MLflow run id) and ``metrics/<NAME>/sweep_best.json`` (the best trial by ``sweep.metric``,
+with ``best.model_uri``). ``--model-out DIR`` copies the best trial's model folder there;
+``--register NAME`` (or ``mlflow.register_model``) registers it in the MLflow model registry.
 Runs on ``ray.address`` / ``RAY_ADDRESS`` if set, else on a local Ray sized to this machine.
 With ``cache.enabled`` the feature cache is built (or verified) first; every trial reads it.
 
@@ -29,6 +31,9 @@ def main() -> int:
     p.add_argument("--csv-out", default=None, help="results table (default metrics/<dataset>/sweep.csv)")
     p.add_argument("--best-out", default=None, help="best configuration (default metrics/<dataset>/sweep_best.json)")
     p.add_argument("--fresh", action="store_true", help="discard this sweep's Ray experiment folder and start over")
+    p.add_argument("--model-out", default=None, help="copy the best trial's model folder here")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="register the best trial's model under NAME (default mlflow.register_model)")
     args = p.parse_args()
     params, dataset = cli.load(args)
     metrics_dir = params.resolve("metrics") / dataset
@@ -37,7 +42,9 @@ def main() -> int:
     # Every checkpoint forces an experiment snapshot (so old checkpoints can be pruned safely);
     # with short epochs Tune would warn about that on every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    outcome = run_sweep(params, dataset, fresh=args.fresh, outputs=(csv_out, best_out), say=print)
+    outcome = run_sweep(params, dataset, fresh=args.fresh, outputs=(csv_out, best_out), say=print,
+                        model_out=args.model_out,
+                        register=args.register or params.mlflow.register_model)
 
     best = outcome.best
     if best.get("trial_id"):
@@ -48,6 +55,8 @@ def main() -> int:
               + (f", {shown}" if shown else "") + f"; MLflow run {best['mlflow_run_id']}")
     print(f"{len(outcome.rows)} trials ({best['completed']} completed, {best['stopped']} stopped early, "
           f"{best['errors']} failed) in {outcome.wall_s:.1f} s; MLflow parent run {outcome.parent_run_id}")
+    if best.get("best.registered_model"):
+        print(f"best model registered as {best['best.registered_model']}")
     print(f"results: {csv_out}\nbest: {best_out}")
     if outcome.failed:
         print(f"error: {outcome.failure_message()}", file=sys.stderr)

@@ -26,6 +26,9 @@ def main() -> int:
                    help="ignore an existing checkpoint and start over in a new MLflow run (without it, an "
                         "interrupted run resumes into its MLflow run, or into a new one with a warning if the "
                         "tracking store does not hold that run)")
+    p.add_argument("--model-out", default=None, help="trained model folder (default: <run folder>/model)")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="register the model under NAME in the MLflow model registry (default mlflow.register_model)")
     args = p.parse_args()
     params, dataset = cli.load(args)
     paths = train_paths(params, dataset, metrics_out=args.metrics_out, history_out=args.history_out)
@@ -34,7 +37,8 @@ def main() -> int:
         if args.fresh:
             paths.clear_checkpoint()
         result = fit(params, dataset, run_name=args.run_name, checkpoint_dir=paths.checkpoint,
-                     weights_out=paths.weights)
+                     weights_out=paths.weights, model_out=args.model_out or paths.weights.parent / "model",
+                     register=args.register or params.mlflow.register_model)
         lineage = {k: v for k, v in result.tags.items() if k in ("git_commit", "backbone", "cache_fingerprint")}
         write_json(paths.metrics, {"dataset": dataset, "model_kind": params.model.kind,
                                    "run_id": result.run_id, **lineage, **result.metrics})
@@ -42,6 +46,8 @@ def main() -> int:
         paths.clear_checkpoint()  # finished: only an interrupted run leaves a checkpoint to resume
     shown = {k: v for k, v in result.metrics.items() if k.startswith(("test_", "val_")) or k.endswith("params")}
     print(json.dumps(shown, indent=2))
+    if result.tags.get("registered_model"):
+        print(f"registered model: {result.tags['registered_model']}")
     print(f"metrics: {paths.metrics.relative_to(REPO_ROOT) if paths.metrics.is_relative_to(REPO_ROOT) else paths.metrics}")
     return 0
 

@@ -42,13 +42,21 @@ class RawDataset(Dataset):
         return len(self.manifest)
 
     def __getitem__(self, i: int) -> dict:
-        with Image.open(self.manifest.image_path(i)) as img:
-            pixels = self.image_processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        pixels = pixel_values(self.image_processor, self.manifest.image_path(i))
         return {"pixel_values": pixels, "text": self.texts[i], "labels": self.labels[i]}
 
 
+def pixel_values(image_processor, image) -> torch.Tensor:
+    """An image file (path or binary file object) -> (3, H, W) pixels, as the backbone expects.
+
+    Training from raw inputs and inference both go through here, so they see the same pixels."""
+    with Image.open(image) as img:
+        return image_processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+
 class TextImageCollator:
-    """Stacks pixels and labels; tokenizes the batch's texts (padded to the longest, truncated)."""
+    """Stacks pixels and labels; tokenizes the batch's texts (padded to the longest, truncated).
+    Items without ``labels`` (inference on unlabelled inputs) give a batch without them."""
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
@@ -57,9 +65,11 @@ class TextImageCollator:
     def __call__(self, items: list[dict]) -> dict:
         tok = self.tokenizer([it["text"] for it in items], padding="longest", truncation=True,
                              max_length=self.max_length, return_tensors="pt")
-        return {
+        batch = {
             "pixel_values": torch.stack([it["pixel_values"] for it in items]),
             "input_ids": tok["input_ids"],
             "attention_mask": tok["attention_mask"],
-            "labels": torch.stack([it["labels"] for it in items]),
         }
+        if "labels" in items[0]:
+            batch["labels"] = torch.stack([it["labels"] for it in items])
+        return batch

@@ -275,11 +275,21 @@ def _tuner(params: Params, space: SweepSpace, spec: TrialSpec, exp_name: str, st
                       run_config=run_config), False
 
 
-def run_sweep(params: Params, dataset: str, *, fresh: bool = False, hooks: TrialHooks | None = None,
-              outputs: tuple[str | Path, str | Path] | None = None,
-              say: Callable[[str], None] = log.info) -> SweepOutcome:
+def run_sweep(
+    params: Params,
+    dataset: str,
+    *,
+    fresh: bool = False,
+    hooks: TrialHooks | None = None,
+    outputs: tuple[str | Path, str | Path] | None = None,
+    say: Callable[[str], None] = log.info,
+    model_out: str | Path | None = None,
+    register: str | None = None,
+) -> SweepOutcome:
     """Run (or resume) the sweep ``params.sweep`` on ``dataset``; see the module docstring.
 
+    ``model_out``/``register``: copy the best trial's model folder there / register it under
+    that name (the parent run's tags ``best.model_uri``, ``best.registered_model`` point at it).
     ``outputs``: (csv path, best-config JSON path), written atomically before returning, also
     when trials failed. Does not raise for failed trials: check ``outcome.failed`` (the stage
     exits non-zero, naming them); raises :class:`~mitp.errors.ConfigError` before anything
@@ -335,6 +345,10 @@ def run_sweep(params: Params, dataset: str, *, fresh: bool = False, hooks: Trial
                                                overrides=space.trial_overrides(best) if best else {},
                                                experiment_path=_shown(exp_path))
             _log_best(mlflow, summary, metric)
+            if summary.get("mlflow_run_id"):  # the best trial's model: tagged, copied, registered
+                from mitp.mlflow_model import publish_best
+
+                summary.update(publish_best(summary["mlflow_run_id"], model_out, register))
             mlflow.log_metrics({"trials": len(rows), "trials_failed": summary["errors"],
                                 "trials_completed": summary["completed"], "trials_stopped": summary["stopped"]})
             outcome = SweepOutcome(dataset, exp_path, parent_id, metric, rows, summary, resumed, 0.0, space, timings)

@@ -1,0 +1,275 @@
+"""A trained model as a self-describing folder: trainable weights + a model card, rebuilt anywhere.
+
+Layout of a model folder (``models/<dataset>/<kind>/``, the MLflow model's artifact, or any copy)::
+
+    model_card.json     everything needed to rebuild and run the model (below)
+    weights.safetensors the trainable parameters only (prompts, hub, head) of the best epoch
+    backbones/<name>/   the frozen pair, packed when small (tiny-random); absent for hub
+                        backbones, which are fetched at the card's pinned revisions on first use
+
+The card holds the ``MITPConfig``, the label names in order, the task (single/multi-label and
+the 0.5 threshold), the backbone spec (preset, ids, resolved revisions, or the tiny-random
+recipe), the preprocessing (image size, normalisation, tokenizer, ``max_text_length``), the
+cache layer and dtype the model was trained from, the dataset's manifest digest, the git commit
+and the run that produced it. The folder is written atomically: a reader sees the old model or
+the new one, never a mix.
+
+Model URIs (:func:`fetched`, :func:`load_uri`): a local folder (a model folder, or a downloaded MLflow model
+holding one under ``artifacts/model``), ``runs:/<run id>/model`` or ``models:/<name>/<version>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mitp import backbones as backbones_mod
+from mitp import checkpoint
+from mitp.atomic import atomic_dir
+from mitp.config import BackboneConfig, Params
+from mitp.errors import UserError
+from mitp.model import MITP, MITPConfig
+
+CARD = "model_card.json"
+WEIGHTS = "weights.safetensors"
+PACKED = "backbones"
+CARD_FORMAT = 1
+THRESHOLD = 0.5  # multi-label decision threshold (the one the metrics use)
+ARTIFACT_KEY = "model"  # the model folder's name among an MLflow pyfunc model's artifacts
+
+
+class ModelFolderError(UserError):
+    """A model folder or URI that cannot be read."""
+
+
+@dataclass
+class TrainedModel:
+    """A rebuilt model ready for inference (eval mode, on ``device``)."""
+
+    model: MITP
+    backbones: backbones_mod.Backbones
+    card: dict[str, Any]
+    folder: Path
+    device: torch.device
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.card["labels"])
+
+    @property
+    def multi_label(self) -> bool:
+        return self.card["task"]["type"] == "multi_label"
+
+
+# --------------------------------------------------------------------------------------------
+# The card
+# --------------------------------------------------------------------------------------------
+
+
+def resolved_revision(folder: Path) -> str | None:
+    """The hub commit a ``snapshot_download(local_dir=...)`` folder holds, from the metadata
+    huggingface_hub writes beside the files (first line: the commit hash); None if unknown."""
+    meta = folder / ".cache" / "huggingface" / "download" / "config.json.metadata"
+    try:
+        return meta.read_text().splitlines()[0].strip() or None
+    except (OSError, IndexError):
+        return None
+
+
+def backbone_section(params: Params, bb: backbones_mod.Backbones) -> dict[str, Any]:
+    spec = bb.spec
+    cfg = params.backbone.model_dump(exclude={"dir"})
+    section: dict[str, Any] = {"config": cfg, "name": spec.name, "packed": None}
+    if spec.preset == "tiny-random":
+        section["recipe"] = {"tiny_seed": spec.tiny_seed, "config": backbones_mod.TINY,
+                             "format": backbones_mod.TINY_FORMAT}
+        section["packed"] = f"{PACKED}/{spec.name}"
+    else:
+        root = backbones_mod.local_dir(params)
+        section["resolved_revisions"] = {
+            part: resolved_revision(root / part) or getattr(spec, f"{part}_revision") for part in ("vision", "text")}
+    return section
+
+
+def preprocessing_section(bb: backbones_mod.Backbones, max_text_length: int) -> dict[str, Any]:
+    ip, tok = bb.image_processor, bb.tokenizer
+    return {
+        "image_processor": type(ip).__name__,
+        "image_size": dict(ip.size) if getattr(ip, "size", None) else None,
+        "image_mean": list(ip.image_mean), "image_std": list(ip.image_std),
+        "rescale_factor": getattr(ip, "rescale_factor", None),
+        "tokenizer": type(tok).__name__, "do_lower_case": getattr(tok, "do_lower_case", None),
+        "max_text_length": max_text_length,
+    }
+
+
+def make_card(params: Params, dataset: str, bb: backbones_mod.Backbones, config: MITPConfig, labels: list[str],
+              *, start_layer: int, source: str, cache_fingerprint: str | None, manifest_sha256: str,
+              run_id: str | None, best_epoch: int, git_commit: str, metrics: dict[str, float],
+              autocast: str | None = None) -> dict[str, Any]:
+    """The card of a model trained by ``mitp.train.fit``.
+
+    ``start_layer``/``source``: the layer k the training batches entered and where they came from
+    ("cache" or "raw"); inference runs the frozen layers below k and rounds their output to the
+    cache dtype, as the cache build did, so it computes exactly what training saw.
+    ``autocast``: the dtype training ran the trainable part under (``bfloat16`` on CUDA).
+    """
+    from_cache = source == "cache"
+    return {
+        "format": CARD_FORMAT,
+        "model": dataclasses.asdict(config),
+        "labels": list(labels),
+        "task": {"type": "multi_label" if config.multi_label else "single_label",
+                 "threshold": THRESHOLD if config.multi_label else None},
+        "backbone": backbone_section(params, bb),
+        "preprocessing": preprocessing_section(bb, params.dataset(dataset).max_text_length),
+        "trained_from": {"source": source, "layer": start_layer,
+                         "dtype": params.cache.dtype if from_cache else None,
+                         "cache_fingerprint": cache_fingerprint},
+        "dataset": {"name": dataset, "manifest_sha256": manifest_sha256},
+        "training": {"run_id": run_id, "best_epoch": best_epoch, "git_commit": git_commit, "seed": params.seed,
+                     "autocast": autocast,
+                     "metrics": {k: v for k, v in metrics.items() if k.startswith(("test_", "val_"))}},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Save / load
+# --------------------------------------------------------------------------------------------
+
+
+def save(folder: str | Path, state: dict[str, torch.Tensor], card: dict[str, Any], params: Params) -> Path:
+    """Write weights + card (+ the packed backbones) into ``folder``, replacing it atomically."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        checkpoint.save_weights(tmp / WEIGHTS, state, metadata={"format": str(CARD_FORMAT)})
+        packed = card["backbone"]["packed"]
+        if packed:
+            src = backbones_mod.local_dir(params)
+            for part in ("vision", "text"):
+                shutil.copytree(src / part, tmp / packed / part, symlinks=False,
+                                ignore=shutil.ignore_patterns(".cache"))
+        (tmp / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    return folder
+
+
+def copy(src: str | Path, dest: str | Path) -> Path:
+    """Copy a model folder (e.g. one fetched from MLflow) to ``dest``, replacing it atomically."""
+    read_card(src)
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+    return Path(dest)
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / CARD
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: not found; not a model folder (expected {CARD} and {WEIGHTS})")
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFolderError(f"{path}: not valid JSON: {exc}") from exc
+    if card.get("format") != CARD_FORMAT:
+        raise ModelFolderError(f"{path}: card format {card.get('format')!r}, this code reads {CARD_FORMAT}")
+    return card
+
+
+def backbone_config(card: dict[str, Any], folder: Path, backbone_dir: str | Path | None = None) -> BackboneConfig:
+    """The card's backbone settings; ``dir`` points at the packed copy when there is one."""
+    section = card["backbone"]
+    cfg = dict(section["config"])
+    if section.get("packed"):
+        packed = (folder / section["packed"]).resolve()
+        if not packed.is_relative_to(folder.resolve()):
+            raise ModelFolderError(f"{folder / CARD}: backbone.packed {section['packed']!r} leaves the model folder")
+        cfg["dir"] = str(packed.parent)
+    elif backbone_dir is not None:
+        cfg["dir"] = str(backbone_dir)
+    else:  # hub backbones: the project's backbone folder, fetched at the pinned revisions if missing
+        revs = section.get("resolved_revisions") or {}
+        cfg.update({f"{part}_revision": revs.get(part) or cfg.get(f"{part}_revision") for part in ("vision", "text")})
+    return BackboneConfig(**cfg)
+
+
+def load_backbones(cfg: BackboneConfig, device: torch.device) -> backbones_mod.Backbones:
+    """The one call into ``mitp.backbones.load``."""
+    return backbones_mod.load(Params(backbone=cfg), device)
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu", backbone_dir: str | Path | None = None) -> TrainedModel:
+    """Rebuild the model of a folder: backbones, ``MITP`` from the card, trainable weights."""
+    folder = Path(folder)
+    card = read_card(folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise ModelFolderError(f"{weights}: not found; the model folder is incomplete")
+    device = torch.device(device)
+    bb = load_backbones(backbone_config(card, folder, backbone_dir), device)
+    model = MITP(MITPConfig(**card["model"]), bb.vision, bb.text)
+    try:
+        checkpoint.load_weights(model, weights)
+    except ValueError as exc:
+        raise ModelFolderError(f"{weights}: {exc}") from exc
+    model.to(device).eval()
+    return TrainedModel(model, bb, card, folder, device)
+
+
+# --------------------------------------------------------------------------------------------
+# URIs
+# --------------------------------------------------------------------------------------------
+
+
+def model_folder_in(path: Path) -> Path | None:
+    """The model folder at ``path``: itself, or the one inside a downloaded MLflow model."""
+    if (path / CARD).is_file():
+        return path
+    # pyfunc artifacts keep the source folder's name (artifacts/mitp, artifacts/model, ...)
+    found = sorted(c.parent for c in path.glob(f"artifacts/*/{CARD}"))
+    return found[0] if len(found) == 1 else None
+
+
+@contextlib.contextmanager
+def fetched(uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
+    """The local model folder of ``uri``; MLflow URIs are downloaded to a temp folder that is
+    removed on exit (load the model inside the ``with``)."""
+    local = Path(uri)
+    if "://" not in uri and ":/" not in uri:
+        found = model_folder_in(local) if local.exists() else None
+        if found is None:
+            raise ModelFolderError(f"--model {uri}: no {CARD} there (nor in a downloaded MLflow model's artifacts/)")
+        yield found
+        return
+    if not uri.startswith(("runs:/", "models:/")):
+        raise ModelFolderError(f"--model {uri}: expected runs:/<id>/model, models:/<name>/<version> or a folder")
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    dest = Path(tempfile.mkdtemp(prefix="mitp-model-"))
+    try:
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+        except Exception as exc:  # unknown run, model or version: say which
+            raise ModelFolderError(f"--model {uri}: could not fetch it from MLflow ({tracking_uri or 'default store'}): "
+                                   f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        found = model_folder_in(got)
+        if found is None:
+            raise ModelFolderError(f"--model {uri}: the MLflow model holds no {CARD}; not a model this project logged")
+        yield found
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def load_uri(uri: str, device: str | torch.device = "cpu", tracking_uri: str | None = None) -> TrainedModel:
+    """:func:`load` for any model URI (see the module docstring)."""
+    with fetched(uri, tracking_uri) as folder:
+        return load(folder, device)
