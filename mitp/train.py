@@ -146,7 +146,7 @@ def fit(
     """
     seed_everything(params.seed)
     device = pick_device(params.train.device)
-    bb = backbones_mod.load(params, device)
+    bb = backbones_mod.load(params.backbone, device)
     loaders = loaders_mod.build(params, dataset, bb, device)
     model = build_model(params, bb, len(loaders.labels), loaders.multi_label).to(device)
     primary = metrics.primary_metric(loaders.multi_label)

@@ -11,7 +11,7 @@ from pipeline import cli
 def main() -> int:
     args = cli.parser(__doc__.splitlines()[0], dataset=False).parse_args()
     params, _ = cli.load(args)
-    path = backbones.ensure_local(params)
+    path = backbones.ensure_local(params.backbone)
     print(f"backbones ready in {path}")
     return 0
 

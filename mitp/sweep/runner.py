@@ -192,7 +192,7 @@ def ensure_cache(params: Params, dataset: str, say: Callable[[str], None]) -> st
     from mitp.train import pick_device
 
     device = pick_device(params.train.device)
-    bb = backbones.load(params, device)
+    bb = backbones.load(params.backbone, device)
     summary = cache_mod.build_cache(params, dataset, bb, device, progress=False, say=lambda m: log.info("%s", m))
     fingerprint = getattr(summary, "fingerprint_hash", None) or "unknown"
     say(f"feature cache of {dataset} ready (layer {params.cache.layer}, fingerprint {fingerprint})")
