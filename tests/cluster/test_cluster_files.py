@@ -29,7 +29,7 @@ def _constraints() -> dict[str, str]:
 
 def _shared_keys(shared: str) -> set[str]:
     words = shlex.split(shared)
-    return {w.split("=", 1)[0] for flag, w in zip(words, words[1:]) if flag == "-S"}
+    return {w.split("=", 1)[0] for flag, w in zip(words, words[1:], strict=False) if flag == "-S"}
 
 
 def _readme_shared() -> str:
