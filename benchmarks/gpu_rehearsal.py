@@ -26,6 +26,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,8 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 SMALL = {"data.synthetic.n_train": 512, "data.synthetic.n_val": 128, "data.synthetic.n_test": 128,
          "train.batch_size": 64}
 SWEEP = ["-S", "sweep.space={model.prompt_length: {grid: [4, 8]}, model.hub_size: {grid: [32, 64]}}",
-         "-S", "sweep.resources_per_trial.cpu=1", "-S", "sweep.resources_per_trial.gpu=0.25",
-         "-S", "sweep.max_concurrent_trials=4", "-S", "sweep.train.epochs=1"]
+         "-S", "sweep.resources_per_trial.cpu=1", "-S", "sweep.max_concurrent_trials=4", "-S", "sweep.train.epochs=1"]
+GPU_PER_TRIAL = 0.25  # four trials share one GPU
 
 
 def workspace_overrides(root: Path) -> list[str]:
@@ -57,9 +58,17 @@ def run(cmd: list[str], log: Path, timeout: float) -> tuple[int, float, str]:
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
     t0 = time.perf_counter()
     with open(log, "w") as fh:
+        # its own process group: on a timeout the stage and the local Ray it started stop together
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)  # the sweep driver shuts its Ray down on SIGINT
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             rc = 124
     tail = log.read_text()[-1500:]
     return rc, time.perf_counter() - t0, tail
@@ -116,17 +125,18 @@ def step_train(ws: Path, flags: list[str], device: str, out: dict) -> bool:
 
 def step_sweep(ws: Path, flags: list[str], device: str, out: dict) -> bool:
     table = ws / "sweep.csv"
+    gpu = GPU_PER_TRIAL if device == "cuda" else 0
     rc, secs, tail = run([sys.executable, "-m", "pipeline.sweep", "--dataset", "synthetic", *flags, *SWEEP,
-                          "-S", f"train.device={device}", "--csv-out", str(table), "--best-out", str(ws / "best.json")],
+                          "-S", f"sweep.resources_per_trial.gpu={gpu}", "-S", f"train.device={device}", "--csv-out", str(table), "--best-out", str(ws / "best.json")],
                          ws / "sweep.log", 420)
     rows = list(csv.DictReader(open(table, newline=""))) if table.exists() else []
     done = [r for r in rows if r.get("status") == "COMPLETED"]
     peaks = [float(r["peak_memory_mb"]) for r in done if r.get("peak_memory_mb")]
     out["sweep"] = {"exit": rc, "seconds": round(secs, 1), "trials": len(rows), "completed": len(done),
-                    "gpu_per_trial": 0.25, "peak_memory_mb_max": max(peaks) if peaks else None,
+                    "gpu_per_trial": gpu, "peak_memory_mb_max": max(peaks) if peaks else None,
                     "nodes": len({r.get("node_id") for r in rows})}
     ok = rc == 0 and len(done) == 4
-    print(f"[3/4] 4-trial sweep at 0.25 GPU each: {len(done)}/4 completed, max peak memory "
+    print(f"[3/4] 4-trial sweep at {gpu} GPU each: {len(done)}/4 completed, max peak memory "
           f"{out['sweep']['peak_memory_mb_max']} MB ({secs:.0f} s)" + ("" if ok else f" FAILED:\n{tail}"))
     return ok
 
