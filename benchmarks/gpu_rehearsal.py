@@ -10,7 +10,7 @@ after the stages that make a small synthetic set and its feature cache (on the G
 2. a short tiny-random training on CUDA (``pipeline.train``, 2 epochs of a small synthetic set):
    throughput and peak GPU memory;
 3. a 4-trial sweep sharing the GPU at 0.25 per trial (``pipeline.sweep``): all four must
-   complete; wall time, peak memory per trial, how many trials ran at once;
+   complete; wall time and the largest peak memory of a trial;
 4. the cache speed-up benchmark on CUDA at its smoke size (``benchmarks/cache_speedup.py``).
 
 Without CUDA, step 1 runs (its tests skip, saying why) and steps 2-4 are skipped with a message;

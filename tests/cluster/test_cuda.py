@@ -73,6 +73,7 @@ def test_peak_gpu_memory_is_logged(synthetic_prepared):
     from mitp.train import fit
 
     params = synthetic_prepared.model_copy(deep=True)
+    params.cache.enabled = False  # raw inputs: the full frozen stack runs on the GPU too
     params.train.device = "cuda"
     params.train.epochs = 1
     torch.cuda.reset_peak_memory_stats()
