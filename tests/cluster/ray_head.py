@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,3 +80,4 @@ def ray_head(num_cpus: int = 2, ready_s: float = 180) -> Iterator[tuple[str, dic
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)
