@@ -87,8 +87,8 @@ def make_backbones(params, cfg: dict, device):
     from mitp import backbones as bb_mod
 
     if cfg["preset"] == "tiny-random":
-        return bb_mod.load(params, device)
-    from transformers import AutoConfig, BertModel, BertTokenizer, ViTImageProcessor, ViTModel
+        return bb_mod.load(params.backbone, device)
+    from transformers import AutoConfig, BertModel, BertTokenizer, ViTImageProcessorPil, ViTModel
 
     vcfg = AutoConfig.for_model(**json.loads(bb_mod.SHIPPED_CONFIGS[VIT_BASE].read_text()))
     tcfg = AutoConfig.for_model(**json.loads(bb_mod.SHIPPED_CONFIGS[BERT_BASE].read_text()))
@@ -98,10 +98,10 @@ def make_backbones(params, cfg: dict, device):
     for m in (vision, text):
         bb_mod.freeze(m)
         m.to(device)
-    processor = ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = ViTImageProcessorPil(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     vocab = bb_mod.tiny_vocab()  # bert-base-uncased's vocab is not shipped; any WordPiece vocab times the same
     tokenizer = BertTokenizer(vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=True)
-    return bb_mod.Backbones(vision, text, processor, tokenizer, bb_mod.spec_from_params(params))
+    return bb_mod.Backbones(vision, text, processor, tokenizer, bb_mod.spec_from_config(params.backbone))
 
 
 def _status_mb(field: str) -> float | None:
@@ -348,7 +348,7 @@ def make_backbones_meta(params, cfg: dict):
     from mitp import backbones as bb_mod
 
     if cfg["preset"] == "tiny-random":
-        vision, text = bb_mod.config_only(params)
+        vision, text = bb_mod.config_only(params.backbone)
     else:
         from transformers import AutoConfig
 

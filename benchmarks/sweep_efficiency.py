@@ -148,7 +148,7 @@ def main() -> int:
     base = make_params(root, args)
     generate(base)
     prepare_dataset(base, "synthetic")
-    bb = backbones.load(base)
+    bb = backbones.load(base.backbone)
     if args.cache:
         from mitp.cache import build_cache
 

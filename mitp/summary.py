@@ -20,7 +20,7 @@ def num_labels(params: Params, dataset: str) -> int:
 
 def model_summary(params: Params, dataset: str) -> dict:
     """Trainable/total parameter counts, by part, of the configured model on ``dataset``."""
-    vision, text = backbones.config_only(params)
+    vision, text = backbones.config_only(params.backbone)
     multi = params.dataset(dataset).task == "multi_label"
     with torch.device("meta"):
         model = MITP(MITPConfig.from_params(params, num_labels(params, dataset), multi), vision, text)
@@ -29,7 +29,7 @@ def model_summary(params: Params, dataset: str) -> dict:
     return {
         "dataset": dataset,
         "model_kind": params.model.kind,
-        "backbone": backbones.spec_from_params(params).name,
+        "backbone": backbones.spec_from_config(params.backbone).name,
         "interaction_layers": model.layers_i,
         "trainable_params": trainable,
         "total_params": total,

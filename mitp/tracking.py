@@ -46,9 +46,9 @@ def git_commit() -> str:
 
 
 def lineage_tags(params: Params, dataset: str) -> dict[str, str]:
-    from mitp.backbones import spec_from_params
+    from mitp.backbones import spec_from_config
 
-    spec = spec_from_params(params)
+    spec = spec_from_config(params.backbone)
     return {
         "git_commit": git_commit(),
         "dataset": dataset,

@@ -179,7 +179,7 @@ def _fit(
     registry as ``register`` when a name is given.
     """
     device = pick_device(params.train.device)
-    bb = backbones_mod.load(params, device)  # may build the tiny-random pair, which draws random numbers
+    bb = backbones_mod.load(params.backbone, device)  # may build the tiny-random pair, which draws random numbers
     loaders = loaders_mod.build(params, dataset, bb, device)
     # Seeded here, after everything that may or may not draw random numbers depending on what is
     # already on disk: prompt init, dropout and shuffling are the same on a first run and a re-run.

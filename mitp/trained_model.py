@@ -75,16 +75,6 @@ class TrainedModel:
 # --------------------------------------------------------------------------------------------
 
 
-def resolved_revision(folder: Path) -> str | None:
-    """The hub commit a ``snapshot_download(local_dir=...)`` folder holds, from the metadata
-    huggingface_hub writes beside the files (first line: the commit hash); None if unknown."""
-    meta = folder / ".cache" / "huggingface" / "download" / "config.json.metadata"
-    try:
-        return meta.read_text().splitlines()[0].strip() or None
-    except (OSError, IndexError):
-        return None
-
-
 def backbone_section(params: Params, bb: backbones_mod.Backbones) -> dict[str, Any]:
     spec = bb.spec
     cfg = params.backbone.model_dump(exclude={"dir"})
@@ -94,9 +84,8 @@ def backbone_section(params: Params, bb: backbones_mod.Backbones) -> dict[str, A
                              "format": backbones_mod.TINY_FORMAT}
         section["packed"] = f"{PACKED}/{spec.name}"
     else:
-        root = backbones_mod.local_dir(params)
-        section["resolved_revisions"] = {
-            part: resolved_revision(root / part) or getattr(spec, f"{part}_revision") for part in ("vision", "text")}
+        # bb.spec holds the commits the hub resolved the asked revisions to (recorded at fetch)
+        section["resolved_revisions"] = {part: getattr(spec, f"{part}_revision") for part in ("vision", "text")}
     return section
 
 
@@ -154,7 +143,7 @@ def save(folder: str | Path, state: dict[str, torch.Tensor], card: dict[str, Any
         checkpoint.save_weights(tmp / WEIGHTS, state, metadata={"format": str(CARD_FORMAT)})
         packed = card["backbone"]["packed"]
         if packed:
-            src = backbones_mod.local_dir(params)
+            src = backbones_mod.local_dir(params.backbone)
             for part in ("vision", "text"):
                 shutil.copytree(src / part, tmp / packed / part, symlinks=False,
                                 ignore=shutil.ignore_patterns(".cache"))
@@ -202,7 +191,7 @@ def backbone_config(card: dict[str, Any], folder: Path, backbone_dir: str | Path
 
 def load_backbones(cfg: BackboneConfig, device: torch.device) -> backbones_mod.Backbones:
     """The one call into ``mitp.backbones.load``."""
-    return backbones_mod.load(Params(backbone=cfg), device)
+    return backbones_mod.load(cfg, device)
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu", backbone_dir: str | Path | None = None) -> TrainedModel:

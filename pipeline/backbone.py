@@ -1,7 +1,8 @@
 """Fetch or build the backbones: ``python -m pipeline.backbone``.
 
 ``tiny-random`` is built from configs with a fixed seed; hub models are snapshotted at their
-pinned revision into ``data/backbones/<name>/`` (no weights are downloaded twice).
+pinned commit into ``data/backbones/<ids@revisions>/`` with a ``spec.json`` of what was asked and
+fetched (no weights are downloaded twice; a copy recorded for another spec stops the stage).
 """
 
 from mitp import backbones
@@ -11,7 +12,7 @@ from pipeline import cli
 def main() -> int:
     args = cli.parser(__doc__.splitlines()[0], dataset=False).parse_args()
     params, _ = cli.load(args)
-    path = backbones.ensure_local(params)
+    path = backbones.ensure_local(params.backbone)
     print(f"backbones ready in {path}")
     return 0
 

@@ -21,7 +21,7 @@ from pipeline import cli
 
 
 def estimate_only(params, dataset: str) -> Estimate:
-    shapes = shapes_of(backbones.config_only(params), params.dataset(dataset).max_text_length, params.cache.dtype)
+    shapes = shapes_of(backbones.config_only(params.backbone), params.dataset(dataset).max_text_length, params.cache.dtype)
     est = Estimate(dataset, shapes)
     for split in SPLITS:
         plan = plan_split(params, dataset, split)
@@ -51,7 +51,7 @@ def main() -> int:
     from mitp.train import pick_device
 
     device = pick_device(params.train.device)
-    bb = backbones.load(params, device)
+    bb = backbones.load(params.backbone, device)
     print(f"caching {dataset}: hidden states entering layer {params.cache.layer} on {device}")
     summary = build_cache(params, dataset, bb, device, force=args.force, full_verify=args.verify, say=print)
     print(summary.describe())

@@ -63,7 +63,7 @@ def tiny_backbones(shared_root):
     from mitp.config import load_params
 
     params = load_params(overrides={"backbone.dir": str(shared_root / "backbones")})
-    return backbones.load(params)
+    return backbones.load(params.backbone)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import hashlib
 import json
 from typing import Any
 
-from mitp.backbones import spec_from_params
+from mitp.backbones import spec_from_config
 from mitp.data.manifests import manifest_hash
 from mitp.dotted_keys import flatten
 
@@ -55,7 +55,8 @@ def fingerprint(params, dataset: str, backbones) -> dict:
     vcfg, tcfg = backbones.vision.config, backbones.text.config
     return _plain({
         "format": CACHE_FORMAT,
-        "backbone": spec_from_params(params).fingerprint(),
+        "backbone": spec_from_config(params.backbone).fingerprint(),
+        "backbone_resolved": backbones.spec.fingerprint(),  # commits fetched, image-processor backend
         "backbone_shapes": {
             "vision": {k: getattr(vcfg, k, None) for k in _VISION_SHAPE},
             "text": {k: getattr(tcfg, k, None) for k in _TEXT_SHAPE},

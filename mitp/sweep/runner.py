@@ -138,7 +138,7 @@ def ensure_cache(params: Params, dataset: str, say: Callable[[str], None]) -> st
     from mitp.train import pick_device
 
     device = pick_device(params.train.device)
-    summary = build_cache(params, dataset, backbones.load(params, device), device, progress=False,
+    summary = build_cache(params, dataset, backbones.load(params.backbone, device), device, progress=False,
                           say=lambda m: log.info("%s", m))
     say(f"feature cache of {dataset} ready (layer {params.cache.layer}, fingerprint {summary.fingerprint_hash})")
     return str(summary.fingerprint_hash)

@@ -54,7 +54,7 @@ def trained_run(tmp_path_factory, shared_root) -> TrainedRun:
     torch.set_num_threads(1)  # tiny towers are overhead-bound; one thread is faster on shared cores
     os.environ["DVC_EXP_NAME"] = "serve-exp"  # as `dvc exp run` sets it
     try:
-        build_cache(params, "synthetic", backbones.load(params), "cpu", progress=False)
+        build_cache(params, "synthetic", backbones.load(params.backbone), "cpu", progress=False)
         result = fit(params, "synthetic", run_name="serve-test", model_out=root / "models" / "synthetic" / "mitp")
     finally:
         torch.set_num_threads(threads)
