@@ -1,24 +1,25 @@
-"""Feature cache of the frozen layers: compute once, train many (DESIGN.md section 4).
+"""Feature cache of the frozen layers: compute once, train many.
 
 Layers below the first interaction layer never see a prompt, so their output is the same in
 every epoch and every sweep trial. The cache stage (``python -m pipeline.cache --dataset NAME``)
 runs preprocessing, tokenization and frozen layers 0..k-1 once and stores the hidden states
 entering layer k (``cache.layer``) as memory-mapped float16 shards; training then starts at k.
 
-Modules: :mod:`~mitp.cache.build` (the stage's work, resumable), :mod:`~mitp.cache.storage`
-(shards, index, checksums), :mod:`~mitp.cache.fingerprint` (what must match),
-:mod:`~mitp.cache.dataset` (training from the cache), :mod:`~mitp.cache.estimate` (disk size),
+Modules: :mod:`~mitp.cache.fingerprint` (the inputs - manifests, image digests - and what must
+match), :mod:`~mitp.cache.storage` (units, files, index, checks, lock), :mod:`~mitp.cache.build`
+(the stage's work, resumable), :mod:`~mitp.cache.reader` (opening and reading a cache; the data
+loaders in :mod:`mitp.data.loaders` sit on top of it), :mod:`~mitp.cache.estimate` (disk size),
 :mod:`~mitp.cache.layer_check` (k vs train and sweep starts), :mod:`~mitp.cache.flops` (the
 benchmark's FLOP model), :mod:`~mitp.cache.errors`.
 """
 
 from mitp.cache.build import BuildSummary, build_cache
-from mitp.cache.dataset import CachedSplit, OpenCache, cached_loaders, open_cache
 from mitp.cache.errors import (
     CacheBusy,
     CacheCorrupt,
     CacheError,
     CacheIncomplete,
+    CacheInputError,
     CacheMismatch,
     CacheMissing,
     CacheSpaceError,
@@ -26,10 +27,10 @@ from mitp.cache.errors import (
 from mitp.cache.estimate import Estimate, Shapes, estimate_bytes
 from mitp.cache.fingerprint import CACHE_FORMAT, fingerprint, short_hash
 from mitp.cache.layer_check import check_cache_layer
+from mitp.cache.reader import CachedSplit, OpenCache, open_cache
 
 __all__ = [
-    "CACHE_FORMAT", "BuildSummary", "CacheBusy", "CacheCorrupt", "CacheError", "CacheIncomplete",
+    "CACHE_FORMAT", "BuildSummary", "CacheBusy", "CacheCorrupt", "CacheError", "CacheIncomplete", "CacheInputError",
     "CacheMismatch", "CacheMissing", "CacheSpaceError", "CachedSplit", "Estimate", "OpenCache", "Shapes",
-    "build_cache", "cached_loaders", "check_cache_layer", "estimate_bytes", "fingerprint", "open_cache",
-    "short_hash",
+    "build_cache", "check_cache_layer", "estimate_bytes", "fingerprint", "open_cache", "short_hash",
 ]

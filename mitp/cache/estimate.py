@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mitp.cache.errors import CacheSpaceError
+from mitp.cache.storage import Unit, npy_bytes
 
 SPACE_MARGIN = 64 << 20  # keep this much free beyond the estimate (index rewrites, temp files)
 
@@ -56,6 +57,17 @@ def estimate_bytes(n_samples: int, n_images: int, shapes: Shapes) -> int:
     return n_images * shapes.image_bytes + n_samples * (shapes.text_bytes + 16)
 
 
+def unit_bytes(unit: Unit, plan, shapes: Shapes) -> int:
+    """Exact bytes of one unit's files (``plan``: its split's :class:`~mitp.cache.fingerprint.SplitPlan`)."""
+    if unit.kind == "image":
+        return npy_bytes((unit.rows, shapes.image_tokens, shapes.image_width), shapes.dtype)
+    if unit.kind == "text":
+        return (npy_bytes((unit.rows, shapes.text_length, shapes.text_width), shapes.dtype)
+                + npy_bytes((unit.rows, shapes.text_length), np.uint8))
+    return (npy_bytes(plan.labels.shape, plan.labels.dtype) + npy_bytes((unit.rows,), np.int64)
+            + sum(len(i) + 3 for i in plan.ids) + 2)
+
+
 def human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -70,6 +82,10 @@ class Estimate:
     shapes: Shapes
     splits: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # split -> (samples, images, bytes)
     to_write: int = 0  # bytes still to write (a resumed build has some already)
+
+    def add(self, plan, units: list[Unit]) -> None:
+        """Count one split: its samples, images and the bytes of its ``units``."""
+        self.splits[plan.split] = (plan.n_samples, plan.n_images, sum(unit_bytes(u, plan, self.shapes) for u in units))
 
     @property
     def total(self) -> int:
