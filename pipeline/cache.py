@@ -25,7 +25,7 @@ def estimate_only(params, dataset: str) -> Estimate:
     shapes = shapes_of(backbones.config_only(params), params.dataset(dataset).max_text_length, params.cache.dtype)
     est = Estimate(dataset, shapes)
     for split in SPLITS:
-        plan = plan_split(params, dataset, split, hash_images=False)
+        plan = plan_split(params, dataset, split, "count")
         est.add(plan, plan.units(params.cache.shard_size))
     est.to_write = est.total
     return est

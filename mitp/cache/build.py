@@ -65,7 +65,9 @@ class ImageFiles(Dataset):
         except OSError as exc:
             raise CacheInputError(f"{path}: image disappeared during the cache build ({exc.strerror})") from None
         if hashlib.sha256(data).hexdigest() != self.digests[i]:
-            raise CacheInputError(f"{path}: image changed during the cache build; run the cache stage again")
+            raise CacheInputError(f"{path}: the image's bytes no longer match the digest the cache was planned "
+                                  "with (changed during the build, or since prepare recorded it); re-run prepare "
+                                  "if the images were replaced, then the cache stage")
         with Image.open(io.BytesIO(data)) as img:
             return self.processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 

@@ -1,7 +1,8 @@
 """What a cache is computed from - the manifests' splits and the image bytes - and its fingerprint.
 
 :func:`plan_split` reads one manifest: its unique images (first-appearance order, two spellings
-of one file are one image) with the sha256 of each image file, texts, encoded labels and ids.
+of one file are one image) with the sha256 of each image file (prepare's record where the
+manifest has one, else hashed here), texts, encoded labels and ids.
 
 The fingerprint is everything that determines the cached bytes: backbone ids and revisions (or
 the tiny-random seed and recipe), the backbones' shapes, k (``cache.layer``), the maximum text
@@ -69,38 +70,55 @@ class SplitPlan:
         return units_of(self.split, self.n_samples, self.n_images, shard_size)
 
 
-def _image_digest(path: Path, manifest: Path) -> str:
+DIGEST_COLUMN = "image_sha256"  # a manifest column with each row's image digest, where prepare records it
+
+
+def _image_digest(path: Path, manifest: Path, stat_only: bool = False) -> str:
+    """sha256 of an image file (or, ``stat_only``, just that it is there), naming it if it is not."""
     try:
-        return sha256_file(path)
+        return str(path.stat().st_size) if stat_only else sha256_file(path)
     except OSError as exc:
         why = "is missing (deleted after prepare?)" if isinstance(exc, FileNotFoundError) else f"is unreadable ({exc.strerror})"
         raise CacheInputError(f"{path}: image listed in {manifest} {why}; restore it or re-run "
                               f"`python -m pipeline.prepare` for this dataset") from None
 
 
-def plan_split(params, dataset: str, split: str, hash_images: bool = True) -> SplitPlan:
-    """Read a manifest; find its unique images (by normalised path), hash them (unless not
-    ``hash_images``: a size estimate needs counts only), encode the labels."""
+def plan_split(params, dataset: str, split: str, images: str = "build") -> SplitPlan:
+    """Read a manifest; find its unique images (by normalised path) and their digests; encode the labels.
+
+    ``images``: ``"build"`` - every image file must be there; ``"open"`` - the digests only (no
+    file is read when the manifest has an ``image_sha256`` column: prepare's record, which the
+    manifest hash covers); ``"count"`` - neither (a size estimate). Without the column the digests
+    are the files' sha256, computed here. The build checks each file's bytes against its digest
+    when it decodes it.
+    """
     import pandas as pd
 
     manifest = read_split(params.prepared_dir(dataset), split)
-    codes, spellings = pd.factorize(manifest.frame["image"].astype(str))  # first-appearance order
+    frame, where = manifest.frame, manifest.root / f"{split}.parquet"
+    codes, spellings = pd.factorize(frame["image"].astype(str))  # first-appearance order
     resolved = [os.path.normpath(p if os.path.isabs(p) else manifest.root / p) for p in spellings]
     rows, paths = pd.factorize(pd.Series(resolved))  # two spellings of one file are one image
     image_index = np.asarray(rows, dtype=np.int64)[codes] if len(codes) else np.empty(0, np.int64)
     paths = [Path(p) for p in paths]
-    where = manifest.root / f"{split}.parquet"
-    digests = []
-    if hash_images:
+    digests: list[str] = []
+    if DIGEST_COLUMN in frame.columns and images != "count":
+        recorded: dict[int, str] = {}
+        for row, (i, digest) in enumerate(zip(image_index.tolist(), frame[DIGEST_COLUMN].astype(str), strict=True)):
+            if recorded.setdefault(i, digest) != digest:
+                raise CacheInputError(f"{where}: row {row} gives {paths[i]} another {DIGEST_COLUMN} than an earlier row")
+        digests = [recorded[i] for i in range(len(paths))]
+    if images == "build" or (images == "open" and not digests):
         with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL: overlap the reads
-            digests = list(pool.map(lambda p: _image_digest(p, where), paths))
-    labels = encode_labels(manifest.frame["label"].tolist(), manifest.labels, manifest.multi_label).numpy()
-    return SplitPlan(split, paths, digests, image_index, manifest.frame["text"].astype(str).tolist(),
-                     labels, [str(x) for x in manifest.frame["id"].tolist()], manifest.multi_label)
+            found = list(pool.map(lambda p: _image_digest(p, where, stat_only=bool(digests)), paths))
+        digests = digests or found
+    labels = encode_labels(frame["label"].tolist(), manifest.labels, manifest.multi_label).numpy()
+    return SplitPlan(split, paths, digests, image_index, frame["text"].astype(str).tolist(),
+                     labels, [str(x) for x in frame["id"].tolist()], manifest.multi_label)
 
 
-def plan_all(params, dataset: str) -> dict[str, SplitPlan]:
-    return {s: plan_split(params, dataset, s) for s in SPLITS}
+def plan_all(params, dataset: str, images: str = "build") -> dict[str, SplitPlan]:
+    return {s: plan_split(params, dataset, s, images) for s in SPLITS}
 
 
 def _plain(obj: Any) -> Any:
@@ -150,7 +168,7 @@ def fingerprint(params, dataset: str, backbones, plans: dict[str, SplitPlan] | N
         "image_processor": processor_settings(backbones.image_processor),
         "tokenizer": tokenizer_settings(backbones.tokenizer),
         "manifest_hash": manifest_hash(params.prepared_dir(dataset)),
-        "images_hash": images_hash(plans or plan_all(params, dataset)),
+        "images_hash": images_hash(plans or plan_all(params, dataset, "open")),
         "dtype": params.cache.dtype,
     })
 

@@ -95,7 +95,7 @@ def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool 
         raise CacheCorrupt(f"{exc}; rebuild the cache with {fix}") from None
     if index is None:
         raise CacheMissing(missing_message(params, dataset))
-    plans = plan_all(params, dataset)
+    plans = plan_all(params, dataset, "open")
     expected = fingerprint(params, dataset, backbones, plans)
     if index["fingerprint"] != expected:
         fields = diff(index["fingerprint"], expected, dataset)

@@ -144,8 +144,40 @@ def test_an_image_changed_during_the_build_is_not_stored(cache_params, tiny_back
             with Image.open(victim) as img:
                 Image.eval(img.convert("RGB"), lambda v: 255 - v).save(victim, quality=95)
 
-    with pytest.raises(CacheInputError, match="image changed during the cache build"):
+    with pytest.raises(CacheInputError, match="no longer match the digest the cache was planned with"):
         build_cache(params, "synthetic", tiny_backbones, progress=False, on_shard=change_it)
     root = params.features_dir("synthetic")
     assert not list((root / "test").glob("image-*.npy")), "no shard holds the states of changed bytes"
     assert json.loads((root / "index.json").read_text())["complete"] is False
+
+
+def _record_digests(params) -> None:
+    """Add prepare's per-row ``image_sha256`` column to the manifests, as prepare may record it."""
+
+    from mitp.cache.storage import sha256_file
+
+    for split in ("train", "val", "test"):
+        manifest = read_split(params.prepared_dir("synthetic"), split)
+        frame = manifest.frame.assign(image_sha256=[sha256_file(manifest.image_path(i)) for i in range(len(manifest))])
+        frame.to_parquet(params.prepared_dir("synthetic") / f"{split}.parquet", index=False)
+
+
+def test_recorded_digests_spare_training_the_image_reads_and_the_build_checks_them(cache_params, tiny_backbones,
+                                                                                   tmp_path):
+    params = cache_params()
+    _record_digests(params)
+    build_cache(params, "synthetic", tiny_backbones, progress=False)
+    images = _image_files(params)
+    images[0].unlink()  # training from the cache needs no image file: the manifests carry the digests
+    open_cache(params, "synthetic", tiny_backbones)
+    with pytest.raises(CacheInputError, match=re.escape(str(images[0])) + ": image listed in .* is missing"):
+        build_cache(params, "synthetic", tiny_backbones, progress=False, force=True)
+
+    params = cache_params(root=tmp_path / "b")  # images replaced after prepare recorded them
+    _record_digests(params)
+    victim = next(p for p in _image_files(params) if p.name.startswith("train"))  # in train/image-00000
+    with Image.open(victim) as img:
+        Image.eval(img.convert("RGB"), lambda v: 255 - v).save(victim, quality=95)
+    with pytest.raises(CacheInputError, match=re.escape(str(victim)) + ": the image's bytes no longer match"):
+        build_cache(params, "synthetic", tiny_backbones, progress=False)
+    assert not (params.features_dir("synthetic") / "train" / "image-00000.npy").exists()
