@@ -24,13 +24,13 @@ from mitp.cache.errors import (
     CacheMissing,
     CacheSpaceError,
 )
-from mitp.cache.estimate import Estimate, Shapes, estimate_bytes
+from mitp.cache.estimate import Estimate
 from mitp.cache.fingerprint import CACHE_FORMAT, fingerprint, short_hash
 from mitp.cache.layer_check import check_cache_layer
 from mitp.cache.reader import CachedSplit, OpenCache, open_cache
 
 __all__ = [
     "CACHE_FORMAT", "BuildSummary", "CacheBusy", "CacheCorrupt", "CacheError", "CacheIncomplete", "CacheInputError",
-    "CacheMismatch", "CacheMissing", "CacheSpaceError", "CachedSplit", "Estimate", "OpenCache", "Shapes",
-    "build_cache", "check_cache_layer", "estimate_bytes", "fingerprint", "open_cache", "short_hash",
+    "CacheMismatch", "CacheMissing", "CacheSpaceError", "CachedSplit", "Estimate", "OpenCache",
+    "build_cache", "check_cache_layer", "fingerprint", "open_cache", "short_hash",
 ]

@@ -46,6 +46,7 @@ from mitp.model import MITP, MITPConfig
 log = logging.getLogger(__name__)
 
 ShardHook = Callable[[storage.Unit], None]
+UNITS = {"meta": "row", "image": "img", "text": "text"}  # progress units
 
 
 class ImageFiles(Dataset):
@@ -87,21 +88,16 @@ class BuildSummary:
     reused_files: int = 0
     written_files: int = 0
     bytes_written: int = 0
-    images: int = 0
-    texts: int = 0
-    image_seconds: float = 0.0
-    text_seconds: float = 0.0
     seconds: float = 0.0
     rebuilt: list[str] = field(default_factory=list)  # files that failed their check and were redone
+    work: dict[str, list[float]] = field(default_factory=lambda: {"image": [0, 0.0], "text": [0, 0.0]})  # rows, s
 
     def describe(self) -> str:
         if not self.written_files:
             return f"feature cache {self.root} is up to date (fingerprint {self.fingerprint_hash})"
-        ips = self.images / max(self.image_seconds, 1e-9)
-        tps = self.texts / max(self.text_seconds, 1e-9)
+        rates = ", ".join(f"{n:,} {k}s at {n / max(t, 1e-9):,.1f} {UNITS[k]}/s" for k, (n, t) in self.work.items())
         return (f"feature cache {self.root} (fingerprint {self.fingerprint_hash}): wrote {self.written_files} files, "
-                f"{human(self.bytes_written)}, kept {self.reused_files} from before; {self.images:,} images at "
-                f"{ips:,.1f} img/s, {self.texts:,} texts at {tps:,.1f} texts/s; {self.seconds:.1f} s in all")
+                f"{human(self.bytes_written)}, kept {self.reused_files} from before; {rates}; {self.seconds:.1f} s in all")
 
 
 def make_index(dataset: str, fp: dict, layout: dict, labels: list[str], plans: dict[str, SplitPlan],
@@ -162,14 +158,13 @@ class _Builder:
                              "from the backbone configs (image processor size vs the ViT's image_size?)")
         return hidden.to(self.torch_dtype).cpu().numpy()
 
-    def meta(self, unit: storage.Unit) -> None:
-        plan = self.plans[unit.split]
+    def meta(self, plan: SplitPlan, units: list[storage.Unit], bar) -> None:
         payloads = (storage.npy_payload(plan.labels), storage.npy_payload(plan.image_index),
                     storage.json_payload(plan.ids))
-        self._finish(unit, {rel: storage.write_file(self.root, rel, data) for rel, data in zip(unit.files, payloads,
-                                                                                            strict=True)})
+        self._finish(units[0], {rel: storage.write_file(self.root, rel, data)
+                                for rel, data in zip(units[0].files, payloads, strict=True)})
 
-    def images(self, plan: SplitPlan, units: list[storage.Unit], bar) -> None:
+    def image(self, plan: SplitPlan, units: list[storage.Unit], bar) -> None:
         B = self.layout["batch_size"]
         batches = [list(range(a, min(a + B, u.stop))) for u in units for a in range(u.start, u.stop, B)]
         loader = DataLoader(ImageFiles(plan.image_paths, plan.image_sha256, self.bb.image_processor),
@@ -177,12 +172,11 @@ class _Builder:
                             pin_memory=self.device.type == "cuda")
         states = (self._states(self.prefix.vision_prefix(px.to(self.device, non_blocking=True), self.k), "image")
                   for px in loader)
-        for unit in units:
-            n_batches = -(-unit.rows // B)
-            record = self._shard(unit, _counted(itertools.islice(states, n_batches), bar))
+        for unit in units:  # batches never cross a shard: each shard takes its own number of them
+            record = self._shard(unit, _counted(itertools.islice(states, -(-unit.rows // B)), bar))
             self._finish(unit, {unit.files[0]: record})
 
-    def texts(self, plan: SplitPlan, units: list[storage.Unit], bar) -> None:
+    def text(self, plan: SplitPlan, units: list[storage.Unit], bar) -> None:
         B, L = self.layout["batch_size"], self.layout["text_length"]
         for unit in units:
             tok = self.bb.tokenizer(plan.texts[unit.start:unit.stop], padding="max_length", truncation=True,
@@ -197,21 +191,17 @@ class _Builder:
     def run(self, pending: list[storage.Unit]) -> None:
         with torch.inference_mode():
             for split, plan in self.plans.items():
-                mine = [u for u in pending if u.split == split]
-                for u in mine:
-                    if u.kind == "meta":
-                        self.meta(u)
-                for kind, work in (("image", self.images), ("text", self.texts)):
-                    units = [u for u in mine if u.kind == kind]
+                for kind in ("meta", "image", "text"):
+                    units = [u for u in pending if u.split == split and u.kind == kind]
                     if not units:
                         continue
-                    total, t0 = sum(u.rows for u in units), time.perf_counter()
-                    with tqdm(total=total, desc=f"cache {split} {kind}s", unit=kind[:4],
-                              disable=not self.progress) as bar:
-                        work(plan, units, bar)
-                    setattr(self.summary, f"{kind}s", getattr(self.summary, f"{kind}s") + total)
-                    setattr(self.summary, f"{kind}_seconds",
-                            getattr(self.summary, f"{kind}_seconds") + time.perf_counter() - t0)
+                    rows, t0 = sum(u.rows for u in units), time.perf_counter()
+                    with tqdm(total=rows, desc=f"cache {split} {kind}s", unit=UNITS[kind],
+                              disable=not self.progress or kind == "meta") as bar:
+                        getattr(self, kind)(plan, units, bar)
+                    if kind != "meta":
+                        self.summary.work[kind][0] += rows
+                        self.summary.work[kind][1] += time.perf_counter() - t0
 
 
 def build_cache(params, dataset: str, backbones, device: torch.device | str | None = None, *,
@@ -249,11 +239,9 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
                 say(f"the cache at {root} was built for another configuration; rebuilding it:\n{describe_diff(changed)}")
             storage.wipe(root, SPLITS)
             existing = None
-        shapes = shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)
         layout = dict(existing["layout"]) if existing else {
             "shard_size": params.cache.shard_size, "batch_size": params.cache.batch_size,
-            "image_tokens": shapes.image_tokens, "image_width": shapes.image_width,
-            "text_length": shapes.text_length, "text_width": shapes.text_width, "dtype": params.cache.dtype}
+            **shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)}
         if existing and (layout["shard_size"], layout["batch_size"]) != (params.cache.shard_size, params.cache.batch_size):
             say(f"resuming with the layout the cache was started with (shard_size {layout['shard_size']}, "
                 f"batch_size {layout['batch_size']}); use --force to rebuild with the configured one")
@@ -261,7 +249,7 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
         units = [u for p in plans.values() for u in p.units(layout["shard_size"])]
         recorded = (existing or {}).get("files", {})
         done: dict[str, dict] = {}
-        summary = BuildSummary(root, short_hash(fp), Estimate(dataset, shapes))
+        summary = BuildSummary(root, short_hash(fp), Estimate(dataset, layout))
         for unit in units:
             for rel in unit.files:
                 if rel not in recorded:
@@ -279,7 +267,7 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
         summary.reused_files = len(done)
         for plan in plans.values():
             summary.estimate.add(plan, plan.units(layout["shard_size"]))
-        summary.estimate.to_write = sum(unit_bytes(u, plans[u.split], shapes) for u in pending)
+        summary.estimate.to_write = sum(unit_bytes(u, plans[u.split], layout) for u in pending)
         say(summary.estimate.describe())
         if pending:
             check_space(root, summary.estimate.to_write)

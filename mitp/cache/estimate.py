@@ -15,57 +15,29 @@ from pathlib import Path
 import numpy as np
 
 from mitp.cache.errors import CacheSpaceError
-from mitp.cache.storage import Unit, npy_bytes
+from mitp.cache.storage import Unit, npy_bytes, shard_shape
 
 SPACE_MARGIN = 64 << 20  # keep this much free beyond the estimate (index rewrites, temp files)
 
 
-@dataclass(frozen=True)
-class Shapes:
-    image_tokens: int  # N_v (patches + CLS)
-    image_width: int  # d_v
-    text_length: int  # max_text_length
-    text_width: int  # d_t
-    dtype: str = "float16"
-
-    @property
-    def itemsize(self) -> int:
-        return np.dtype(self.dtype).itemsize
-
-    @property
-    def image_bytes(self) -> int:
-        return self.image_tokens * self.image_width * self.itemsize
-
-    @property
-    def text_bytes(self) -> int:
-        return self.text_length * self.text_width * self.itemsize + self.text_length  # + mask
-
-
-def shapes_of(backbones_or_configs, max_text_length: int, dtype: str) -> Shapes:
-    """Shapes from the backbone configs (``Backbones``, or a ``(vision, text)`` pair of models)."""
-    if isinstance(backbones_or_configs, tuple):
-        vision, text = backbones_or_configs
-    else:
-        vision, text = backbones_or_configs.vision, backbones_or_configs.text
+def shapes_of(backbones_or_configs, max_text_length: int, dtype: str) -> dict:
+    """The layout's shape fields from the backbone configs (``Backbones``, or a ``(vision, text)``
+    pair of models): ``image_tokens`` N_v (patches + CLS), ``image_width`` d_v, ``text_length``,
+    ``text_width`` d_t, ``dtype``."""
+    pair = backbones_or_configs
+    vision, text = pair if isinstance(pair, tuple) else (pair.vision, pair.text)
     v, t = vision.config, text.config
-    n_v = (v.image_size // v.patch_size) ** 2 + 1
-    return Shapes(n_v, v.hidden_size, max_text_length, t.hidden_size, dtype)
+    return {"image_tokens": (v.image_size // v.patch_size) ** 2 + 1, "image_width": v.hidden_size,
+            "text_length": max_text_length, "text_width": t.hidden_size, "dtype": dtype}
 
 
-def estimate_bytes(n_samples: int, n_images: int, shapes: Shapes) -> int:
-    """Bytes on disk for one split (or a whole set): states, masks, labels and index arrays."""
-    return n_images * shapes.image_bytes + n_samples * (shapes.text_bytes + 16)
-
-
-def unit_bytes(unit: Unit, plan, shapes: Shapes) -> int:
+def unit_bytes(unit: Unit, plan, layout: dict) -> int:
     """Exact bytes of one unit's files (``plan``: its split's :class:`~mitp.cache.fingerprint.SplitPlan`)."""
-    if unit.kind == "image":
-        return npy_bytes((unit.rows, shapes.image_tokens, shapes.image_width), shapes.dtype)
-    if unit.kind == "text":
-        return (npy_bytes((unit.rows, shapes.text_length, shapes.text_width), shapes.dtype)
-                + npy_bytes((unit.rows, shapes.text_length), np.uint8))
-    return (npy_bytes(plan.labels.shape, plan.labels.dtype) + npy_bytes((unit.rows,), np.int64)
-            + sum(len(i) + 3 for i in plan.ids) + 2)
+    if unit.kind == "meta":
+        return (npy_bytes(plan.labels.shape, plan.labels.dtype) + npy_bytes((unit.rows,), np.int64)
+                + sum(len(i) + 3 for i in plan.ids) + 2)
+    mask = npy_bytes((unit.rows, layout["text_length"]), np.uint8) if unit.kind == "text" else 0
+    return npy_bytes(shard_shape(unit, layout), layout["dtype"]) + mask
 
 
 def human(n: float) -> str:
@@ -79,23 +51,23 @@ def human(n: float) -> str:
 @dataclass
 class Estimate:
     dataset: str
-    shapes: Shapes
+    layout: dict  # shapes_of(...), optionally with the shard size
     splits: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # split -> (samples, images, bytes)
     to_write: int = 0  # bytes still to write (a resumed build has some already)
 
     def add(self, plan, units: list[Unit]) -> None:
         """Count one split: its samples, images and the bytes of its ``units``."""
-        self.splits[plan.split] = (plan.n_samples, plan.n_images, sum(unit_bytes(u, plan, self.shapes) for u in units))
+        self.splits[plan.split] = (plan.n_samples, plan.n_images, sum(unit_bytes(u, plan, self.layout) for u in units))
 
     @property
     def total(self) -> int:
         return sum(b for _, _, b in self.splits.values())
 
     def describe(self) -> str:
-        s = self.shapes
+        s = self.layout
         parts = ", ".join(f"{k} {human(b)} ({n:,} samples, {m:,} images)" for k, (n, m, b) in self.splits.items())
-        return (f"feature cache for {self.dataset}: image {s.image_tokens}x{s.image_width} per unique image, "
-                f"text {s.text_length}x{s.text_width} per sample, {s.dtype} -> expected size on disk "
+        return (f"feature cache for {self.dataset}: image {s['image_tokens']}x{s['image_width']} per unique image, "
+                f"text {s['text_length']}x{s['text_width']} per sample, {s['dtype']} -> expected size on disk "
                 f"{human(self.total)} [{parts}]; {human(self.to_write)} still to write")
 
 

@@ -107,9 +107,7 @@ def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool 
     if not index.get("complete"):
         raise CacheIncomplete(f"the feature cache at {root} is incomplete (a cache run was interrupted); "
                               f"resume it with {fix}")
-    s = shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)
-    layout = {"image_tokens": s.image_tokens, "image_width": s.image_width, "text_length": s.text_length,
-              "text_width": s.text_width, "dtype": s.dtype}
+    layout = shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)
     problems = index_problems(index, plans, read_labels(params.prepared_dir(dataset)), layout)
     if problems:
         raise CacheCorrupt(f"{root / storage.INDEX}: does not agree with the manifests and the cache's files, "

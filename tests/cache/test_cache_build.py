@@ -155,8 +155,16 @@ def test_too_little_disk_fails_before_writing(cache_params, tiny_backbones, monk
 
 def test_food101_estimate_at_vit_base_bert_base():
     # the docstring's example: 90,704 pairs, ViT-B/16 224 px, BERT-base at 128 tokens
-    shapes = estimate_mod.Shapes(image_tokens=197, image_width=768, text_length=128, text_width=768)
-    total = estimate_mod.estimate_bytes(90_704, 90_704, shapes)
+    from types import SimpleNamespace
+
+    from mitp.cache.storage import units_of
+
+    layout = {"image_tokens": 197, "image_width": 768, "text_length": 128, "text_width": 768, "dtype": "float16"}
+    n = 90_704
+    plan = SimpleNamespace(split="all", n_samples=n, n_images=n, labels=np.zeros(n, np.int64), ids=["x"] * n)
+    est = estimate_mod.Estimate("food101", layout)
+    est.add(plan, units_of("all", n, n, 1000))
+    total = est.total
     assert 45.2e9 < total < 45.4e9
     assert estimate_mod.human(total) == "45.3 GB"
     assert npy_bytes((10, 197, 768), np.float16) == 10 * 197 * 768 * 2 + 128
