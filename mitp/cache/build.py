@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from mitp.atomic import atomic_path
 from mitp.cache import storage
-from mitp.cache.errors import CacheError, CacheInputError, build_command
+from mitp.cache.errors import CacheError, CacheInputError
 from mitp.cache.estimate import Estimate, check_space, human, shapes_of, unit_bytes
 from mitp.cache.fingerprint import SplitPlan, describe_diff, diff, fingerprint, plan_all, short_hash
 from mitp.cache.layer_check import check_cache_layer
@@ -239,9 +239,15 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
                 say(f"the cache at {root} was built for another configuration; rebuilding it:\n{describe_diff(changed)}")
             storage.wipe(root, SPLITS)
             existing = None
+        shapes = shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)
+        problems = storage.index_problems(existing, plans, labels, shapes) if existing else []
+        if problems:  # an edited index: none of its records can be trusted
+            say(f"{root / storage.INDEX}: {'; '.join(problems[:5])}; rebuilding the cache")
+            storage.wipe(root, SPLITS)
+            existing = None
         layout = dict(existing["layout"]) if existing else {
             "shard_size": params.cache.shard_size, "batch_size": params.cache.batch_size,
-            **shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)}
+            **shapes}
         if existing and (layout["shard_size"], layout["batch_size"]) != (params.cache.shard_size, params.cache.batch_size):
             say(f"resuming with the layout the cache was started with (shard_size {layout['shard_size']}, "
                 f"batch_size {layout['batch_size']}); use --force to rebuild with the configured one")
@@ -285,9 +291,3 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
             write_index(True)
     summary.seconds = time.perf_counter() - t_start
     return summary
-
-
-def missing_message(params, dataset: str) -> str:
-    return (f"no feature cache for dataset {dataset!r} at {params.features_dir(dataset)}: build it with "
-            f"`{build_command(dataset)}` (with the same -S overrides as this run), or set cache.enabled=false "
-            "to train from raw images and text")

@@ -25,10 +25,9 @@ import torch
 from torch.utils.data import Dataset
 
 from mitp.cache import storage
-from mitp.cache.build import missing_message
 from mitp.cache.errors import CacheCorrupt, CacheIncomplete, CacheMismatch, CacheMissing, build_command
 from mitp.cache.estimate import shapes_of
-from mitp.cache.fingerprint import SplitPlan, describe_diff, diff, fingerprint, plan_all
+from mitp.cache.fingerprint import describe_diff, diff, fingerprint, plan_all
 from mitp.data.manifests import read_labels
 
 
@@ -53,27 +52,6 @@ class OpenCache:
         return CachedSplit(self.root, name, self.index)
 
 
-def index_problems(index: dict, plans: dict[str, SplitPlan], labels: list[str], layout: dict) -> list[str]:
-    """What in ``index`` disagrees with the manifests (``plans``, ``labels``) and the backbones
-    (``layout``'s shape fields): ``["splits.train.n_samples: 40, the manifests give 48", ...]``."""
-    problems = [f"layout.{k}: {index['layout'].get(k)!r}, the backbones give {v!r}"
-                for k, v in layout.items() if index["layout"].get(k) != v]
-    shard_size = index["layout"].get("shard_size")
-    if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
-        return [*problems, f"layout.shard_size: {shard_size!r} is not a positive integer"]
-    if index.get("labels") != labels:
-        problems.append("labels: differ from labels.json")
-    for split, plan in plans.items():
-        got, want = index["splits"].get(split) or {}, plan.entry(shard_size)
-        problems += [f"splits.{split}.{k}: {got.get(k)!r}, the manifests give {v!r}" for k, v in want.items()
-                     if got.get(k) != v]
-    expected = {f for plan in plans.values() for u in plan.units(shard_size) for f in u.files}
-    extra, missing = sorted(set(index["files"]) - expected), sorted(expected - set(index["files"]))
-    problems += [f"files: {rel} is not a file of this cache" for rel in extra[:3]]
-    problems += [f"files: {rel} is not recorded" for rel in missing[:3]]
-    return problems
-
-
 def _listed(problems: list[str]) -> str:
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     return "; ".join(problems[:5]) + more
@@ -94,7 +72,8 @@ def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool 
     except ValueError as exc:
         raise CacheCorrupt(f"{exc}; rebuild the cache with {fix}") from None
     if index is None:
-        raise CacheMissing(missing_message(params, dataset))
+        raise CacheMissing(f"no feature cache for dataset {dataset!r} at {root}: build it with {fix}, or set "
+                           "cache.enabled=false to train from raw images and text")
     plans = plan_all(params, dataset, "open")
     expected = fingerprint(params, dataset, backbones, plans)
     if index["fingerprint"] != expected:
@@ -108,7 +87,7 @@ def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool 
         raise CacheIncomplete(f"the feature cache at {root} is incomplete (a cache run was interrupted); "
                               f"resume it with {fix}")
     layout = shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)
-    problems = index_problems(index, plans, read_labels(params.prepared_dir(dataset)), layout)
+    problems = storage.index_problems(index, plans, read_labels(params.prepared_dir(dataset)), layout)
     if problems:
         raise CacheCorrupt(f"{root / storage.INDEX}: does not agree with the manifests and the cache's files, "
                            f"never trusted: {_listed(problems)}. Rebuild the cache with {fix}.")

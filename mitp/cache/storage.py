@@ -172,6 +172,28 @@ def check_file(root: Path, rel: str, record: dict, shape: tuple[int, ...] | None
     return None
 
 
+def index_problems(index: dict, plans: dict, labels: list[str], shapes: dict) -> list[str]:
+    """What in ``index`` disagrees with the manifests (``plans``: split -> ``SplitPlan``, ``labels``)
+    and the backbones (``shapes``: the layout's shape fields), e.g.
+    ``["splits.train.n_samples: 40, the manifests give 48"]``. Unrecorded files count once complete."""
+    problems = [f"layout.{k}: {index['layout'].get(k)!r}, the backbones give {v!r}"
+                for k, v in shapes.items() if index["layout"].get(k) != v]
+    shard_size = index["layout"].get("shard_size")
+    if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
+        return [*problems, f"layout.shard_size: {shard_size!r} is not a positive integer"]
+    if index.get("labels") != labels:
+        problems.append("labels: differ from labels.json")
+    for split, plan in plans.items():
+        got, want = index["splits"].get(split) or {}, plan.entry(shard_size)
+        problems += [f"splits.{split}.{k}: {got.get(k)!r}, the manifests give {v!r}" for k, v in want.items()
+                     if got.get(k) != v]
+    expected = {f for plan in plans.values() for u in plan.units(shard_size) for f in u.files}
+    extra, missing = sorted(set(index["files"]) - expected), sorted(expected - set(index["files"]))
+    problems += [f"files: {rel} is not a file of this cache" for rel in extra[:3]]
+    problems += [f"files: {rel} is not recorded" for rel in missing[:3] if index.get("complete")]
+    return problems
+
+
 def clean_temp_files(root: Path) -> int:
     """Delete temp files a killed build left behind; returns how many."""
     n = 0
