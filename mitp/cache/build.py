@@ -254,19 +254,12 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
 
         units = [u for p in plans.values() for u in p.units(layout["shard_size"])]
         recorded = (existing or {}).get("files", {})
-        done: dict[str, dict] = {}
         summary = BuildSummary(root, short_hash(fp), Estimate(dataset, layout))
-        for unit in units:
-            for rel in unit.files:
-                if rel not in recorded:
-                    continue
-                shape = storage.shard_shape(unit, layout) if rel == unit.files[0] else None
-                problem = storage.check_file(root, rel, recorded[rel], shape, full=full_verify)
-                if problem is None:
-                    done[rel] = recorded[rel]
-                else:
-                    say(f"{rel}: {problem}; rebuilding it")
-                    summary.rebuilt.append(rel)
+        problems = storage.file_problems(root, units, recorded, layout, full_verify)
+        for rel, problem in problems.items():
+            say(f"{rel}: {problem}; rebuilding it")
+        summary.rebuilt = list(problems)
+        done = {f: recorded[f] for u in units for f in u.files if f in recorded and f not in problems}
         pending = [u for u in units if not all(f in done for f in u.files)]
         for f in [f for u in pending for f in u.files if f in done]:  # half-done unit: redo whole
             done.pop(f)

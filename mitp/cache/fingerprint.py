@@ -33,6 +33,7 @@ from mitp.cache.errors import CacheInputError
 from mitp.cache.storage import Unit, sha256_file, units_of
 from mitp.data.dataset import encode_labels
 from mitp.data.manifests import SPLITS, manifest_hash, read_split
+from mitp.dotted_keys import flatten
 
 CACHE_FORMAT = 1  # bump when the stored layout or the way the states are computed changes
 
@@ -178,15 +179,6 @@ def short_hash(fp: dict) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
 def field_name(key: str, dataset: str) -> str:
     """A fingerprint key as the user knows it (the config key, where there is one)."""
     return {
@@ -201,7 +193,7 @@ def field_name(key: str, dataset: str) -> str:
 
 def diff(stored: dict, expected: dict, dataset: str = "") -> list[tuple[str, Any, Any]]:
     """``[(field, value in cache, value needed)]`` for every leaf that differs."""
-    a, b = _flatten(stored), _flatten(expected)
+    a, b = flatten(stored), flatten(expected)
     order = {k: i for i, k in enumerate(b)}
     out = []
     for key in sorted(set(a) | set(b), key=lambda k: (order.get(k, len(b)), k)):

@@ -92,15 +92,8 @@ def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool 
         raise CacheCorrupt(f"{root / storage.INDEX}: does not agree with the manifests and the cache's files, "
                            f"never trusted: {_listed(problems)}. Rebuild the cache with {fix}.")
     if verify:
-        problems = {}
-        for plan in plans.values():
-            for unit in plan.units(index["layout"]["shard_size"]):
-                shape = storage.shard_shape(unit, index["layout"])
-                for rel in unit.files:
-                    problem = storage.check_file(root, rel, index["files"][rel],
-                                                 shape if rel == unit.files[0] else None, full=full)
-                    if problem:
-                        problems[rel] = problem
+        units = [u for plan in plans.values() for u in plan.units(index["layout"]["shard_size"])]
+        problems = storage.file_problems(root, units, index["files"], index["layout"], full)
         if problems:
             raise CacheCorrupt(f"the feature cache at {root} has damaged files, never read as data: "
                                f"{_listed([f'{rel}: {p}' for rel, p in problems.items()])}. "
@@ -136,7 +129,6 @@ class CachedSplit(Dataset):
         self.lengths = np.where(any_tok, last, 1).astype(np.int64)
         self.image_shape = (int(layout["image_tokens"]), int(layout["image_width"]))
         self.text_width = int(layout["text_width"])
-        self.np_dtype = np.dtype(layout["dtype"])
         self.torch_dtype = getattr(torch, layout["dtype"])
         self._text: list[np.ndarray] | None = None
         self._image: list[np.ndarray] | None = None

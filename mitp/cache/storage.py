@@ -172,6 +172,17 @@ def check_file(root: Path, rel: str, record: dict, shape: tuple[int, ...] | None
     return None
 
 
+def file_problems(root: Path, units: list[Unit], records: dict[str, dict], layout: dict, full: bool) -> dict[str, str]:
+    """``{file: what is wrong}`` for each recorded file of ``units`` that does not check (:func:`check_file`)."""
+    out = {}
+    for unit in units:
+        for rel in (f for f in unit.files if f in records):
+            shape = shard_shape(unit, layout) if rel == unit.files[0] else None
+            if problem := check_file(root, rel, records[rel], shape, full):
+                out[rel] = problem
+    return out
+
+
 def index_problems(index: dict, plans: dict, labels: list[str], shapes: dict) -> list[str]:
     """What in ``index`` disagrees with the manifests (``plans``: split -> ``SplitPlan``, ``labels``)
     and the backbones (``shapes``: the layout's shape fields), e.g.
