@@ -13,7 +13,7 @@ loaders in :mod:`mitp.data.loaders` sit on top of it), :mod:`~mitp.cache.estimat
 benchmark's FLOP model), :mod:`~mitp.cache.errors`.
 """
 
-from mitp.cache.build import BuildSummary, build_cache
+from mitp.cache.build import build_cache
 from mitp.cache.errors import (
     CacheBusy,
     CacheCorrupt,
@@ -24,13 +24,8 @@ from mitp.cache.errors import (
     CacheMissing,
     CacheSpaceError,
 )
-from mitp.cache.estimate import Estimate
-from mitp.cache.fingerprint import CACHE_FORMAT, fingerprint, short_hash
 from mitp.cache.layer_check import check_cache_layer
-from mitp.cache.reader import CachedSplit, OpenCache, open_cache
+from mitp.cache.reader import open_cache
 
-__all__ = [
-    "CACHE_FORMAT", "BuildSummary", "CacheBusy", "CacheCorrupt", "CacheError", "CacheIncomplete", "CacheInputError",
-    "CacheMismatch", "CacheMissing", "CacheSpaceError", "CachedSplit", "Estimate", "OpenCache",
-    "build_cache", "check_cache_layer", "fingerprint", "open_cache", "short_hash",
-]
+__all__ = ["CacheBusy", "CacheCorrupt", "CacheError", "CacheIncomplete", "CacheInputError", "CacheMismatch",
+           "CacheMissing", "CacheSpaceError", "build_cache", "check_cache_layer", "open_cache"]

@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mitp.atomic import atomic_path
+from mitp.atomic import atomic_path, write_json
 from mitp.cache import storage
 from mitp.cache.errors import CacheError, CacheInputError
 from mitp.cache.estimate import Estimate, check_space, human, shapes_of, unit_bytes
@@ -275,7 +275,7 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
             say(f"removed {n_tmp} temp files an interrupted cache run left behind")
 
         def write_index(complete: bool) -> None:
-            storage.write_index(root, make_index(dataset, fp, layout, labels, plans, done, complete))
+            write_json(root / storage.INDEX, make_index(dataset, fp, layout, labels, plans, done, complete))
 
         if pending or existing != make_index(dataset, fp, layout, labels, plans, done, True):  # (an edited index too)
             write_index(False)

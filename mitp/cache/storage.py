@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from mitp.atomic import write_bytes, write_json
+from mitp.atomic import write_bytes
 from mitp.cache.errors import CacheBusy
 
 INDEX = "index.json"
@@ -135,10 +135,6 @@ def read_index(root: Path) -> dict | None:
     return index
 
 
-def write_index(root: Path, index: dict) -> None:
-    write_json(root / INDEX, index)
-
-
 def lock_path(root: Path) -> Path:
     return root.parent / f".{root.name}.lock"
 
@@ -153,6 +149,8 @@ def check_file(root: Path, rel: str, record: dict, shape: tuple[int, ...] | None
     unless ``full``: hashing tens of GB at every training start would cost more than it defends.
     """
     path = root / rel
+    if not isinstance(record, dict):
+        return "the index holds no record of it"
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -189,9 +187,12 @@ def index_problems(index: dict, plans: dict, labels: list[str], shapes: dict) ->
     ``["splits.train.n_samples: 40, the manifests give 48"]``. Unrecorded files count once complete."""
     problems = [f"layout.{k}: {index['layout'].get(k)!r}, the backbones give {v!r}"
                 for k, v in shapes.items() if index["layout"].get(k) != v]
-    shard_size = index["layout"].get("shard_size")
-    if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
-        return [*problems, f"layout.shard_size: {shard_size!r} is not a positive integer"]
+    sizes = {k: index["layout"].get(k) for k in ("shard_size", "batch_size")}
+    bad = [f"layout.{k}: {v!r} is not a positive integer" for k, v in sizes.items()
+           if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+    if bad:
+        return problems + bad
+    shard_size = sizes["shard_size"]
     if index.get("labels") != labels:
         problems.append("labels: differ from labels.json")
     for split, plan in plans.items():
