@@ -22,7 +22,6 @@ import hashlib
 import io
 import itertools
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -40,6 +38,7 @@ from mitp.cache.errors import CacheError, CacheInputError
 from mitp.cache.estimate import Estimate, check_space, human, shapes_of, unit_bytes
 from mitp.cache.fingerprint import SplitPlan, describe_diff, diff, fingerprint, plan_all, short_hash
 from mitp.cache.layer_check import check_cache_layer
+from mitp.data.dataset import cuda_workers, pixel_values
 from mitp.data.manifests import SPLITS, read_labels
 from mitp.model import MITP, MITPConfig
 
@@ -69,15 +68,7 @@ class ImageFiles(Dataset):
             raise CacheInputError(f"{path}: the image's bytes no longer match the digest the cache was planned "
                                   "with (changed during the build, or since prepare recorded it); re-run prepare "
                                   "if the images were replaced, then the cache stage")
-        with Image.open(io.BytesIO(data)) as img:
-            return self.processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
-
-
-def decode_workers(device: torch.device) -> int:
-    """Image decoding workers: none on CPU (the model needs the cores), several feeding a GPU."""
-    if device.type != "cuda":
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+        return pixel_values(io.BytesIO(data), self.processor)
 
 
 @dataclass
@@ -168,7 +159,7 @@ class _Builder:
         B = self.layout["batch_size"]
         batches = [list(range(a, min(a + B, u.stop))) for u in units for a in range(u.start, u.stop, B)]
         loader = DataLoader(ImageFiles(plan.image_paths, plan.image_sha256, self.bb.image_processor),
-                            batch_sampler=batches, num_workers=decode_workers(self.device),
+                            batch_sampler=batches, num_workers=cuda_workers(self.device, 8),
                             pin_memory=self.device.type == "cuda")
         states = (self._states(self.prefix.vision_prefix(px.to(self.device, non_blocking=True), self.k), "image")
                   for px in loader)

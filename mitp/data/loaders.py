@@ -7,7 +7,6 @@ side reads through :mod:`mitp.cache.reader` (which never imports this module).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from mitp.cache.reader import CachedSplit, open_cache
 from mitp.config import Params
-from mitp.data.dataset import RawDataset, TextImageCollator
+from mitp.data.dataset import RawDataset, TextImageCollator, cuda_workers
 from mitp.data.manifests import SPLITS, read_labels, read_split
 
 
@@ -47,16 +46,6 @@ def raw_loaders(params: Params, dataset: str, backbones, device: torch.device) -
     return Loaders(make["train"], make["val"], make["test"], labels, multi, 0, "raw")
 
 
-def loader_workers(params, device: torch.device) -> int:
-    """``train.num_workers`` if set; else none on CPU (gathering from page cache is cheap) and
-    enough on CUDA that gathering and pinning overlap the GPU's step."""
-    if params.train.num_workers > 0:
-        return params.train.num_workers
-    if device.type == "cuda":
-        return max(1, min(4, (os.cpu_count() or 2) - 1))
-    return 0
-
-
 def split_loader(split: CachedSplit, batch_size: int, shuffle: bool, workers: int, device: torch.device) -> DataLoader:
     sampler = RandomSampler(range(len(split))) if shuffle else SequentialSampler(range(len(split)))
     extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
@@ -72,7 +61,7 @@ def cached_loaders(params: Params, dataset: str, backbones, device: torch.device
     device = torch.device(device)
     cache = open_cache(params, dataset, backbones)
     splits = {s: cache.split(s) for s in SPLITS}
-    workers = loader_workers(params, device)
+    workers = params.train.num_workers or cuda_workers(device, 4)  # gathering and pinning overlap the GPU's step
     t = params.train
     made = {s: split_loader(splits[s], t.batch_size if s == "train" else t.eval_batch_size, s == "train",
                             workers, device) for s in SPLITS}
