@@ -218,22 +218,19 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
     fp = fingerprint(params, dataset, backbones, plans)
     labels = read_labels(params.prepared_dir(dataset))
     with storage.build_lock(root):
-        try:
-            existing = storage.read_index(root)
-        except ValueError as exc:
-            say(f"{exc}; rebuilding the cache")
-            existing = None
-            storage.wipe(root, SPLITS)
-        if existing is not None and (force or existing["fingerprint"] != fp):
-            if not force:
-                changed = diff(existing["fingerprint"], fp, dataset)
-                say(f"the cache at {root} was built for another configuration; rebuilding it:\n{describe_diff(changed)}")
-            storage.wipe(root, SPLITS)
-            existing = None
         shapes = shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)
-        problems = storage.index_problems(existing, plans, labels, shapes) if existing else []
-        if problems:  # an edited index: none of its records can be trusted
-            say(f"{root / storage.INDEX}: {'; '.join(problems[:5])}; rebuilding the cache")
+        try:
+            existing, why = storage.read_index(root), None
+        except ValueError as exc:
+            existing, why = {}, str(exc)
+        if existing and force:
+            why = "--force"
+        elif existing and existing["fingerprint"] != fp:
+            why = f"built for another configuration:\n{describe_diff(diff(existing['fingerprint'], fp, dataset))}"
+        elif existing and (problems := storage.index_problems(existing, plans, labels, shapes)):
+            why = f"{root / storage.INDEX}: {'; '.join(problems[:5])}"  # edited: none of its records is trusted
+        if why is not None:
+            say(f"rebuilding the cache at {root}: {why}")
             storage.wipe(root, SPLITS)
             existing = None
         layout = dict(existing["layout"]) if existing else {
