@@ -50,7 +50,9 @@ UNITS = {"meta": "row", "image": "img", "text": "text"}  # progress units
 
 class ImageFiles(Dataset):
     """Unique image files -> pixel values, exactly as the raw path preprocesses them; each file's
-    bytes must still have the digest the fingerprint was computed from."""
+    bytes must still have the digest the fingerprint was computed from. A bad file yields its
+    :class:`CacheInputError` as the item (:func:`stack_or_error`), so the message reaches the
+    main process as it is, not wrapped in a worker's traceback."""
 
     def __init__(self, paths: list[Path], digests: list[str], processor):
         self.paths, self.digests, self.processor = paths, digests, processor
@@ -58,17 +60,29 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> torch.Tensor | CacheInputError:
         path = self.paths[i]
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise CacheInputError(f"{path}: image disappeared during the cache build ({exc.strerror})") from None
+            return CacheInputError(f"{path}: image disappeared during the cache build ({exc.strerror})")
         if hashlib.sha256(data).hexdigest() != self.digests[i]:
-            raise CacheInputError(f"{path}: the image's bytes no longer match the digest the cache was planned "
+            return CacheInputError(f"{path}: the image's bytes no longer match the digest the cache was planned "
                                   "with (changed during the build, or since prepare recorded it); re-run prepare "
                                   "if the images were replaced, then the cache stage")
         return pixel_values(io.BytesIO(data), self.processor)
+
+
+def stack_or_error(items: list) -> torch.Tensor | CacheInputError:
+    """(B, 3, H, W) pixels, or the first item's error."""
+    return next((x for x in items if isinstance(x, CacheInputError)), None) or torch.stack(items)
+
+
+def _pixels(loader: DataLoader) -> Iterator[torch.Tensor]:
+    for batch in loader:
+        if isinstance(batch, CacheInputError):
+            raise batch
+        yield batch
 
 
 @dataclass
@@ -159,10 +173,10 @@ class _Builder:
         B = self.layout["batch_size"]
         batches = [list(range(a, min(a + B, u.stop))) for u in units for a in range(u.start, u.stop, B)]
         loader = DataLoader(ImageFiles(plan.image_paths, plan.image_sha256, self.bb.image_processor),
-                            batch_sampler=batches, num_workers=cuda_workers(self.device, 8),
+                            batch_sampler=batches, collate_fn=stack_or_error, num_workers=cuda_workers(self.device, 8),
                             pin_memory=self.device.type == "cuda")
         states = (self._states(self.prefix.vision_prefix(px.to(self.device, non_blocking=True), self.k), "image")
-                  for px in loader)
+                  for px in _pixels(loader))
         for unit in units:  # batches never cross a shard: each shard takes its own number of them
             record = self._shard(unit, _counted(itertools.islice(states, -(-unit.rows // B)), bar))
             self._finish(unit, {unit.files[0]: record})

@@ -134,7 +134,11 @@ def test_an_image_deleted_after_prepare_is_named_by_the_build(cache_params, tiny
     assert not any(params.features_dir("synthetic").rglob("*.npy"))
 
 
-def test_an_image_changed_during_the_build_is_not_stored(cache_params, tiny_backbones):
+@pytest.mark.parametrize("workers", [0, 1])  # decoding in the main process (CPU), in workers (GPU)
+def test_an_image_changed_during_the_build_is_not_stored(cache_params, tiny_backbones, monkeypatch, workers):
+    import mitp.cache.build as build_mod
+
+    monkeypatch.setattr(build_mod, "cuda_workers", lambda device, most: workers)
     params = cache_params()
     victim = _image_files(params)[0]  # an image of the test split, cached last
     assert victim.name.startswith("test")
@@ -144,8 +148,9 @@ def test_an_image_changed_during_the_build_is_not_stored(cache_params, tiny_back
             with Image.open(victim) as img:
                 Image.eval(img.convert("RGB"), lambda v: 255 - v).save(victim, quality=95)
 
-    with pytest.raises(CacheInputError, match="no longer match the digest the cache was planned with"):
+    with pytest.raises(CacheInputError, match="no longer match the digest the cache was planned with") as err:
         build_cache(params, "synthetic", tiny_backbones, progress=False, on_shard=change_it)
+    assert len(str(err.value).splitlines()) == 1 and str(err.value).startswith(str(victim))
     root = params.features_dir("synthetic")
     assert not list((root / "test").glob("image-*.npy")), "no shard holds the states of changed bytes"
     assert json.loads((root / "index.json").read_text())["complete"] is False
