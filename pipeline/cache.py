@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from mitp import backbones
 from mitp.cache import build_cache, check_cache_layer
-from mitp.cache.estimate import Estimate, free_bytes, human, shapes_of
 from mitp.cache.fingerprint import plan_split
+from mitp.cache.storage import Estimate, free_bytes, human, shapes_of
 from mitp.data.manifests import SPLITS
 from pipeline import cli
 

@@ -1,4 +1,4 @@
-"""Feature cache of the frozen layers: compute once, train many.
+"""Feature cache of the frozen layers: compute once, train many (contract: docs/design.md).
 
 Layers below the first interaction layer never see a prompt, so their output is the same in
 every epoch and every sweep trial. The cache stage (``python -m pipeline.cache --dataset NAME``)
@@ -6,9 +6,9 @@ runs preprocessing, tokenization and frozen layers 0..k-1 once and stores the hi
 entering layer k (``cache.layer``) as memory-mapped float16 shards; training then starts at k.
 
 Modules: :mod:`~mitp.cache.fingerprint` (the inputs - manifests, image digests - and what must
-match), :mod:`~mitp.cache.storage` (units, files, index, checks, lock), :mod:`~mitp.cache.build`
-(the stage's work, resumable), :mod:`~mitp.cache.reader` (opening and reading a cache; the data
-loaders in :mod:`mitp.data.loaders` sit on top of it), :mod:`~mitp.cache.estimate` (disk size),
+match), :mod:`~mitp.cache.storage` (units, files, sizes, index, checks, lock),
+:mod:`~mitp.cache.build` (the stage's work, resumable), :mod:`~mitp.cache.reader` (opening and
+reading a cache; the data loaders in :mod:`mitp.data.loaders` sit on top of it),
 :mod:`~mitp.cache.layer_check` (k vs train and sweep starts), :mod:`~mitp.cache.flops` (the
 benchmark's FLOP model), :mod:`~mitp.cache.errors`.
 """

@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 from mitp.atomic import atomic_path, write_json
 from mitp.cache import storage
 from mitp.cache.errors import CacheError, CacheInputError
-from mitp.cache.estimate import Estimate, check_space, human, shapes_of, unit_bytes
 from mitp.cache.fingerprint import SplitPlan, describe_diff, diff, fingerprint, plan_all, short_hash
 from mitp.cache.layer_check import check_cache_layer
+from mitp.cache.storage import Estimate, check_space, human, shapes_of, unit_bytes
 from mitp.data.dataset import cuda_workers, pixel_values
 from mitp.data.manifests import SPLITS, read_labels
 from mitp.model import MITP, MITPConfig

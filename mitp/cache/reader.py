@@ -26,7 +26,6 @@ from torch.utils.data import Dataset
 
 from mitp.cache import storage
 from mitp.cache.errors import CacheCorrupt, CacheIncomplete, CacheMismatch, CacheMissing, build_command
-from mitp.cache.estimate import shapes_of
 from mitp.cache.fingerprint import describe_diff, diff, fingerprint, plan_all
 from mitp.data.manifests import read_labels
 
@@ -86,7 +85,7 @@ def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool 
     if not index.get("complete"):
         raise CacheIncomplete(f"the feature cache at {root} is incomplete (a cache run was interrupted); "
                               f"resume it with {fix}")
-    layout = shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)
+    layout = storage.shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)
     problems = storage.index_problems(index, plans, read_labels(params.prepared_dir(dataset)), layout)
     if problems:
         raise CacheCorrupt(f"{root / storage.INDEX}: does not agree with the manifests and the cache's files, "

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mitp.cache import CacheCorrupt, CacheSpaceError, build_cache, open_cache
-from mitp.cache import estimate as estimate_mod
+from mitp.cache import CacheCorrupt, CacheSpaceError, build_cache, open_cache, storage
 from mitp.cache.storage import INDEX, lock_path, npy_bytes
 from mitp.data.manifests import read_split
 from mitp.model import MITP, MITPConfig
@@ -113,8 +112,6 @@ def test_small_files_are_hashed_at_every_open_the_shards_on_full(built_cache, ti
     """The contract: files are renamed into place only when complete, so the float shards are
     checked by size and shape at every open and hashed on ``full``; the small files that decide
     which rows and labels are read (meta, masks) are hashed every time."""
-    from mitp.cache import storage
-
     params = built_cache
     root = params.features_dir("synthetic")
     hashed = []
@@ -147,7 +144,7 @@ def test_estimate_is_printed_first_and_matches_the_bytes_written(cache_params, t
 
 def test_too_little_disk_fails_before_writing(cache_params, tiny_backbones, monkeypatch):
     params = cache_params()
-    monkeypatch.setattr(estimate_mod, "free_bytes", lambda path: 1000)
+    monkeypatch.setattr(storage, "free_bytes", lambda path: 1000)
     with pytest.raises(CacheSpaceError, match="not enough disk"):
         build_cache(params, "synthetic", tiny_backbones, progress=False)
     assert not list(params.features_dir("synthetic").rglob("*.npy"))
@@ -162,11 +159,11 @@ def test_food101_estimate_at_vit_base_bert_base():
     layout = {"image_tokens": 197, "image_width": 768, "text_length": 128, "text_width": 768, "dtype": "float16"}
     n = 90_704
     plan = SimpleNamespace(split="all", n_samples=n, n_images=n, labels=np.zeros(n, np.int64), ids=["x"] * n)
-    est = estimate_mod.Estimate("food101", layout)
+    est = storage.Estimate("food101", layout)
     est.add(plan, units_of("all", n, n, 1000))
     total = est.total
     assert 45.2e9 < total < 45.4e9
-    assert estimate_mod.human(total) == "45.3 GB"
+    assert storage.human(total) == "45.3 GB"
     assert npy_bytes((10, 197, 768), np.float16) == 10 * 197 * 768 * 2 + 128
 
 
@@ -207,8 +204,6 @@ def _run_killed_at_commit(params, backbones, n: int) -> int:
     import os
     import signal
     import time
-
-    from mitp.cache import storage
 
     pid = os.fork()
     if pid == 0:  # child
