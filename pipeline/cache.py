@@ -4,11 +4,12 @@
 
 Writes ``data/features/<NAME>/`` (float16 memory-mapped shards, ``index.json`` with the
 fingerprint and every file's sha256). Prints the expected size on disk first and stops early if
-the filesystem lacks the space. Resumable: a killed run keeps its finished shards and the next
-run continues where it stopped; damaged shards are rebuilt. ``--verify`` hashes every file (else the float shards are
-checked by size and shape, the small files by sha256),
-``--force`` rebuilds from scratch, ``--estimate-only`` prints the size and exits (reads the
-manifests and the backbone configs only). With ``cache.enabled: false`` there is nothing to do.
+the filesystem lacks the space; an image the manifests list that is missing stops it before
+anything is written. Resumable: a killed run keeps its finished shards and the next run
+continues where it stopped; damaged shards are rebuilt. Existing files are checked by size and
+shard shape, the small ones by sha256; ``--verify`` hashes every file. ``--force`` rebuilds from
+scratch, ``--estimate-only`` prints the size and exits (reads the manifests and the backbone
+configs only). With ``cache.enabled: false`` there is nothing to do.
 """
 
 from __future__ import annotations
