@@ -163,7 +163,7 @@ def run_worker(path: str, cfg: dict) -> dict:
     if path == "raw":
         loaders = raw_loaders(params, "synthetic", bb, device)
     else:
-        from mitp.cache import cached_loaders
+        from mitp.data.loaders import cached_loaders
 
         loaders = cached_loaders(params, "synthetic", bb, device)
     seed_everything(params.seed)

@@ -65,7 +65,7 @@ def preprocess(tm: TrainedModel, image: Any, text: Any, base: Path | None) -> di
         raise ValueError("text: empty")
     source = _open_source(image, base)
     try:
-        pixels = pixel_values(tm.backbones.image_processor, source)
+        pixels = pixel_values(source, tm.backbones.image_processor)
     except Exception as exc:  # PIL raises many types for bad files
         raise ValueError(f"image: {image if not isinstance(source, io.BytesIO) else '<bytes>'} is not a readable "
                          f"image ({type(exc).__name__})") from None

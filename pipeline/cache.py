@@ -4,18 +4,20 @@
 
 Writes ``data/features/<NAME>/`` (float16 memory-mapped shards, ``index.json`` with the
 fingerprint and every file's sha256). Prints the expected size on disk first and stops early if
-the filesystem lacks the space. Resumable: a killed run keeps its finished shards and the next
-run continues where it stopped; damaged shards are rebuilt. ``--verify`` re-hashes every file,
-``--force`` rebuilds from scratch, ``--estimate-only`` prints the size and exits (reads the
-manifests and the backbone configs only). With ``cache.enabled: false`` there is nothing to do.
+the filesystem lacks the space; an image the manifests list that is missing stops it before
+anything is written. Resumable: a killed run keeps its finished shards and the next run
+continues where it stopped; damaged shards are rebuilt. Existing files are checked by size and
+shard shape, the small ones by sha256; ``--verify`` hashes every file. ``--force`` rebuilds from
+scratch, ``--estimate-only`` prints the size and exits (reads the manifests and the backbone
+configs only). With ``cache.enabled: false`` there is nothing to do.
 """
 
 from __future__ import annotations
 
 from mitp import backbones
 from mitp.cache import build_cache, check_cache_layer
-from mitp.cache.build import plan_split, unit_bytes, units_of
-from mitp.cache.estimate import Estimate, free_bytes, human, shapes_of
+from mitp.cache.fingerprint import plan_split
+from mitp.cache.storage import Estimate, free_bytes, human, shapes_of
 from mitp.data.manifests import SPLITS
 from pipeline import cli
 
@@ -24,16 +26,15 @@ def estimate_only(params, dataset: str) -> Estimate:
     shapes = shapes_of(backbones.config_only(params.backbone), params.dataset(dataset).max_text_length, params.cache.dtype)
     est = Estimate(dataset, shapes)
     for split in SPLITS:
-        plan = plan_split(params, dataset, split)
-        size = sum(unit_bytes(u, plan, shapes) for u in units_of(plan, params.cache.shard_size))
-        est.splits[split] = (plan.n_samples, plan.n_images, size)
+        plan = plan_split(params, dataset, split, "count")
+        est.add(plan, plan.units(params.cache.shard_size))
     est.to_write = est.total
     return est
 
 
 def main() -> int:
     p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--verify", action="store_true", help="re-hash every existing file (not only changed ones)")
+    p.add_argument("--verify", action="store_true", help="also hash the large shards (always: sizes, shapes, small files)")
     p.add_argument("--force", action="store_true", help="rebuild from scratch")
     p.add_argument("--estimate-only", action="store_true", help="print the expected size on disk and exit")
     args = p.parse_args()

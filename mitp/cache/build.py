@@ -1,142 +1,88 @@
 """The cache build: preprocessing, tokenization and frozen layers 0..k-1, once per split.
 
-:func:`build_cache` plans the work as *units* - per split one ``meta`` unit (labels, image
-index, ids), image shards over the unique images and text shards over the samples - skips the
-units a previous run finished (their files verify against the index), and computes the rest in
-a fixed order, with batches that never cross a shard boundary. A shard's bytes therefore depend
-only on its rows, never on where a run stopped: a killed build, resumed, ends with exactly the
-files an uninterrupted build writes.
+:func:`build_cache` plans the work as *units* (:class:`~mitp.cache.storage.Unit`) - per split
+one ``meta`` unit (labels, image index, ids), image shards over the unique images and text
+shards over the samples - skips the units a previous run finished (their files check against
+the index), and computes the rest in a fixed order, with batches that never cross a shard
+boundary. A shard's bytes therefore depend only on its rows, never on where a run stopped: a
+killed build, resumed, ends with exactly the files an uninterrupted build writes.
 
 Images are stored once per unique image (first appearance order); samples refer to them by row
-(``meta-image_index.npy``). Texts are padded to ``max_text_length``; the masks are stored, and
-the loader trims each batch to its longest text. Computation runs in float32 under
-``torch.inference_mode`` on the backbones' device (a GPU when present) and is stored as
-``cache.dtype``.
+(``meta-image_index.npy``). Each image file is hashed while planning (the fingerprint covers the
+image bytes) and its bytes are checked against that digest when decoded, so the stored states
+are those of the images the fingerprint names. Texts are padded to ``max_text_length``; the
+masks are stored, and the loader trims each batch to its longest text. Computation runs in
+float32 under ``torch.inference_mode`` on the backbones' device (a GPU when present) and is
+stored as ``cache.dtype``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import itertools
 import logging
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mitp.atomic import atomic_path, write_json
 from mitp.cache import storage
-from mitp.cache.errors import CacheError, build_command
-from mitp.cache.estimate import Estimate, check_space, human, shapes_of
-from mitp.cache.fingerprint import describe_diff, diff, fingerprint, short_hash
-from mitp.data.dataset import encode_labels
-from mitp.data.manifests import SPLITS, read_labels, read_split
+from mitp.cache.errors import CacheError, CacheInputError
+from mitp.cache.fingerprint import SplitPlan, describe_diff, diff, fingerprint, plan_all, short_hash
+from mitp.cache.storage import Estimate, check_space, human, shapes_of, unit_bytes
+from mitp.data.dataset import cuda_workers, pixel_values
+from mitp.data.manifests import SPLITS, read_labels
 from mitp.model import MITP, MITPConfig
 from mitp.sweep.space import check_cache_layer
 
 log = logging.getLogger(__name__)
 
-ShardHook = Callable[["Unit"], None]
-
-
-@dataclass
-class SplitPlan:
-    split: str
-    image_paths: list[Path]  # unique images, first-appearance order
-    image_index: np.ndarray  # (n,) int64: sample -> row of its image
-    texts: list[str]
-    labels: np.ndarray  # (n,) int64 or (n, K) float32
-    ids: list[str]
-    multi_label: bool
-
-    @property
-    def n_samples(self) -> int:
-        return len(self.texts)
-
-    @property
-    def n_images(self) -> int:
-        return len(self.image_paths)
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One piece of work that ends in complete files: ``meta``, an image shard or a text shard."""
-
-    split: str
-    kind: str  # "meta" | "image" | "text"
-    shard: int
-    start: int
-    stop: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.split}/{self.kind}" + ("" if self.kind == "meta" else f"-{self.shard:05d}")
-
-    @property
-    def files(self) -> tuple[str, ...]:
-        if self.kind == "meta":
-            return tuple(f"{self.split}/meta-{x}" for x in ("labels.npy", "image_index.npy", "ids.json"))
-        if self.kind == "image":
-            return (f"{self.split}/image-{self.shard:05d}.npy",)
-        return (f"{self.split}/text-{self.shard:05d}.npy", f"{self.split}/mask-{self.shard:05d}.npy")
-
-
-def plan_split(params, dataset: str, split: str) -> SplitPlan:
-    """Read a manifest; find its unique images (by normalised path) and encode its labels."""
-    import pandas as pd
-
-    manifest = read_split(params.prepared_dir(dataset), split)
-    codes, spellings = pd.factorize(manifest.frame["image"].astype(str))  # first-appearance order
-    resolved = [os.path.normpath(p if os.path.isabs(p) else manifest.root / p) for p in spellings]
-    rows, paths = pd.factorize(pd.Series(resolved))  # two spellings of one file are one image
-    image_index = np.asarray(rows, dtype=np.int64)[codes] if len(codes) else np.empty(0, np.int64)
-    labels = encode_labels(manifest.frame["label"].tolist(), manifest.labels, manifest.multi_label).numpy()
-    return SplitPlan(split, [Path(p) for p in paths], image_index, manifest.frame["text"].astype(str).tolist(),
-                     labels, [str(x) for x in manifest.frame["id"].tolist()], manifest.multi_label)
-
-
-def units_of(plan: SplitPlan, shard_size: int) -> list[Unit]:
-    out = [Unit(plan.split, "meta", 0, 0, plan.n_samples)]
-    for kind, n in (("image", plan.n_images), ("text", plan.n_samples)):
-        for j, a in enumerate(range(0, n, shard_size)):
-            out.append(Unit(plan.split, kind, j, a, min(n, a + shard_size)))
-    return out
-
-
-def unit_bytes(unit: Unit, plan: SplitPlan, shapes) -> int:
-    rows = unit.stop - unit.start
-    if unit.kind == "image":
-        return storage.npy_bytes((rows, shapes.image_tokens, shapes.image_width), shapes.dtype)
-    if unit.kind == "text":
-        return (storage.npy_bytes((rows, shapes.text_length, shapes.text_width), shapes.dtype)
-                + storage.npy_bytes((rows, shapes.text_length), np.uint8))
-    return (storage.npy_bytes(plan.labels.shape, plan.labels.dtype) + storage.npy_bytes((rows,), np.int64)
-            + sum(len(i) + 3 for i in plan.ids) + 2)
+ShardHook = Callable[[storage.Unit], None]
+UNITS = {"meta": "row", "image": "img", "text": "text"}  # progress units
 
 
 class ImageFiles(Dataset):
-    """Unique image files -> pixel values, exactly as the raw path preprocesses them."""
+    """Unique image files -> pixel values, exactly as the raw path preprocesses them; each file's
+    bytes must still have the digest the fingerprint was computed from. A bad file yields its
+    :class:`CacheInputError` as the item (:func:`stack_or_error`), so the message reaches the
+    main process as it is, not wrapped in a worker's traceback."""
 
-    def __init__(self, paths: list[Path], processor):
-        self.paths, self.processor = paths, processor
+    def __init__(self, paths: list[Path], digests: list[str], processor):
+        self.paths, self.digests, self.processor = paths, digests, processor
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        with Image.open(self.paths[i]) as img:
-            return self.processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    def __getitem__(self, i: int) -> torch.Tensor | CacheInputError:
+        path = self.paths[i]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return CacheInputError(f"{path}: image disappeared during the cache build ({exc.strerror})")
+        if hashlib.sha256(data).hexdigest() != self.digests[i]:
+            return CacheInputError(f"{path}: the image's bytes no longer match the digest the cache was planned "
+                                  "with (changed during the build, or since prepare recorded it); re-run prepare "
+                                  "if the images were replaced, then the cache stage")
+        return pixel_values(io.BytesIO(data), self.processor)
 
 
-def decode_workers(device: torch.device) -> int:
-    """Image decoding workers: none on CPU (the model needs the cores), several feeding a GPU."""
-    if device.type != "cuda":
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def stack_or_error(items: list) -> torch.Tensor | CacheInputError:
+    """(B, 3, H, W) pixels, or the first item's error."""
+    return next((x for x in items if isinstance(x, CacheInputError)), None) or torch.stack(items)
+
+
+def _pixels(loader: DataLoader) -> Iterator[torch.Tensor]:
+    for batch in loader:
+        if isinstance(batch, CacheInputError):
+            raise batch
+        yield batch
 
 
 @dataclass
@@ -147,154 +93,120 @@ class BuildSummary:
     reused_files: int = 0
     written_files: int = 0
     bytes_written: int = 0
-    images: int = 0
-    texts: int = 0
-    image_seconds: float = 0.0
-    text_seconds: float = 0.0
     seconds: float = 0.0
-    rebuilt: list[str] = field(default_factory=list)  # files that failed verification and were redone
+    rebuilt: list[str] = field(default_factory=list)  # files that failed their check and were redone
+    work: dict[str, list[float]] = field(default_factory=lambda: {"image": [0, 0.0], "text": [0, 0.0]})  # rows, s
 
     def describe(self) -> str:
         if not self.written_files:
             return f"feature cache {self.root} is up to date (fingerprint {self.fingerprint_hash})"
-        ips = self.images / max(self.image_seconds, 1e-9)
-        tps = self.texts / max(self.text_seconds, 1e-9)
+        rates = ", ".join(f"{n:,} {k}s at {n / max(t, 1e-9):,.1f} {UNITS[k]}/s" for k, (n, t) in self.work.items())
         return (f"feature cache {self.root} (fingerprint {self.fingerprint_hash}): wrote {self.written_files} files, "
-                f"{human(self.bytes_written)}, kept {self.reused_files} from before; {self.images:,} images at "
-                f"{ips:,.1f} img/s, {self.texts:,} texts at {tps:,.1f} texts/s; {self.seconds:.1f} s in all")
+                f"{human(self.bytes_written)}, kept {self.reused_files} from before; {rates}; {self.seconds:.1f} s in all")
+
+
+def make_index(dataset: str, fp: dict, layout: dict, labels: list[str], plans: dict[str, SplitPlan],
+               done: dict[str, dict], complete: bool) -> dict:
+    """The index: everything the reader cross-checks (counts, files, records) in build order."""
+    order = [f for plan in plans.values() for u in plan.units(layout["shard_size"]) for f in u.files]
+    return {"format": fp["format"], "dataset": dataset, "fingerprint_hash": short_hash(fp), "fingerprint": fp,
+            "complete": complete, "layout": layout, "labels": labels,
+            "splits": {s: p.entry(layout["shard_size"]) for s, p in plans.items()},
+            "files": {f: done[f] for f in order if f in done}}
+
+
+def _counted(blocks: Iterator[np.ndarray], bar) -> Iterator[np.ndarray]:
+    for block in blocks:
+        bar.update(len(block))
+        yield block
 
 
 class _Builder:
-    def __init__(self, params, dataset: str, backbones, device, root: Path, layout: dict, fp: dict,
-                 plans: dict[str, SplitPlan], labels: list[str], done: dict[str, dict], memo: dict,
-                 on_shard: ShardHook | None, progress: bool, summary: BuildSummary):
-        self.params, self.dataset, self.bb, self.device = params, dataset, backbones, device
-        self.root, self.layout, self.fp, self.plans, self.labels = root, layout, fp, plans, labels
-        self.done, self.memo, self.on_shard, self.progress, self.summary = done, memo, on_shard, progress, summary
-        self.k = fp["layer"]
+    def __init__(self, backbones, device, root: Path, layout: dict, k: int, plans: dict[str, SplitPlan],
+                 write_index: Callable[[bool], None], done: dict[str, dict], on_shard: ShardHook | None,
+                 progress: bool, summary: BuildSummary):
+        self.bb, self.device, self.root, self.layout, self.k, self.plans = backbones, device, root, layout, k, plans
+        self.write_index, self.done, self.on_shard = write_index, done, on_shard
+        self.progress, self.summary = progress, summary
         self.dtype = np.dtype(layout["dtype"])
         self.torch_dtype = getattr(torch, layout["dtype"])
-        self.prefix = MITP(MITPConfig(kind="late_fusion", num_labels=1), backbones.vision, backbones.text)
-        self.prefix.eval()
+        self.prefix = MITP(MITPConfig(kind="late_fusion", num_labels=1), backbones.vision, backbones.text).eval()
 
-    # -- index ---------------------------------------------------------------------------------
-    def index(self, complete: bool) -> dict:
-        order = [f for plan in self.plans.values() for u in units_of(plan, self.layout["shard_size"]) for f in u.files]
-        return {
-            "format": self.fp["format"],
-            "dataset": self.dataset,
-            "fingerprint_hash": short_hash(self.fp),
-            "fingerprint": self.fp,
-            "complete": complete,
-            "layout": self.layout,
-            "labels": self.labels,
-            "splits": {s: {"n_samples": p.n_samples, "n_images": p.n_images, "multi_label": p.multi_label,
-                           "image_shards": len([u for u in units_of(p, self.layout["shard_size"]) if u.kind == "image"]),
-                           "text_shards": len([u for u in units_of(p, self.layout["shard_size"]) if u.kind == "text"])}
-                       for s, p in self.plans.items()},
-            "files": {f: self.done[f] for f in order if f in self.done},
-        }
-
-    def _finish_unit(self, unit: Unit, records: dict[str, dict]) -> None:
+    def _finish(self, unit: storage.Unit, records: dict[str, dict]) -> None:
         for rel, rec in records.items():
             self.done[rel] = rec
-            self.memo[rel] = storage.memo_entry(self.root / rel, rec["sha256"], written=True)
             self.summary.written_files += 1
             self.summary.bytes_written += rec["bytes"]
-        storage.write_index(self.root, self.index(complete=False))
-        storage.write_memo(self.root, self.memo)
+        self.write_index(False)
         if self.on_shard is not None:
             self.on_shard(unit)
 
-    # -- units ---------------------------------------------------------------------------------
-    def meta(self, unit: Unit) -> None:
-        plan = self.plans[unit.split]
-        labels, image_index, ids = unit.files
-        records = {
-            labels: storage.write_small(self.root, labels, storage.npy_payload(plan.labels)),
-            image_index: storage.write_small(self.root, image_index, storage.npy_payload(plan.image_index)),
-            ids: storage.write_small(self.root, ids, storage.json_payload(plan.ids)),
-        }
-        self._finish_unit(unit, records)
+    def _shard(self, unit: storage.Unit, blocks: Iterator[np.ndarray]) -> dict:
+        """Fill ``unit``'s float shard from ``blocks`` of rows in a memory-mapped temp ``.npy``;
+        hashed complete, then renamed into place. Returns its index record."""
+        with atomic_path(self.root / unit.files[0]) as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype,
+                                              shape=storage.shard_shape(unit, self.layout))
+            row = 0
+            for block in blocks:
+                array[row:row + len(block)] = block
+                row += len(block)
+            array.flush()
+            del array
+            return storage.seal(tmp)
 
-    def images(self, split: str, units: list[Unit]) -> None:
-        if not units:
-            return
-        plan, B, L = self.plans[split], self.layout["batch_size"], self.layout
-        batches = [(u, a, min(a + B, u.stop)) for u in units for a in range(u.start, u.stop, B)]
-        workers = decode_workers(self.device)
-        loader = DataLoader(ImageFiles(plan.image_paths, self.bb.image_processor),
-                            batch_sampler=[list(range(a, b)) for _, a, b in batches], num_workers=workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
-        total = sum(u.stop - u.start for u in units)
-        bar = tqdm(total=total, desc=f"cache {split} images", unit="img", disable=not self.progress)
-        writer, t0 = None, time.perf_counter()
-        try:
-            for (unit, a, b), pixels in zip(batches, loader, strict=True):
-                if writer is None:
-                    writer = storage.ShardWriter(self.root, unit.files[0], (unit.stop - unit.start,
-                                                 L["image_tokens"], L["image_width"]), self.dtype)
-                hidden = self.prefix.vision_prefix(pixels.to(self.device, non_blocking=True), self.k)
-                self._check_shape(hidden, (L["image_tokens"], L["image_width"]), "image")
-                writer.array[a - unit.start:b - unit.start] = hidden.to(self.torch_dtype).cpu().numpy()
-                bar.update(b - a)
-                if b == unit.stop:
-                    record = writer.commit()
-                    writer = None
-                    self._finish_unit(unit, {unit.files[0]: record})
-        finally:
-            if writer is not None:
-                writer.abort()
-            bar.close()
-        self.summary.images += total
-        self.summary.image_seconds += time.perf_counter() - t0
-
-    def texts(self, split: str, units: list[Unit]) -> None:
-        if not units:
-            return
-        plan, B, L = self.plans[split], self.layout["batch_size"], self.layout
-        total = sum(u.stop - u.start for u in units)
-        bar = tqdm(total=total, desc=f"cache {split} texts", unit="text", disable=not self.progress)
-        t0 = time.perf_counter()
-        writer = None
-        try:
-            for unit in units:
-                tok = self.bb.tokenizer(plan.texts[unit.start:unit.stop], padding="max_length", truncation=True,
-                                        max_length=L["text_length"], return_tensors="pt")
-                ids, mask = tok["input_ids"], tok["attention_mask"]
-                writer = storage.ShardWriter(self.root, unit.files[0], (unit.stop - unit.start, L["text_length"],
-                                             L["text_width"]), self.dtype)
-                for a in range(0, len(ids), B):
-                    hidden = self.prefix.text_prefix(ids[a:a + B].to(self.device), mask[a:a + B].to(self.device), self.k)
-                    self._check_shape(hidden, (L["text_length"], L["text_width"]), "text")
-                    writer.array[a:a + len(hidden)] = hidden.to(self.torch_dtype).cpu().numpy()
-                    bar.update(len(hidden))
-                record = writer.commit()
-                writer = None
-                mask_rec = storage.write_small(self.root, unit.files[1], storage.npy_payload(mask.numpy().astype(np.uint8)))
-                self._finish_unit(unit, {unit.files[0]: record, unit.files[1]: mask_rec})
-        finally:
-            if writer is not None:
-                writer.abort()
-            bar.close()
-        self.summary.texts += total
-        self.summary.text_seconds += time.perf_counter() - t0
-
-    @staticmethod
-    def _check_shape(hidden: torch.Tensor, want: tuple[int, int], what: str) -> None:
-        if tuple(hidden.shape[1:]) != tuple(want):
+    def _states(self, hidden: torch.Tensor, what: str) -> np.ndarray:
+        L = self.layout
+        want = (L["image_tokens"], L["image_width"]) if what == "image" else (L["text_length"], L["text_width"])
+        if tuple(hidden.shape[1:]) != want:
             raise CacheError(f"cache: {what} hidden states have shape {tuple(hidden.shape[1:])}, expected {want} "
                              "from the backbone configs (image processor size vs the ViT's image_size?)")
+        return hidden.to(self.torch_dtype).cpu().numpy()
 
-    def run(self, pending: list[Unit]) -> None:
+    def meta(self, plan: SplitPlan, units: list[storage.Unit], bar) -> None:
+        payloads = (storage.npy_payload(plan.labels), storage.npy_payload(plan.image_index),
+                    storage.json_payload(plan.ids))
+        self._finish(units[0], {rel: storage.write_file(self.root, rel, data)
+                                for rel, data in zip(units[0].files, payloads, strict=True)})
+
+    def image(self, plan: SplitPlan, units: list[storage.Unit], bar) -> None:
+        B = self.layout["batch_size"]
+        batches = [list(range(a, min(a + B, u.stop))) for u in units for a in range(u.start, u.stop, B)]
+        loader = DataLoader(ImageFiles(plan.image_paths, plan.image_sha256, self.bb.image_processor),
+                            batch_sampler=batches, collate_fn=stack_or_error, num_workers=cuda_workers(self.device, 8),
+                            pin_memory=self.device.type == "cuda")
+        states = (self._states(self.prefix.vision_prefix(px.to(self.device, non_blocking=True), self.k), "image")
+                  for px in _pixels(loader))
+        for unit in units:  # batches never cross a shard: each shard takes its own number of them
+            record = self._shard(unit, _counted(itertools.islice(states, -(-unit.rows // B)), bar))
+            self._finish(unit, {unit.files[0]: record})
+
+    def text(self, plan: SplitPlan, units: list[storage.Unit], bar) -> None:
+        B, L = self.layout["batch_size"], self.layout["text_length"]
+        for unit in units:
+            tok = self.bb.tokenizer(plan.texts[unit.start:unit.stop], padding="max_length", truncation=True,
+                                    max_length=L, return_tensors="pt")
+            ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+            blocks = (self._states(self.prefix.text_prefix(ids[a:a + B], mask[a:a + B], self.k), "text")
+                      for a in range(0, unit.rows, B))
+            record = self._shard(unit, _counted(blocks, bar))
+            mask_rec = storage.write_file(self.root, unit.files[1], storage.npy_payload(mask.cpu().numpy().astype(np.uint8)))
+            self._finish(unit, {unit.files[0]: record, unit.files[1]: mask_rec})
+
+    def run(self, pending: list[storage.Unit]) -> None:
         with torch.inference_mode():
-            for split in self.plans:
-                mine = [u for u in pending if u.split == split]
-                for u in mine:
-                    if u.kind == "meta":
-                        self.meta(u)
-                self.images(split, [u for u in mine if u.kind == "image"])
-                self.texts(split, [u for u in mine if u.kind == "text"])
+            for split, plan in self.plans.items():
+                for kind in ("meta", "image", "text"):
+                    units = [u for u in pending if u.split == split and u.kind == kind]
+                    if not units:
+                        continue
+                    rows, t0 = sum(u.rows for u in units), time.perf_counter()
+                    with tqdm(total=rows, desc=f"cache {split} {kind}s", unit=UNITS[kind],
+                              disable=not self.progress or kind == "meta") as bar:
+                        getattr(self, kind)(plan, units, bar)
+                    if kind != "meta":
+                        self.summary.work[kind][0] += rows
+                        self.summary.work[kind][1] += time.perf_counter() - t0
 
 
 def build_cache(params, dataset: str, backbones, device: torch.device | str | None = None, *,
@@ -302,10 +214,12 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
                 progress: bool = True, say: Callable[[str], None] = log.info) -> BuildSummary:
     """Build (or resume, or verify) the feature cache of ``dataset`` under ``params.features_dir``.
 
-    * A cache with another fingerprint is replaced (``say`` names the fields that changed);
-      ``force`` rebuilds from scratch.
-    * Files a previous run finished are kept if they verify (size, and sha256 unless the
-      verification memo vouches for them; ``full_verify`` always hashes); others are redone.
+    * A cache with another fingerprint (configuration, manifests or image bytes) is replaced
+      (``say`` names the fields that changed); ``force`` rebuilds from scratch.
+    * Files a previous run finished are kept if they check (size and shape; sha256 for the
+      small files, and for all with ``full_verify``); others are redone.
+    * An image the manifests list that is missing or unreadable raises
+      :class:`~mitp.cache.errors.CacheInputError` naming it, before anything is written.
     * Before writing, ``say`` gets the expected size on disk; too little free space raises
       :class:`~mitp.cache.errors.CacheSpaceError` before anything is written.
     * ``on_shard(unit)`` runs after each unit is complete (tests inject a "kill" there).
@@ -314,52 +228,47 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
     check_cache_layer(params)
     device = torch.device(device) if device is not None else next(backbones.vision.parameters()).device
     root = params.features_dir(dataset)
-    fp = fingerprint(params, dataset, backbones)
+    plans = plan_all(params, dataset)
+    fp = fingerprint(params, dataset, backbones, plans)
     labels = read_labels(params.prepared_dir(dataset))
     with storage.build_lock(root):
-        try:
-            existing = storage.read_index(root)
-        except ValueError as exc:
-            say(f"{exc}; rebuilding the cache")
-            existing = None
-            storage.wipe(root, SPLITS)
-        if existing is not None and (force or existing["fingerprint"] != fp):
-            if not force:
-                changed = diff(existing["fingerprint"], fp, dataset)
-                say(f"the cache at {root} was built for another configuration; rebuilding it:\n{describe_diff(changed)}")
-            storage.wipe(root, SPLITS)
-            existing = None
         shapes = shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)
+        try:
+            existing, why = storage.read_index(root), None
+        except ValueError as exc:
+            existing, why = {}, str(exc)
+        if existing and force:
+            why = "--force"
+        elif existing and existing["fingerprint"] != fp:
+            why = f"built for another configuration:\n{describe_diff(diff(existing['fingerprint'], fp, dataset))}"
+        elif existing and (problems := storage.index_problems(existing, plans, labels, shapes)):
+            why = f"{root / storage.INDEX}: {'; '.join(problems[:5])}"  # edited: none of its records is trusted
+        if why is not None:
+            say(f"rebuilding the cache at {root}: {why}")
+            storage.wipe(root, SPLITS)
+            existing = None
         layout = dict(existing["layout"]) if existing else {
             "shard_size": params.cache.shard_size, "batch_size": params.cache.batch_size,
-            "image_tokens": shapes.image_tokens, "image_width": shapes.image_width,
-            "text_length": shapes.text_length, "text_width": shapes.text_width, "dtype": params.cache.dtype}
+            **shapes}
         if existing and (layout["shard_size"], layout["batch_size"]) != (params.cache.shard_size, params.cache.batch_size):
             say(f"resuming with the layout the cache was started with (shard_size {layout['shard_size']}, "
                 f"batch_size {layout['batch_size']}); use --force to rebuild with the configured one")
 
-        plans = {s: plan_split(params, dataset, s) for s in SPLITS}
-        memo = storage.read_memo(root)
-        done: dict[str, dict] = {}
-        summary = BuildSummary(root, short_hash(fp), Estimate(dataset, shapes))
-        for rel, rec in (existing or {}).get("files", {}).items():
-            problem = storage.check_file(root, rel, rec, memo, full=full_verify)
-            if problem is None:
-                done[rel] = rec
-            else:
-                say(f"{rel}: {problem}; rebuilding it")
-                summary.rebuilt.append(rel)
-                memo.pop(rel, None)
-
-        units = [u for p in plans.values() for u in units_of(p, layout["shard_size"])]
+        units = [u for p in plans.values() for u in p.units(layout["shard_size"])]
+        recorded = (existing or {}).get("files", {})
+        summary = BuildSummary(root, short_hash(fp), Estimate(dataset, layout))
+        problems = storage.file_problems(root, units, recorded, layout, full_verify)
+        for rel, problem in problems.items():
+            say(f"{rel}: {problem}; rebuilding it")
+        summary.rebuilt = list(problems)
+        done = {f: recorded[f] for u in units for f in u.files if f in recorded and f not in problems}
         pending = [u for u in units if not all(f in done for f in u.files)]
         for f in [f for u in pending for f in u.files if f in done]:  # half-done unit: redo whole
             done.pop(f)
         summary.reused_files = len(done)
-        for split, plan in plans.items():
-            size = sum(unit_bytes(u, plan, shapes) for u in units if u.split == split)
-            summary.estimate.splits[split] = (plan.n_samples, plan.n_images, size)
-        summary.estimate.to_write = sum(unit_bytes(u, plans[u.split], shapes) for u in pending)
+        for plan in plans.values():
+            summary.estimate.add(plan, plan.units(layout["shard_size"]))
+        summary.estimate.to_write = sum(unit_bytes(u, plans[u.split], layout) for u in pending)
         say(summary.estimate.describe())
         if pending:
             check_space(root, summary.estimate.to_write)
@@ -367,20 +276,13 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
         if n_tmp:
             say(f"removed {n_tmp} temp files an interrupted cache run left behind")
 
-        builder = _Builder(params, dataset, backbones, device, root, layout, fp, plans, labels, done, memo,
-                           on_shard, progress, summary)
-        if pending or not (existing or {}).get("complete"):
-            storage.write_index(root, builder.index(complete=False))
-            builder.run(pending)
-            storage.write_index(root, builder.index(complete=True))
-            storage.write_memo(root, memo)
-        else:
-            storage.write_memo(root, memo)
+        def write_index(complete: bool) -> None:
+            write_json(root / storage.INDEX, make_index(dataset, fp, layout, labels, plans, done, complete))
+
+        if pending or existing != make_index(dataset, fp, layout, labels, plans, done, True):  # (an edited index too)
+            write_index(False)
+            _Builder(backbones, device, root, layout, fp["layer"], plans, write_index, done, on_shard, progress,
+                     summary).run(pending)
+            write_index(True)
     summary.seconds = time.perf_counter() - t_start
     return summary
-
-
-def missing_message(params, dataset: str) -> str:
-    return (f"no feature cache for dataset {dataset!r} at {params.features_dir(dataset)}: build it with "
-            f"`{build_command(dataset)}` (with the same -S overrides as this run), or set cache.enabled=false "
-            "to train from raw images and text")

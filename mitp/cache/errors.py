@@ -47,3 +47,7 @@ class CacheSpaceError(CacheError):
 
 class CacheBusy(CacheError):
     """Another cache run holds the lock on this cache folder."""
+
+
+class CacheInputError(CacheError):
+    """An input of the cache (an image the manifests list) is missing, unreadable or changed."""

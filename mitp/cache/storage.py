@@ -1,9 +1,10 @@
-"""On-disk layout of a feature cache: shards, the index, checksums, the verification memo, the lock.
+"""On-disk layout of a feature cache: the units of work, their files and sizes, the index, the
+checks, the free-space estimate, the lock.
 
 ``data/features/<dataset>/``::
 
-    index.json                 fingerprint, layout, per-split counts, every file's size + sha256;
-                               "complete": false while a build runs (rewritten after each shard)
+    index.json                 fingerprint, layout, labels, per-split counts, every file's size +
+                               sha256; "complete": false while a build runs (rewritten after each unit)
     <split>/meta-labels.npy    (n,) int64 class indices, or (n, K) float32 multi-hot
     <split>/meta-image_index.npy  (n,) int64: row of each sample's image in the image shards
     <split>/meta-ids.json      the manifest ids, in manifest order
@@ -12,62 +13,90 @@
     <split>/text-00000.npy     (rows, max_text_length, d_t) hidden states, padded
     <split>/mask-00000.npy     (rows, max_text_length) uint8 attention mask
 
-and beside it (outside the folder, so the folder's content - what DVC hashes as the stage's
-output - changes only when the cache does): ``.<dataset>.verified.json``, a memo of the files
-whose checksum was verified (size, mtime, sha256, when), and ``.<dataset>.lock``, held by a
-running build.
+and beside it (outside the folder, so the folder's content - the cache stage's DVC output -
+changes only when the cache does) ``.<dataset>.lock``, held by a running build.
 
-Every shard is an ``.npy`` file (memory-mapped for reading), written under a temp name
-(``.<name>.<random>.tmp``), fsynced, hashed and renamed into place, then recorded in the index.
-So a file under its final name is always complete; a killed build leaves at most temp files,
-which the next build deletes. The index holds only deterministic content (no times), so an
-interrupted-and-resumed build ends with the same bytes as an uninterrupted one.
+Every file is written under a temp name (``.<name>.<random>.tmp``), fsynced, hashed and renamed
+into place (:mod:`mitp.atomic`), then recorded in the index. So a file under its final name is
+always complete; a killed build leaves at most temp files, which the next build deletes. The
+index holds only deterministic content (no times), so an interrupted-and-resumed build ends with
+the same bytes as an uninterrupted one. Trust (:func:`index_problems`, :func:`file_problems`):
+the index must agree with the manifests and the backbones; every file must have its recorded
+size and shard shape; the small files are hashed at every check, the float shards on a full one.
+
+Size: per unique image N_v x d_v values; per sample max_text_length x d_t values plus a uint8
+mask row; float16 is 2 bytes a value. For example UPMC-Food101 (90,704 pairs, one image each)
+with ViT-B/16 at 224 px (N_v = 197, d_v = 768) and BERT-base at max_text_length 128 (d_t = 768)
+at layer k: 90,704 x (197 x 768 + 128 x 768) x 2 B + masks = about 45.3 GB, whatever k is.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
+import io
 import json
-import os
 import shutil
-import tempfile
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
-from mitp.atomic import write_json, write_text
-from mitp.cache.errors import CacheBusy
+from mitp.atomic import write_bytes
+from mitp.cache.errors import CacheBusy, CacheSpaceError
 
 INDEX = "index.json"
-RACY_NS = 2_000_000_000  # a file modified within 2 s of its verification is re-hashed next time
+SPACE_MARGIN = 64 << 20  # keep this much free beyond the estimate (index rewrites, temp files)
 
 
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work that ends in complete files: ``meta``, an image shard or a text shard."""
+
+    split: str
+    kind: str  # "meta" | "image" | "text"
+    shard: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}/{self.kind}" + ("" if self.kind == "meta" else f"-{self.shard:05d}")
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        if self.kind == "meta":
+            return tuple(f"{self.split}/meta-{x}" for x in ("labels.npy", "image_index.npy", "ids.json"))
+        if self.kind == "image":
+            return (f"{self.split}/image-{self.shard:05d}.npy",)
+        return (f"{self.split}/text-{self.shard:05d}.npy", f"{self.split}/mask-{self.shard:05d}.npy")
 
 
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def units_of(split: str, n_samples: int, n_images: int, shard_size: int) -> list[Unit]:
+    """A split's units in build order: meta, image shards, text shards."""
+    out = [Unit(split, "meta", 0, 0, n_samples)]
+    for kind, n in (("image", n_images), ("text", n_samples)):
+        out += [Unit(split, kind, j, a, min(n, a + shard_size)) for j, a in enumerate(range(0, n, shard_size))]
+    return out
+
+
+def shard_shape(unit: Unit, layout: dict) -> tuple[int, ...] | None:
+    """Shape of an image or text unit's float shard under ``layout`` (None for meta)."""
+    if unit.kind == "image":
+        return (unit.rows, layout["image_tokens"], layout["image_width"])
+    if unit.kind == "text":
+        return (unit.rows, layout["text_length"], layout["text_width"])
+    return None
 
 
 def npy_bytes(shape: tuple[int, ...], dtype) -> int:
     """Exact size of an ``.npy`` file holding an array of this shape and dtype."""
-    import io
-
     buf = io.BytesIO()
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
               "shape": tuple(int(x) for x in shape)}
@@ -75,71 +104,30 @@ def npy_bytes(shape: tuple[int, ...], dtype) -> int:
     return buf.tell() + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
-class ShardWriter:
-    """An ``.npy`` file filled in place (memory-mapped) under a temp name; ``commit`` makes it real."""
-
-    def __init__(self, root: Path, rel: str, shape: tuple[int, ...], dtype):
-        self.root, self.rel = root, rel
-        self.target = root / rel
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
-
-    def commit(self) -> dict:
-        self.array.flush()
-        del self.array
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        record = {"bytes": self.tmp.stat().st_size, "sha256": sha256_file(self.tmp)}
-        os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.target)
-        fsync_dir(self.target.parent)
-        return record
-
-    def abort(self) -> None:
-        with contextlib.suppress(AttributeError):
-            del self.array
-        with contextlib.suppress(FileNotFoundError):
-            self.tmp.unlink()
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def write_small(root: Path, rel: str, data: bytes) -> dict:
-    """A small file (metadata arrays, ids), written atomically; returns its index record."""
-    target = root / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(target.parent)
+def seal(tmp: Path) -> dict:
+    """The index record of a complete temp file, taken before it is renamed into place."""
+    return {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+
+
+def write_file(root: Path, rel: str, data: bytes) -> dict:
+    """A small file (metadata arrays, ids, masks), written atomically; returns its index record."""
+    write_bytes(root / rel, data)
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def npy_payload(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
 
 
 def json_payload(obj) -> bytes:
-    return (json.dumps(obj, indent=None, separators=(",", ":")) + "\n").encode()
-
-
-# --------------------------------------------------------------------------------------------
-# index and memo
-# --------------------------------------------------------------------------------------------
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
 
 
 def read_index(root: Path) -> dict | None:
@@ -149,73 +137,82 @@ def read_index(root: Path) -> dict | None:
         return None
     try:
         index = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(index, dict) or "fingerprint" not in index or "files" not in index:
+    if not isinstance(index, dict) or not all(isinstance(index.get(k), dict) for k in ("fingerprint", "files", "layout", "splits")):
         raise ValueError(f"{path}: not a feature-cache index")
     return index
-
-
-def write_index(root: Path, index: dict) -> None:
-    write_json(root / INDEX, index)
-
-
-def memo_path(root: Path) -> Path:
-    return root.parent / f".{root.name}.verified.json"
 
 
 def lock_path(root: Path) -> Path:
     return root.parent / f".{root.name}.lock"
 
 
-def read_memo(root: Path) -> dict:
-    try:
-        memo = json.loads(memo_path(root).read_text())
-        return memo if isinstance(memo, dict) else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
+def check_file(root: Path, rel: str, record: dict, shape: tuple[int, ...] | None, full: bool) -> str | None:
+    """None if ``rel`` holds what the index says, else what is wrong.
 
-
-def write_memo(root: Path, memo: dict) -> None:
-    with contextlib.suppress(OSError):  # a read-only cache folder is fine: we just hash again
-        write_text(memo_path(root), json.dumps(memo, sort_keys=True) + "\n")
-
-
-def memo_entry(path: Path, sha256: str, written: bool = False) -> list:
-    """``[size, mtime_ns, sha256, verified_at_ns, written]``; ``written``: the hash was taken by the
-    writer from the complete temp file before the rename, so no earlier version can hide behind it."""
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns, sha256, time.time_ns(), written]
-
-
-def check_file(root: Path, rel: str, record: dict, memo: dict | None, full: bool = False) -> str | None:
-    """None if ``rel`` holds what the index says, else what is wrong (missing / truncated / checksum).
-
-    The size is always checked. The sha256 is checked unless ``memo`` vouches for the file: same
-    size, mtime and sha256 as when it was hashed, and either this code wrote it (hashed before the
-    rename) or the hash was taken more than 2 s after the file's last modification (so a change
-    within the timestamp granularity is still caught: the "racy git" rule). Any later write
-    changes the mtime and brings the file back to a full hash. ``full`` always hashes. A file
-    that verifies is entered in ``memo``.
+    Always: it exists, has the recorded size and (``.npy`` with a ``shape``) the shape its unit
+    implies. The sha256 is checked for every file when ``full``, and always for the small files
+    (``shape`` None: labels, image index, ids, masks): they decide which rows and labels are read.
+    The float shards are only ever renamed into place complete, so size and shape suffice for them
+    unless ``full``: hashing tens of GB at every training start would cost more than it defends.
     """
     path = root / rel
+    if not isinstance(record, dict):
+        return "the index holds no record of it"
     try:
-        st = path.stat()
+        size = path.stat().st_size
     except FileNotFoundError:
         return "missing"
-    if st.st_size != record["bytes"]:
-        kind = "truncated" if st.st_size < record["bytes"] else "wrong size"
-        return f"{kind}: {st.st_size} bytes, the index says {record['bytes']}"
-    if not full and memo is not None:
-        seen = memo.get(rel)
-        if (isinstance(seen, list) and len(seen) >= 4 and seen[0] == st.st_size and seen[1] == st.st_mtime_ns
-                and seen[2] == record["sha256"] and (seen[4:5] == [True] or seen[3] - st.st_mtime_ns > RACY_NS)):
-            return None
-    if sha256_file(path) != record["sha256"]:
+    if size != record.get("bytes"):
+        kind = "truncated" if size < record.get("bytes", 0) else "wrong size"
+        return f"{kind}: {size} bytes, the index says {record.get('bytes')}"
+    if shape is not None:
+        try:
+            got = np.load(path, mmap_mode="r").shape
+        except (OSError, ValueError) as exc:
+            return f"not a readable array ({exc})"
+        if got != shape:
+            return f"shape {got}, the index implies {shape}"
+    if (full or shape is None) and sha256_file(path) != record.get("sha256"):
         return "corrupted: sha256 does not match the index"
-    if memo is not None:
-        memo[rel] = memo_entry(path, record["sha256"])
     return None
+
+
+def file_problems(root: Path, units: list[Unit], records: dict[str, dict], layout: dict, full: bool) -> dict[str, str]:
+    """``{file: what is wrong}`` for each recorded file of ``units`` that does not check (:func:`check_file`)."""
+    out = {}
+    for unit in units:
+        for rel in (f for f in unit.files if f in records):
+            shape = shard_shape(unit, layout) if rel == unit.files[0] else None
+            if problem := check_file(root, rel, records[rel], shape, full):
+                out[rel] = problem
+    return out
+
+
+def index_problems(index: dict, plans: dict, labels: list[str], shapes: dict) -> list[str]:
+    """What in ``index`` disagrees with the manifests (``plans``: split -> ``SplitPlan``, ``labels``)
+    and the backbones (``shapes``: the layout's shape fields), e.g.
+    ``["splits.train.n_samples: 40, the manifests give 48"]``. Unrecorded files count once complete."""
+    problems = [f"layout.{k}: {index['layout'].get(k)!r}, the backbones give {v!r}"
+                for k, v in shapes.items() if index["layout"].get(k) != v]
+    sizes = {k: index["layout"].get(k) for k in ("shard_size", "batch_size")}
+    bad = [f"layout.{k}: {v!r} is not a positive integer" for k, v in sizes.items()
+           if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+    if bad:
+        return problems + bad
+    shard_size = sizes["shard_size"]
+    if index.get("labels") != labels:
+        problems.append("labels: differ from labels.json")
+    for split, plan in plans.items():
+        got, want = index["splits"].get(split) or {}, plan.entry(shard_size)
+        problems += [f"splits.{split}.{k}: {got.get(k)!r}, the manifests give {v!r}" for k, v in want.items()
+                     if got.get(k) != v]
+    expected = {f for plan in plans.values() for u in plan.units(shard_size) for f in u.files}
+    extra, missing = sorted(set(index["files"]) - expected), sorted(expected - set(index["files"]))
+    problems += [f"files: {rel} is not a file of this cache" for rel in extra[:3]]
+    problems += [f"files: {rel} is not recorded" for rel in missing[:3] if index.get("complete")]
+    return problems
 
 
 def clean_temp_files(root: Path) -> int:
@@ -229,26 +226,92 @@ def clean_temp_files(root: Path) -> int:
 
 
 def wipe(root: Path, splits) -> None:
-    """Remove a cache's own files (index, memo, split folders); leaves anything else alone."""
-    for path in (root / INDEX, memo_path(root)):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    """Remove a cache's own files (index, split folders); leaves anything else alone."""
+    with contextlib.suppress(FileNotFoundError):
+        (root / INDEX).unlink()
     for split in splits:
         shutil.rmtree(root / split, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def build_lock(root: Path) -> Iterator[None]:
-    """One build at a time per cache folder (advisory ``flock``; released when the process dies)."""
+    """One build at a time per cache folder (an OS file lock, released when the process dies)."""
     root.mkdir(parents=True, exist_ok=True)
-    fh = open(lock_path(root), "a+")
+    lock = FileLock(lock_path(root), timeout=0)
     try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise CacheBusy(f"{root}: another cache run is building this cache (lock {lock_path(root)})") from None
-            raise
+        lock.acquire()
+    except Timeout:
+        raise CacheBusy(f"{root}: another cache run is building this cache (lock {lock_path(root)})") from None
+    try:
         yield
     finally:
-        fh.close()
+        lock.release()
+
+
+def shapes_of(backbones_or_configs, max_text_length: int, dtype: str) -> dict:
+    """The layout's shape fields from the backbone configs (``Backbones``, or a ``(vision, text)``
+    pair of models): ``image_tokens`` N_v (patches + CLS), ``image_width`` d_v, ``text_length``,
+    ``text_width`` d_t, ``dtype``."""
+    pair = backbones_or_configs
+    vision, text = pair if isinstance(pair, tuple) else (pair.vision, pair.text)
+    v, t = vision.config, text.config
+    return {"image_tokens": (v.image_size // v.patch_size) ** 2 + 1, "image_width": v.hidden_size,
+            "text_length": max_text_length, "text_width": t.hidden_size, "dtype": dtype}
+
+
+def unit_bytes(unit: Unit, plan, layout: dict) -> int:
+    """Exact bytes of one unit's files (``plan``: its split's :class:`~mitp.cache.fingerprint.SplitPlan`)."""
+    if unit.kind == "meta":
+        return (npy_bytes(plan.labels.shape, plan.labels.dtype) + npy_bytes((unit.rows,), np.int64)
+                + sum(len(i) + 3 for i in plan.ids) + 2)
+    mask = npy_bytes((unit.rows, layout["text_length"]), np.uint8) if unit.kind == "text" else 0
+    return npy_bytes(shard_shape(unit, layout), layout["dtype"]) + mask
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@dataclass
+class Estimate:
+    dataset: str
+    layout: dict  # shapes_of(...), optionally with the shard size
+    splits: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # split -> (samples, images, bytes)
+    to_write: int = 0  # bytes still to write (a resumed build has some already)
+
+    def add(self, plan, units: list[Unit]) -> None:
+        """Count one split: its samples, images and the bytes of its ``units``."""
+        self.splits[plan.split] = (plan.n_samples, plan.n_images, sum(unit_bytes(u, plan, self.layout) for u in units))
+
+    @property
+    def total(self) -> int:
+        return sum(b for _, _, b in self.splits.values())
+
+    def describe(self) -> str:
+        s = self.layout
+        parts = ", ".join(f"{k} {human(b)} ({n:,} samples, {m:,} images)" for k, (n, m, b) in self.splits.items())
+        return (f"feature cache for {self.dataset}: image {s['image_tokens']}x{s['image_width']} per unique image, "
+                f"text {s['text_length']}x{s['text_width']} per sample, {s['dtype']} -> expected size on disk "
+                f"{human(self.total)} [{parts}]; {human(self.to_write)} still to write")
+
+
+def free_bytes(path: Path) -> int:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_space(target: Path, needed: int) -> int:
+    """Raise CacheSpaceError unless ``target``'s filesystem has ``needed`` bytes (+ a margin) free."""
+    free = free_bytes(target)
+    if needed + SPACE_MARGIN > free:
+        raise CacheSpaceError(
+            f"not enough disk for the feature cache: {human(needed)} still to write at {target}, but only "
+            f"{human(free)} free on that filesystem. Free some space, or point cache.dir at a larger disk "
+            f"(-S cache.dir=/path/with/space).")
+    return free

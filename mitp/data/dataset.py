@@ -8,6 +8,7 @@ The feature cache yields the same dict with ``hidden_v``/``hidden_t`` in place o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +30,19 @@ def encode_labels(values: Sequence, labels: list[str], multi_label: bool) -> tor
     return out
 
 
+def pixel_values(image, image_processor) -> torch.Tensor:
+    """An image (a path or a binary file object) -> (3, H, W) pixel values, as the model sees them
+    on the raw path and in the feature cache alike."""
+    with Image.open(image) as img:
+        return image_processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+
+def cuda_workers(device: torch.device, most: int) -> int:
+    """Loader workers by default: none on CPU (the model needs the cores; reads are cheap), up to
+    ``most`` (one core left) keeping a GPU fed."""
+    return max(1, min(most, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+
+
 class RawDataset(Dataset):
     """Manifest rows -> (pixel_values, text, label); tokenization happens per batch in ``collate``."""
 
@@ -42,16 +56,9 @@ class RawDataset(Dataset):
         return len(self.manifest)
 
     def __getitem__(self, i: int) -> dict:
-        pixels = pixel_values(self.image_processor, self.manifest.image_path(i))
-        return {"pixel_values": pixels, "text": self.texts[i], "labels": self.labels[i]}
+        return {"pixel_values": pixel_values(self.manifest.image_path(i), self.image_processor),
+                "text": self.texts[i], "labels": self.labels[i]}
 
-
-def pixel_values(image_processor, image) -> torch.Tensor:
-    """An image file (path or binary file object) -> (3, H, W) pixels, as the backbone expects.
-
-    Training from raw inputs and inference both go through here, so they see the same pixels."""
-    with Image.open(image) as img:
-        return image_processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
 
 class TextImageCollator:

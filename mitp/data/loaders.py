@@ -1,7 +1,8 @@
 """DataLoaders for training: from the raw manifests, or from the feature cache.
 
 Both paths yield the same batch dict (see ``mitp.data.dataset``); the cached one carries
-``hidden_v``/``hidden_t`` and the layer ``k`` they enter, and the model starts there.
+``hidden_v``/``hidden_t`` and the layer ``k`` they enter, and the model starts there. The cache
+side reads through :mod:`mitp.cache.reader` (which never imports this module).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
+from mitp.cache.reader import CachedSplit, open_cache
 from mitp.config import Params
-from mitp.data.dataset import RawDataset, TextImageCollator
+from mitp.data.dataset import RawDataset, TextImageCollator, cuda_workers
 from mitp.data.manifests import SPLITS, read_labels, read_split
 
 
@@ -44,10 +46,32 @@ def raw_loaders(params: Params, dataset: str, backbones, device: torch.device) -
     return Loaders(make["train"], make["val"], make["test"], labels, multi, 0, "raw")
 
 
+def split_loader(split: CachedSplit, batch_size: int, shuffle: bool, workers: int, device: torch.device) -> DataLoader:
+    sampler = RandomSampler(range(len(split))) if shuffle else SequentialSampler(range(len(split)))
+    extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
+    return DataLoader(split, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
+                      num_workers=workers, pin_memory=device.type == "cuda", **extra)
+
+
+def cached_loaders(params: Params, dataset: str, backbones, device: torch.device) -> Loaders:
+    """The loaders ``train`` uses when ``cache.enabled``: whole batches gathered by
+    :class:`~mitp.cache.reader.CachedSplit` under a ``BatchSampler`` (``batch_size=None``), starting
+    at layer k. On CPU batches are gathered in the main process (``train.num_workers`` workers if
+    set); on CUDA there are always workers, batches are pinned and copied non-blocking."""
+    device = torch.device(device)
+    cache = open_cache(params, dataset, backbones)
+    splits = {s: cache.split(s) for s in SPLITS}
+    workers = params.train.num_workers or cuda_workers(device, 4)  # gathering and pinning overlap the GPU's step
+    t = params.train
+    made = {s: split_loader(splits[s], t.batch_size if s == "train" else t.eval_batch_size, s == "train",
+                            workers, device) for s in SPLITS}
+    multi = params.dataset(dataset).task == "multi_label"
+    return Loaders(made["train"], made["val"], made["test"], cache.labels, multi,
+                   cache.layer, "cache", info={"cache_fingerprint": cache.fingerprint_hash})
+
+
 def build(params: Params, dataset: str, backbones, device: torch.device) -> Loaders:
     """The loaders ``train`` uses: the feature cache when ``cache.enabled``, else raw inputs."""
     if params.cache.enabled:
-        from mitp.cache import cached_loaders
-
         return cached_loaders(params, dataset, backbones, device)
     return raw_loaders(params, dataset, backbones, device)

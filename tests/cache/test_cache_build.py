@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from mitp.cache import CacheCorrupt, CacheSpaceError, build_cache, open_cache
-from mitp.cache import estimate as estimate_mod
-from mitp.cache.storage import INDEX, memo_path, npy_bytes
+from mitp.cache import CacheCorrupt, CacheSpaceError, build_cache, open_cache, storage
+from mitp.cache.storage import INDEX, lock_path, npy_bytes
 from mitp.data.manifests import read_split
 from mitp.model import MITP, MITPConfig
 
 
 def cache_bytes(root: Path) -> dict[str, bytes]:
-    """Every file of a cache folder (the memo and the lock live beside it, not in it)."""
+    """Every file of a cache folder (the lock lives beside it, not in it)."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
@@ -90,7 +89,6 @@ def _corrupt(path: Path) -> None:
 def test_damaged_shard_is_detected_and_rebuilt(built_cache, tiny_backbones, damage):
     params = built_cache
     root = params.features_dir("synthetic")
-    open_cache(params, "synthetic", tiny_backbones)  # verifies and fills the memo
     before = cache_bytes(root)
     victim = root / "val" / "image-00000.npy"
     if damage == "flip":
@@ -98,36 +96,38 @@ def test_damaged_shard_is_detected_and_rebuilt(built_cache, tiny_backbones, dama
     else:
         victim.write_bytes(victim.read_bytes()[:-100])
     with pytest.raises(CacheCorrupt, match="val/image-00000.npy") as err:
-        open_cache(params, "synthetic", tiny_backbones)
+        open_cache(params, "synthetic", tiny_backbones, full=damage == "flip")  # a flip needs the full hash
     assert ("corrupted" if damage == "flip" else "truncated") in str(err.value)
     assert "python -m pipeline.cache --dataset synthetic" in str(err.value)
 
     rebuilt = []
-    summary = build_cache(params, "synthetic", tiny_backbones, progress=False, on_shard=lambda u: rebuilt.append(u.name))
+    summary = build_cache(params, "synthetic", tiny_backbones, progress=False, full_verify=damage == "flip",
+                          on_shard=lambda u: rebuilt.append(u.name))
     assert rebuilt == ["val/image-00000"] and summary.rebuilt == ["val/image-00000.npy"]
     assert cache_bytes(root) == before
     open_cache(params, "synthetic", tiny_backbones)
 
 
-def test_memo_skips_rehashing_unchanged_files_but_not_changed_ones(built_cache, tiny_backbones, monkeypatch):
-    from mitp.cache import storage
-
+def test_small_files_are_hashed_at_every_open_the_shards_on_full(built_cache, tiny_backbones, monkeypatch):
+    """The contract: files are renamed into place only when complete, so the float shards are
+    checked by size and shape at every open and hashed on ``full``; the small files that decide
+    which rows and labels are read (meta, masks) are hashed every time."""
     params = built_cache
     root = params.features_dir("synthetic")
-    memo = json.loads(memo_path(root).read_text())
-    assert "train/text-00000.npy" in memo
     hashed = []
     real = storage.sha256_file
     monkeypatch.setattr(storage, "sha256_file", lambda p: hashed.append(p.name) or real(p))
-    open_cache(params, "synthetic", tiny_backbones)  # the build hashed what it wrote: stat checks only
-    assert hashed == []
+    open_cache(params, "synthetic", tiny_backbones)
+    shards = {n for n in hashed if n.startswith(("image-", "text-"))}
+    assert not shards and {"meta-labels.npy", "meta-ids.json", "mask-00000.npy"} <= set(hashed)
     _corrupt(root / "train" / "text-00000.npy")
-    with pytest.raises(CacheCorrupt, match="train/text-00000.npy"):
-        open_cache(params, "synthetic", tiny_backbones)
-    assert hashed == ["text-00000.npy"]
-    open_cache(params, "synthetic", tiny_backbones, verify=False)  # (no checks at all: the caller's choice)
-    with pytest.raises(CacheCorrupt):
+    open_cache(params, "synthetic", tiny_backbones)  # same size and shape: only the full hash sees it
+    with pytest.raises(CacheCorrupt, match="train/text-00000.npy: corrupted"):
         open_cache(params, "synthetic", tiny_backbones, full=True)
+    labels = root / "train" / "meta-labels.npy"
+    np.save(labels, np.roll(np.load(labels), 1))  # a relabelled split of the same size
+    with pytest.raises(CacheCorrupt, match="train/meta-labels.npy: corrupted"):
+        open_cache(params, "synthetic", tiny_backbones)
 
 
 def test_estimate_is_printed_first_and_matches_the_bytes_written(cache_params, tiny_backbones):
@@ -144,7 +144,7 @@ def test_estimate_is_printed_first_and_matches_the_bytes_written(cache_params, t
 
 def test_too_little_disk_fails_before_writing(cache_params, tiny_backbones, monkeypatch):
     params = cache_params()
-    monkeypatch.setattr(estimate_mod, "free_bytes", lambda path: 1000)
+    monkeypatch.setattr(storage, "free_bytes", lambda path: 1000)
     with pytest.raises(CacheSpaceError, match="not enough disk"):
         build_cache(params, "synthetic", tiny_backbones, progress=False)
     assert not list(params.features_dir("synthetic").rglob("*.npy"))
@@ -152,10 +152,18 @@ def test_too_little_disk_fails_before_writing(cache_params, tiny_backbones, monk
 
 def test_food101_estimate_at_vit_base_bert_base():
     # the docstring's example: 90,704 pairs, ViT-B/16 224 px, BERT-base at 128 tokens
-    shapes = estimate_mod.Shapes(image_tokens=197, image_width=768, text_length=128, text_width=768)
-    total = estimate_mod.estimate_bytes(90_704, 90_704, shapes)
+    from types import SimpleNamespace
+
+    from mitp.cache.storage import units_of
+
+    layout = {"image_tokens": 197, "image_width": 768, "text_length": 128, "text_width": 768, "dtype": "float16"}
+    n = 90_704
+    plan = SimpleNamespace(split="all", n_samples=n, n_images=n, labels=np.zeros(n, np.int64), ids=["x"] * n)
+    est = storage.Estimate("food101", layout)
+    est.add(plan, units_of("all", n, n, 1000))
+    total = est.total
     assert 45.2e9 < total < 45.4e9
-    assert estimate_mod.human(total) == "45.3 GB"
+    assert storage.human(total) == "45.3 GB"
     assert npy_bytes((10, 197, 768), np.float16) == 10 * 197 * 768 * 2 + 128
 
 
@@ -177,7 +185,7 @@ def test_training_never_writes_into_the_cache_folder(built_cache, tiny_backbones
     open_cache(built_cache, "synthetic", tiny_backbones, full=True)
     assert cache_bytes(root) == before
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stat
-    assert memo_path(root).exists() and memo_path(root).parent == root.parent
+    assert lock_path(root).parent == root.parent
 
 
 def test_one_build_at_a_time(cache_params, tiny_backbones):
@@ -192,25 +200,23 @@ def test_one_build_at_a_time(cache_params, tiny_backbones):
 
 def _run_killed_at_commit(params, backbones, n: int) -> int:
     """Build in a forked child that SIGKILLs itself inside the n-th shard commit (data written to
-    the temp file, not yet renamed); returns the child's wait status."""
+    the temp file, being hashed, not yet renamed); returns the child's wait status."""
     import os
     import signal
     import time
 
-    from mitp.cache import storage
-
     pid = os.fork()
     if pid == 0:  # child
         try:
-            commit, calls = storage.ShardWriter.commit, []
+            seal, calls = storage.seal, []
 
-            def commit_then_die(self):
+            def seal_then_die(tmp):
                 calls.append(1)
                 if len(calls) == n:
                     os.kill(os.getpid(), signal.SIGKILL)
-                return commit(self)
+                return seal(tmp)
 
-            storage.ShardWriter.commit = commit_then_die
+            storage.seal = seal_then_die
             build_cache(params, "synthetic", backbones, progress=False)
         finally:
             os._exit(1)  # only reached if the kill did not happen

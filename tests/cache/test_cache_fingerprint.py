@@ -12,10 +12,10 @@ from mitp.cache import (
     CacheMismatch,
     CacheMissing,
     build_cache,
-    cached_loaders,
     check_cache_layer,
 )
 from mitp.cache.fingerprint import fingerprint, short_hash
+from mitp.data.loaders import cached_loaders
 from mitp.errors import ConfigError, UserError
 
 
@@ -67,7 +67,8 @@ def test_fingerprint_is_stable_and_short(cache_params, tiny_backbones):
     params = cache_params()
     a, b = fingerprint(params, "synthetic", tiny_backbones), fingerprint(params, "synthetic", tiny_backbones)
     assert a == b and len(short_hash(a)) == 12
-    for key in ("backbone", "layer", "max_text_length", "image_processor", "manifest_hash", "dtype", "format"):
+    for key in ("backbone", "layer", "max_text_length", "image_processor", "manifest_hash", "images_hash", "dtype",
+                "format"):
         assert key in a
     assert a["backbone"]["tiny_seed"] == 0 and a["image_processor"]["size"] == {"height": 32, "width": 32}
 

@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from mitp.cache import build_cache, cached_loaders
+from mitp.cache import build_cache
 from mitp.data.loaders import build as build_loaders
-from mitp.data.loaders import raw_loaders
+from mitp.data.loaders import cached_loaders, raw_loaders
 from mitp.train import build_model, fit
 
 

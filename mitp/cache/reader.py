@@ -1,33 +1,33 @@
-"""Training from the cache: open it (fingerprint, completeness, checksums), gather whole batches.
+"""Reading a cache: open it (fingerprint, index, completeness, files), gather whole batches.
 
-:func:`open_cache` refuses a missing, stale, incomplete or corrupted cache with an error that
-says what is wrong and which command fixes it. :class:`CachedSplit` is a map-style dataset whose
-items are *whole batches*: ``dataset[indices]`` gathers the rows of a batch from the memory-mapped
-shards with one vectorised read per shard (no per-sample Python), straight into the batch
-tensors, and trims the text to the batch's longest text. Indices are sorted within a batch (the
-set is what the sampler drew; sorted order reads the shards sequentially).
+:func:`open_cache` refuses a missing, stale, incomplete, edited or damaged cache with an error
+that says what is wrong and which command fixes it. The index is cross-checked against the
+manifests (labels, per-split counts, shard counts), the backbones (layout shapes) and the files
+(the exact file set, sizes, shard shapes, and the sha256 of the small files that decide which
+rows and labels are read), so an edited ``n_samples`` can never shrink a split. ``full`` hashes
+the float shards too (``python -m pipeline.cache --verify`` does).
 
-:func:`cached_loaders` wraps the splits in DataLoaders driven by a ``BatchSampler``
-(``batch_size=None``): on CPU the batches are gathered in the main process (``train.num_workers``
-workers if set); on CUDA there are always workers, batches are pinned and the training loop
-copies them non-blocking.
+:class:`CachedSplit` is a map-style dataset whose items are *whole batches*: ``dataset[indices]``
+gathers the rows of a batch from the memory-mapped shards with one vectorised read per shard (no
+per-sample Python), straight into the batch tensors, and trims the text to the batch's longest
+text. Indices are sorted within a batch (the set is what the sampler drew; sorted order reads the
+shards sequentially). The DataLoaders around it live in :mod:`mitp.data.loaders`.
 """
 
 from __future__ import annotations
 
-import os
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import Dataset
 
 from mitp.cache import storage
-from mitp.cache.build import missing_message
 from mitp.cache.errors import CacheCorrupt, CacheIncomplete, CacheMismatch, CacheMissing, build_command
-from mitp.cache.fingerprint import describe_diff, diff, fingerprint
-from mitp.data.manifests import SPLITS
+from mitp.cache.fingerprint import describe_diff, diff, fingerprint, plan_all
+from mitp.data.manifests import read_labels
 
 
 @dataclass
@@ -43,17 +43,26 @@ class OpenCache:
     def layer(self) -> int:
         return int(self.index["fingerprint"]["layer"])
 
+    @property
+    def labels(self) -> list[str]:
+        return list(self.index["labels"])
+
     def split(self, name: str) -> CachedSplit:
         return CachedSplit(self.root, name, self.index)
+
+
+def _listed(problems: list[str]) -> str:
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return "; ".join(problems[:5]) + more
 
 
 def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool = False) -> OpenCache:
     """The cache of ``dataset``, checked against what ``params`` + ``backbones`` need.
 
     Raises :class:`CacheMissing`, :class:`CacheMismatch` (naming each differing field),
-    :class:`CacheIncomplete` or :class:`CacheCorrupt` (naming the files). ``verify`` checks
-    every file's size, and its sha256 unless the verification memo vouches for it unchanged;
-    ``full`` always hashes.
+    :class:`CacheIncomplete` or :class:`CacheCorrupt` (naming the index fields or the files).
+    ``verify`` checks every file (size, shard shapes, sha256 of the small files); ``full`` hashes
+    every file; without ``verify`` only the index is cross-checked.
     """
     root = params.features_dir(dataset)
     fix = f"`{build_command(dataset)}` (with the same -S overrides as this run)"
@@ -62,8 +71,10 @@ def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool 
     except ValueError as exc:
         raise CacheCorrupt(f"{exc}; rebuild the cache with {fix}") from None
     if index is None:
-        raise CacheMissing(missing_message(params, dataset))
-    expected = fingerprint(params, dataset, backbones)
+        raise CacheMissing(f"no feature cache for dataset {dataset!r} at {root}: build it with {fix}, or set "
+                           "cache.enabled=false to train from raw images and text")
+    plans = plan_all(params, dataset, "open")
+    expected = fingerprint(params, dataset, backbones, plans)
     if index["fingerprint"] != expected:
         fields = diff(index["fingerprint"], expected, dataset)
         names = ", ".join(f for f, _, _ in fields)
@@ -74,21 +85,18 @@ def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool 
     if not index.get("complete"):
         raise CacheIncomplete(f"the feature cache at {root} is incomplete (a cache run was interrupted); "
                               f"resume it with {fix}")
+    layout = storage.shapes_of(backbones, params.dataset(dataset).max_text_length, params.cache.dtype)
+    problems = storage.index_problems(index, plans, read_labels(params.prepared_dir(dataset)), layout)
+    if problems:
+        raise CacheCorrupt(f"{root / storage.INDEX}: does not agree with the manifests and the cache's files, "
+                           f"never trusted: {_listed(problems)}. Rebuild the cache with {fix}.")
     if verify:
-        memo = storage.read_memo(root)
-        before = dict(memo)
-        problems = {}
-        for rel, rec in index["files"].items():
-            problem = storage.check_file(root, rel, rec, memo, full=full)
-            if problem:
-                problems[rel] = problem
+        units = [u for plan in plans.values() for u in plan.units(index["layout"]["shard_size"])]
+        problems = storage.file_problems(root, units, index["files"], index["layout"], full)
         if problems:
-            listed = "; ".join(f"{rel}: {p}" for rel, p in list(problems.items())[:5])
-            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-            raise CacheCorrupt(f"the feature cache at {root} has damaged files, never read as data: {listed}{more}. "
+            raise CacheCorrupt(f"the feature cache at {root} has damaged files, never read as data: "
+                               f"{_listed([f'{rel}: {p}' for rel, p in problems.items()])}. "
                                f"Rebuild them with {fix} (it redoes only those).", list(problems))
-        if memo != before:
-            storage.write_memo(root, memo)
     return OpenCache(root, index)
 
 
@@ -120,7 +128,6 @@ class CachedSplit(Dataset):
         self.lengths = np.where(any_tok, last, 1).astype(np.int64)
         self.image_shape = (int(layout["image_tokens"]), int(layout["image_width"]))
         self.text_width = int(layout["text_width"])
-        self.np_dtype = np.dtype(layout["dtype"])
         self.torch_dtype = getattr(torch, layout["dtype"])
         self._text: list[np.ndarray] | None = None
         self._image: list[np.ndarray] | None = None
@@ -140,8 +147,6 @@ class CachedSplit(Dataset):
 
     @property
     def ids(self) -> list[str]:
-        import json
-
         return json.loads((self.root / self.split / "meta-ids.json").read_text())
 
     def __getitem__(self, indices) -> dict:
@@ -169,36 +174,3 @@ class CachedSplit(Dataset):
             "attention_mask": torch.from_numpy(self.mask[idx, :n_t].astype(np.int64)),
             "labels": torch.from_numpy(self.labels[idx]),
         }
-
-
-def loader_workers(params, device: torch.device) -> int:
-    """``train.num_workers`` if set; else none on CPU (gathering from page cache is cheap) and
-    enough on CUDA that gathering and pinning overlap the GPU's step."""
-    if params.train.num_workers > 0:
-        return params.train.num_workers
-    if device.type == "cuda":
-        return max(1, min(4, (os.cpu_count() or 2) - 1))
-    return 0
-
-
-def split_loader(split: CachedSplit, batch_size: int, shuffle: bool, workers: int, device: torch.device) -> DataLoader:
-    sampler = RandomSampler(range(len(split))) if shuffle else SequentialSampler(range(len(split)))
-    extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
-    return DataLoader(split, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
-                      num_workers=workers, pin_memory=device.type == "cuda", **extra)
-
-
-def cached_loaders(params, dataset: str, backbones, device: torch.device):
-    """The ``Loaders`` ``train`` uses when ``cache.enabled``: start at layer k, from the cache."""
-    from mitp.data.loaders import Loaders
-
-    device = torch.device(device)
-    cache = open_cache(params, dataset, backbones)
-    splits = {s: cache.split(s) for s in SPLITS}
-    workers = loader_workers(params, device)
-    t = params.train
-    made = {s: split_loader(splits[s], t.batch_size if s == "train" else t.eval_batch_size, s == "train",
-                            workers, device) for s in SPLITS}
-    multi = params.dataset(dataset).task == "multi_label"
-    return Loaders(made["train"], made["val"], made["test"], list(cache.index["labels"]), multi,
-                   cache.layer, "cache", info={"cache_fingerprint": cache.fingerprint_hash})

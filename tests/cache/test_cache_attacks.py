@@ -1,0 +1,188 @@
+"""Attacks on the cache's trust: regenerated images under the same paths, an edited index, an
+image deleted after prepare. None of them may end in training on stale or fewer features."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from test_cache_build import cache_bytes
+
+from mitp.cache import CacheCorrupt, CacheInputError, CacheMismatch, build_cache, open_cache
+from mitp.data.loaders import cached_loaders
+from mitp.data.manifests import manifest_hash, read_split
+
+
+def _image_files(params) -> list[Path]:
+    manifests = [read_split(params.prepared_dir("synthetic"), s) for s in ("train", "val", "test")]
+    return sorted({m.image_path(i).resolve() for m in manifests for i in range(len(m))})
+
+
+def test_regenerated_images_under_the_same_paths_make_the_cache_stale(built_cache, tiny_backbones):
+    params = built_cache
+    root = params.features_dir("synthetic")
+    before_manifests, before_cache = manifest_hash(params.prepared_dir("synthetic")), cache_bytes(root)
+    for path in _image_files(params):  # new pixels, same paths, same manifests
+        with Image.open(path) as img:
+            Image.eval(img.convert("RGB"), lambda v: 255 - v).save(path, quality=95)
+    assert manifest_hash(params.prepared_dir("synthetic")) == before_manifests
+
+    with pytest.raises(CacheMismatch, match="images_hash") as err:
+        cached_loaders(params, "synthetic", tiny_backbones, torch.device("cpu"))
+    assert [f for f, _, _ in err.value.fields] == ["images_hash (image files changed content since the cache was built)"]
+
+    said = []
+    build_cache(params, "synthetic", tiny_backbones, progress=False, say=said.append)
+    assert any("images_hash" in s for s in said), said
+    after = cache_bytes(root)
+    assert after["train/image-00000.npy"] != before_cache["train/image-00000.npy"]
+    assert after["train/text-00000.npy"] == before_cache["train/text-00000.npy"]  # same texts, same states
+    open_cache(params, "synthetic", tiny_backbones)
+
+
+def test_a_regenerated_synthetic_set_with_another_image_size_is_not_trusted(built_cache, tiny_backbones, cache_params):
+    # the set regenerated (and re-prepared) at 40 px in place: the image processor resizes to
+    # 32 px either way and the manifests are the same; only the image bytes differ
+    before = manifest_hash(built_cache.prepared_dir("synthetic"))
+    cache_params({"data.synthetic.image_size": 40})
+    assert manifest_hash(built_cache.prepared_dir("synthetic")) == before
+    with pytest.raises(CacheMismatch, match="images_hash") as err:
+        open_cache(built_cache, "synthetic", tiny_backbones)
+    assert len(err.value.fields) == 1
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda ix: ix["splits"]["train"].update(n_samples=40), "splits.train.n_samples: 40, the manifests give 48"),
+    (lambda ix: ix["splits"]["val"].update(text_shards=2), "splits.val.text_shards: 2, the manifests give 3"),
+    (lambda ix: ix["layout"].update(shard_size=20), "splits.train.image_shards: 2, the manifests give 1"),
+    (lambda ix: ix["files"].pop("test/text-00002.npy"), "files: test/text-00002.npy is not recorded"),
+    (lambda ix: ix["labels"].reverse(), "labels: differ from labels.json"),
+])
+def test_an_edited_index_is_refused_naming_the_field(built_cache, tiny_backbones, edit, named):
+    params = built_cache
+    path = params.features_dir("synthetic") / "index.json"
+    index = json.loads(path.read_text())
+    edit(index)
+    path.write_text(json.dumps(index))
+    with pytest.raises(CacheCorrupt) as err:
+        cached_loaders(params, "synthetic", tiny_backbones, torch.device("cpu"))
+    message = str(err.value)
+    assert str(path) in message and named in message, message
+    assert "python -m pipeline.cache --dataset synthetic" in message
+    # the stage repairs the index from the manifests and the files it can trust
+    build_cache(params, "synthetic", tiny_backbones, progress=False)
+    assert len(cached_loaders(params, "synthetic", tiny_backbones, torch.device("cpu")).train.dataset) == 48
+
+
+def test_a_shard_replaced_with_fewer_rows_and_a_matching_record_is_refused(built_cache, tiny_backbones):
+    import numpy as np
+
+    from mitp.cache.storage import seal
+
+    params = built_cache
+    root = params.features_dir("synthetic")
+    shard = root / "train" / "image-00000.npy"
+    array = np.load(shard)
+    np.save(shard, np.concatenate([array[:5], array[:5]])[:9])  # 9 rows where the unit has 10
+    path = root / "index.json"
+    index = json.loads(path.read_text())
+    index["files"]["train/image-00000.npy"] = seal(shard)  # the record agrees with the file
+    path.write_text(json.dumps(index))
+    with pytest.raises(CacheCorrupt, match=r"train/image-00000.npy: shape \(9, 17, 64\), the index implies \(10, 17, 64\)"):
+        open_cache(params, "synthetic", tiny_backbones)
+
+
+def _stage(params, *extra: str) -> subprocess.CompletedProcess:
+    flat = {"data.root": params.data.root, "backbone.dir": params.backbone.dir, "cache.dir": params.cache.dir,
+            "mlflow.tracking_uri": params.mlflow.tracking_uri, "cache.layer": params.cache.layer,
+            "model.interaction.start": params.model.interaction.start, "cache.shard_size": params.cache.shard_size,
+            "cache.batch_size": params.cache.batch_size,
+            "sweep.space": "{model.prompt_length: {grid: [4, 8]}}"}
+    for key in ("n_train", "n_val", "n_test", "hypotheses_per_image"):
+        flat[f"data.synthetic.{key}"] = getattr(params.data.synthetic, key)
+    argv = [a for k, v in flat.items() for a in ("-S", f"{k}={v}")]
+    return subprocess.run([sys.executable, "-m", "pipeline.cache", "--dataset", "synthetic", *argv, *extra],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_an_image_deleted_after_prepare_fails_the_stage_with_one_line(cache_params):
+    params = cache_params()
+    victim = _image_files(params)[1]
+    victim.unlink()
+    done = _stage(params)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(victim) in errors[0] and "missing" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+    root = params.features_dir("synthetic")
+    assert not root.exists() or not any(root.rglob("*.npy")), "nothing is written before the inputs check"
+
+
+def test_an_image_deleted_after_prepare_is_named_by_the_build(cache_params, tiny_backbones):
+    params = cache_params()
+    victim = _image_files(params)[0]
+    victim.unlink()
+    with pytest.raises(CacheInputError, match=re.escape(str(victim)) + r": image listed in .*/test\.parquet is missing"):
+        build_cache(params, "synthetic", tiny_backbones, progress=False)
+    assert not any(params.features_dir("synthetic").rglob("*.npy"))
+
+
+@pytest.mark.parametrize("workers", [0, 1])  # decoding in the main process (CPU), in workers (GPU)
+def test_an_image_changed_during_the_build_is_not_stored(cache_params, tiny_backbones, monkeypatch, workers):
+    import mitp.cache.build as build_mod
+
+    monkeypatch.setattr(build_mod, "cuda_workers", lambda device, most: workers)
+    params = cache_params()
+    victim = _image_files(params)[0]  # an image of the test split, cached last
+    assert victim.name.startswith("test")
+
+    def change_it(unit):
+        if unit.kind == "meta" and unit.split == "train":
+            with Image.open(victim) as img:
+                Image.eval(img.convert("RGB"), lambda v: 255 - v).save(victim, quality=95)
+
+    with pytest.raises(CacheInputError, match="no longer match the digest the cache was planned with") as err:
+        build_cache(params, "synthetic", tiny_backbones, progress=False, on_shard=change_it)
+    assert len(str(err.value).splitlines()) == 1 and str(err.value).startswith(str(victim))
+    root = params.features_dir("synthetic")
+    assert not list((root / "test").glob("image-*.npy")), "no shard holds the states of changed bytes"
+    assert json.loads((root / "index.json").read_text())["complete"] is False
+
+
+def _record_digests(params) -> None:
+    """Add prepare's per-row ``image_sha256`` column to the manifests, as prepare may record it."""
+
+    from mitp.cache.storage import sha256_file
+
+    for split in ("train", "val", "test"):
+        manifest = read_split(params.prepared_dir("synthetic"), split)
+        frame = manifest.frame.assign(image_sha256=[sha256_file(manifest.image_path(i)) for i in range(len(manifest))])
+        frame.to_parquet(params.prepared_dir("synthetic") / f"{split}.parquet", index=False)
+
+
+def test_recorded_digests_spare_training_the_image_reads_and_the_build_checks_them(cache_params, tiny_backbones,
+                                                                                   tmp_path):
+    params = cache_params()
+    _record_digests(params)
+    build_cache(params, "synthetic", tiny_backbones, progress=False)
+    images = _image_files(params)
+    images[0].unlink()  # training from the cache needs no image file: the manifests carry the digests
+    open_cache(params, "synthetic", tiny_backbones)
+    with pytest.raises(CacheInputError, match=re.escape(str(images[0])) + ": image listed in .* is missing"):
+        build_cache(params, "synthetic", tiny_backbones, progress=False, force=True)
+
+    params = cache_params(root=tmp_path / "b")  # images replaced after prepare recorded them
+    _record_digests(params)
+    victim = next(p for p in _image_files(params) if p.name.startswith("train"))  # in train/image-00000
+    with Image.open(victim) as img:
+        Image.eval(img.convert("RGB"), lambda v: 255 - v).save(victim, quality=95)
+    with pytest.raises(CacheInputError, match=re.escape(str(victim)) + ": the image's bytes no longer match"):
+        build_cache(params, "synthetic", tiny_backbones, progress=False)
+    assert not (params.features_dir("synthetic") / "train" / "image-00000.npy").exists()
