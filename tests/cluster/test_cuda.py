@@ -49,7 +49,8 @@ def test_bf16_training_step(synthetic_prepared, cuda_backbones):
 
 
 def test_cached_features_are_pinned_and_copied_non_blocking(synthetic_prepared, cuda_backbones):
-    from mitp.cache import build_cache, cached_loaders
+    from mitp.cache import build_cache
+    from mitp.data.loaders import cached_loaders
     from mitp.train import to_device
 
     params = synthetic_prepared
