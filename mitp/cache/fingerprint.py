@@ -32,7 +32,7 @@ from mitp.backbones import spec_from_config
 from mitp.cache.errors import CacheInputError
 from mitp.cache.storage import Unit, sha256_file, units_of
 from mitp.data.dataset import encode_labels
-from mitp.data.manifests import SPLITS, manifest_hash, read_split
+from mitp.data.manifests import DIGEST_COLUMN, SPLITS, manifest_hash, read_split
 from mitp.dotted_keys import flatten
 
 CACHE_FORMAT = 1  # bump when the stored layout or the way the states are computed changes
@@ -71,7 +71,6 @@ class SplitPlan:
         return units_of(self.split, self.n_samples, self.n_images, shard_size)
 
 
-DIGEST_COLUMN = "image_sha256"  # a manifest column with each row's image digest, where prepare records it
 
 
 def _image_digest(path: Path, manifest: Path, stat_only: bool = False) -> str:

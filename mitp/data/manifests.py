@@ -20,6 +20,7 @@ from mitp.errors import UserError
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("id", "image", "text", "label")
+DIGEST_COLUMN = "image_sha256"  # optional: each row's image sha256, recorded by prepare
 
 
 class ManifestError(UserError, ValueError):
@@ -54,7 +55,8 @@ def write_split(out_dir: str | Path, split: str, frame: pd.DataFrame) -> Path:
         raise ManifestError(f"manifest {split}: missing columns {missing}")
     target = Path(out_dir) / f"{split}.parquet"
     with atomic_path(target, ".parquet") as tmp:
-        frame.loc[:, list(COLUMNS)].reset_index(drop=True).to_parquet(tmp, index=False)
+        keep = [*COLUMNS, *([DIGEST_COLUMN] if DIGEST_COLUMN in frame.columns else [])]
+        frame.loc[:, keep].reset_index(drop=True).to_parquet(tmp, index=False)
     return target
 
 

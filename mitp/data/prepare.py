@@ -32,7 +32,7 @@ import pandas as pd
 
 from mitp.atomic import atomic_dir, write_json
 from mitp.data.images import verify_images
-from mitp.data.manifests import SPLITS, relative_image_path, write_labels, write_split
+from mitp.data.manifests import COLUMNS, DIGEST_COLUMN, SPLITS, relative_image_path, write_labels, write_split
 from mitp.data.records import IN_TWO_SPLITS, BadRecordError, Record, SkipLog
 from mitp.errors import ConfigError
 
@@ -87,7 +87,7 @@ def drop_cross_split_images(splits: dict[str, list[Record]], skips: SkipLog) -> 
         splits[split] = kept
 
 
-def _frame(records: list[Record], out_dir: Path) -> pd.DataFrame:
+def _frame(records: list[Record], out_dir: Path, digests: dict[Path, str]) -> pd.DataFrame:
     rel: dict[Path, str] = {}  # many records share an image (SNLI-VE): resolve each path once
     for r in records:
         if r.image not in rel:
@@ -98,8 +98,9 @@ def _frame(records: list[Record], out_dir: Path) -> pd.DataFrame:
             "image": [rel[r.image] for r in records],
             "text": [r.text for r in records],
             "label": [r.label if isinstance(r.label, str) else list(r.label) for r in records],
+            DIGEST_COLUMN: [digests[r.image] for r in records],
         },
-        columns=["id", "image", "text", "label"],
+        columns=[*COLUMNS, DIGEST_COLUMN],
     )
 
 
@@ -135,7 +136,7 @@ def prepare_dataset(params, name: str) -> dict:
     read_counts = {s: len(splits.get(s, [])) + skips.count(s) for s in SPLITS}
 
     all_images = [r.image for s in SPLITS for r in splits.get(s, [])]
-    problems = verify_images(all_images, workers=cfg.verify_workers, desc=f"{name}: verify images")
+    problems, digests = verify_images(all_images, workers=cfg.verify_workers, desc=f"{name}: verify images")
     kept: dict[str, list[Record]] = {}
     for split in SPLITS:
         kept[split] = []
@@ -173,7 +174,7 @@ def prepare_dataset(params, name: str) -> dict:
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             # image paths are made relative to the final folder (a sibling of tmp)
-            write_split(tmp, split, _frame(kept[split], out_dir))
+            write_split(tmp, split, _frame(kept[split], out_dir, digests))
         write_labels(tmp, labels)
         write_json(tmp / "prepare_report.json", report)
     out_dir.with_name(f"{name}.prepare_report.failed.json").unlink(missing_ok=True)

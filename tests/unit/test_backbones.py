@@ -191,6 +191,8 @@ def test_image_processor_backend_is_pinned_and_in_the_cache_fingerprint(tmp_path
                              prepared_dir=lambda _: tmp_path / "prepared")
     (tmp_path / "prepared").mkdir()
     monkeypatch.setattr(fp_module, "manifest_hash", lambda _: "h")
+    monkeypatch.setattr(fp_module, "plan_all", lambda *_: {})  # no manifests here: the images are not the point
+    monkeypatch.setattr(fp_module, "images_hash", lambda _: "i")
     fp = fp_module.fingerprint(params, "synthetic", bb)
     assert fp["backbone_resolved"]["image_processor_backend"] == "pil"
     assert fp["backbone_resolved"]["vision_revision"] == REV_A
