@@ -23,7 +23,7 @@ from mitp.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
 
-MODEL_KINDS = ("mitp", "mitp_no_hub", "late_fusion")
+MODEL_KINDS = ("mitp", "mitp_no_hub", "late_fusion", "pmf", "finetune")
 
 
 class Strict(BaseModel):
@@ -57,14 +57,35 @@ class InteractionConfig(Strict):
     interval: int = Field(1, ge=1, description="distance D between interaction layers")
 
 
+class PMFParams(Strict):
+    """``model.pmf``: PMF's sizes (defaults of its official model file)."""
+
+    n_fusion_layers: int = Field(2, ge=1, description="F: prompted top layers (first one: depth - F)")
+    n_qp: int = Field(4, ge=1, description="query prompts per fusion layer and direction")
+    n_qcp: int = Field(4, ge=0, description="query-context prompts per fusion layer and direction")
+    n_fcp: int = Field(4, ge=0, description="fusion-context prompts per fusion layer and tower")
+    mapper_hidden: int | None = Field(None, ge=1, description="null: max(d_v, d_t) / 2")
+
+
 class ModelConfig(Strict):
-    kind: Literal["mitp", "mitp_no_hub", "late_fusion"] = "mitp"
+    kind: Literal["mitp", "mitp_no_hub", "late_fusion", "pmf", "finetune"] = "mitp"
     prompt_length: int = Field(8, ge=1)
     hub_size: int = Field(64, ge=1)
     interaction: InteractionConfig = InteractionConfig()
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     tau_init: float = Field(1.0 / 0.07, gt=0.0)
     prompt_init_std: float = Field(0.02, gt=0.0)
+    pmf: PMFParams = PMFParams()
+
+    def first_interaction_layer(self, depth: int) -> int:
+        """The first aligned layer this kind changes (hidden states may enter at most there):
+        ``interaction.start`` for MITP, ``depth - pmf.n_fusion_layers`` for PMF, the depth for
+        late fusion; 0 for finetune (it trains every layer, so nothing below is fixed)."""
+        if self.kind in ("mitp", "mitp_no_hub"):
+            return self.interaction.start
+        if self.kind == "pmf":
+            return depth - self.pmf.n_fusion_layers
+        return depth if self.kind == "late_fusion" else 0
 
 
 class CacheConfig(Strict):
@@ -81,6 +102,7 @@ class TrainConfig(Strict):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0.0)
+    backbone_lr: float = Field(1e-4, gt=0.0, description="model.kind=finetune: learning rate of the backbones")
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, gt=0.0)
@@ -177,7 +199,7 @@ class Params(Strict):
         for name in self.datasets:
             if name not in known:
                 raise ValueError(f"datasets: unknown dataset {name!r} (known: {', '.join(sorted(known))})")
-        if self.model.kind != "late_fusion" and self.cache.enabled and self.cache.layer > self.model.interaction.start:
+        if self.model.kind in ("mitp", "mitp_no_hub") and self.cache.enabled and self.cache.layer > self.model.interaction.start:
             raise ConfigError(
                 f"cache.layer: {self.cache.layer} is above model.interaction.start "
                 f"{self.model.interaction.start}; the cached layers must never see a prompt"

@@ -25,8 +25,9 @@ from mitp import backbones as backbones_mod
 from mitp import checkpoint, metrics, tracking
 from mitp.config import Params
 from mitp.data import loaders as loaders_mod
-from mitp.errors import UserError
-from mitp.model import MITP, MITPConfig
+from mitp.errors import ConfigError, UserError
+from mitp.model import TwoTowers
+from mitp.model_kinds import build_model as build_kind
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +73,30 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def build_model(params: Params, backbones, num_labels: int, multi_label: bool) -> MITP:
-    return MITP(MITPConfig.from_params(params, num_labels, multi_label), backbones.vision, backbones.text)
+def build_model(params: Params, backbones, num_labels: int, multi_label: bool,
+                drop_below: int | None = None) -> TwoTowers:
+    return build_kind(params, backbones.vision, backbones.text, num_labels, multi_label, drop_below)
 
 
-def make_optimizer(model: MITP, params: Params, total_steps: int):
-    """AdamW on the trainable parameters only; no decay on norms, biases, prompts, tau."""
-    decay, no_decay = [], []
+def refuse_cache_for_finetune(params: Params) -> None:
+    if params.model.kind == "finetune" and params.cache.enabled:
+        raise ConfigError("cache.enabled: model.kind=finetune trains the backbones end to end, so it cannot "
+                          "train from the feature cache; set cache.enabled=false")
+
+
+def make_optimizer(model: TwoTowers, params: Params, total_steps: int):
+    """AdamW on the trainable parameters only; no decay on norms, biases, prompts, tau. The
+    backbones (``finetune``) form their own groups at ``train.backbone_lr``."""
+    t = params.train
+    groups = {(tower, decays): [] for tower in (False, True) for decays in (False, True)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and not name.startswith("prompt_") else no_decay).append(p)
-    t = params.train
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
+        decays = p.ndim >= 2 and not name.startswith("prompt_")
+        groups[name.startswith(("vision.", "text.")), decays].append(p)
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": t.weight_decay if decays else 0.0,
+                              "lr": t.backbone_lr if tower else t.lr}
+                             for (tower, decays), ps in groups.items() if ps], lr=t.lr)
     warmup = max(1, int(t.warmup_ratio * total_steps))
 
     def schedule(step: int) -> float:
@@ -108,7 +119,7 @@ def autocast(device: torch.device):
 
 
 @torch.inference_mode()
-def evaluate(model: MITP, loader, device: torch.device, start_layer: int, multi_label: bool,
+def evaluate(model: TwoTowers, loader, device: torch.device, start_layer: int, multi_label: bool,
              desc: str = "eval") -> dict[str, float]:
     model.eval()
     all_logits, all_labels, total_loss, n = [], [], 0.0, 0
@@ -144,11 +155,15 @@ def fit(
     ``checkpoint_dir``: a folder for the per-epoch checkpoint; if it already holds one, the run
     resumes from it (same MLflow run, no epoch done twice).
     """
+    refuse_cache_for_finetune(params)
     seed_everything(params.seed)
     device = pick_device(params.train.device)
     bb = backbones_mod.load(params, device)
     loaders = loaders_mod.build(params, dataset, bb, device)
-    model = build_model(params, bb, len(loaders.labels), loaders.multi_label).to(device)
+    # From the cache, the layers below k never run: the model is built without them (this
+    # releases them from bb's towers too, which are the model's; a raw-input model needs a reload).
+    drop_below = loaders.start_layer if loaders.source == "cache" else None
+    model = build_model(params, bb, len(loaders.labels), loaders.multi_label, drop_below).to(device)
     primary = metrics.primary_metric(loaders.multi_label)
 
     t = params.train
