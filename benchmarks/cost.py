@@ -32,6 +32,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -158,14 +159,16 @@ def run_worker(cfg: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def spawn(cfg: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(cfg)]
-    env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr[-4000:])
-        raise SystemExit(f"the {cfg['kind']} ({cfg['path']}) worker failed (exit {out.returncode})")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def spawn(cfg: dict, scratch: Path) -> dict:
+    """One row in a fresh Python process; it writes its row as JSON to a file."""
+    out = scratch / f"{cfg['kind']}-{cfg['path']}.json"
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(cfg), "--out", str(out)],
+                          cwd=REPO, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if proc.returncode != 0 or not out.exists():
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"the {cfg['kind']} ({cfg['path']}) row failed (exit {proc.returncode})")
+    return json.loads(out.read_text())
 
 
 def table(rows: list[dict]) -> str:
@@ -189,9 +192,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads in each row's process")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(run_worker(json.loads(args.worker))))
+        Path(args.out).write_text(json.dumps(run_worker(json.loads(args.worker))))
         return 0
     setting = dict(SETTINGS["smoke" if args.smoke else "paper"])
     if args.batch_size:
@@ -199,12 +203,13 @@ def main() -> int:
     if args.steps:
         setting["steps"] = args.steps
     rows = []
-    for kind, path in ROWS:
-        cfg = {"kind": kind, "path": path, "setting": setting, "smoke": args.smoke, "threads": args.threads,
-               "device": args.device}
-        rows.append(spawn(cfg))
-        r = rows[-1]
-        print(f"{kind} ({path}): {r['peak_memory_mb']:,.0f} MB peak, {r['step_s']:.3f} s/step", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as scratch:
+        for kind, path in ROWS:
+            cfg = {"kind": kind, "path": path, "setting": setting, "smoke": args.smoke, "threads": args.threads,
+                   "device": args.device}
+            rows.append(spawn(cfg, Path(scratch)))
+            r = rows[-1]
+            print(f"{kind} ({path}): {r['peak_memory_mb']:,.0f} MB peak, {r['step_s']:.3f} s/step", file=sys.stderr)
     shape = "tiny-random" if args.smoke else "ViT-B/16 + BERT-base (random weights)"
     print(f"{shape}, batch {setting['batch']}, {setting['image']}px images, {setting['text']}-token texts, "
           f"{setting['classes']} classes, device {rows[0]['device']}, threads {args.threads or 'default'}\n")

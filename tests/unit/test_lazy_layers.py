@@ -1,6 +1,7 @@
 """A model built for hidden states entering layer k keeps neither the embeddings nor the
-layers below k: count the parameters actually materialised. Its logits equal the full model's.
-``fit`` from the cache builds it that way."""
+layers below k: count the parameters actually materialised. Its logits from the cached hidden
+states equal the full model's from raw inputs (MITP and PMF). ``fit`` from the cache builds it
+that way."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def layer_params(vision, text, i) -> int:
 
 
 @pytest.mark.parametrize("kind, overrides", [("mitp", {"model.interaction.start": 2}), ("pmf", {})])
-@pytest.mark.parametrize("k", [0, 2])
+@pytest.mark.parametrize("k", [0, 1, 2])
 def test_layers_below_k_are_not_materialised_and_logits_agree(tiny_backbones, kind, overrides, k):
     params = load_params(overrides={"model.kind": kind, **overrides})
     v_full, t_full = towers(tiny_backbones)
@@ -51,7 +52,9 @@ def test_layers_below_k_are_not_materialised_and_logits_agree(tiny_backbones, ki
         want = full(tok["attention_mask"], pixel_values=pixels, input_ids=tok["input_ids"]).logits
         h_v, h_t = full.encode_prefix(pixels, tok["input_ids"], tok["attention_mask"], k)
         got = lean(tok["attention_mask"], hidden_v=h_v, hidden_t=h_t, start_layer=k).logits
+        got16 = lean(tok["attention_mask"], hidden_v=h_v.half(), hidden_t=h_t.half(), start_layer=k).logits
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert (got16 - want).abs().max().item() < 1e-2  # float16 storage of the hidden states
     with pytest.raises(ValueError, match="can only run cached hidden states"):
         lean(tok["attention_mask"], pixel_values=pixels, input_ids=tok["input_ids"])
 
