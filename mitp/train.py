@@ -88,7 +88,8 @@ def make_optimizer(model: TwoTowers, params: Params, total_steps: int):
     """AdamW on the trainable parameters only; no decay on norms, biases, prompts, tau. The
     backbones (``finetune``) form their own groups at ``train.backbone_lr``."""
     t = params.train
-    groups = {(tower, decays): [] for tower in (False, True) for decays in (False, True)}
+    # the decay group first, then no-decay, as before the backbone groups existed (old checkpoints load)
+    groups = {(tower, decays): [] for tower in (False, True) for decays in (True, False)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
