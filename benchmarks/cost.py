@@ -10,7 +10,7 @@ the same batch for every kind, AdamW on what trains (``mitp.train.make_optimizer
 
 * ``finetune``, raw inputs: both towers train end to end (``train.backbone_lr``);
 * ``pmf``, raw inputs: PMF's defaults (the top 2 layers fused);
-* ``mitp``, raw inputs, interaction start s = 8 (the real-data setting);
+* ``mitp``, raw inputs, the paper's setting: M = 8, h = 384, interaction start s = 8;
 * ``mitp``, from the feature cache at layer k = 8: the model is built without the embeddings
   and layers 0-7 (``drop_below``), which are never materialised;
 * ``late_fusion``, from the same cache at layer 8 (the frozen linear probe);
@@ -42,9 +42,9 @@ sys.path.insert(0, str(REPO))
 ROWS = [("finetune", "raw"), ("pmf", "raw"), ("mitp", "raw"), ("mitp", "cache"), ("late_fusion", "cache"),
         ("pmf", "cache")]
 SETTINGS = {
-    # k: the cache layer (and MITP's start); text: tokens per text
-    "paper": dict(image=224, text=64, classes=101, k=8, batch=8, steps=3, warmup=1),
-    "smoke": dict(image=32, text=16, classes=101, k=2, batch=4, steps=2, warmup=1),
+    # k: the cache layer (and MITP's start s); text: tokens per text; hub: MITP's hub size h
+    "paper": dict(image=224, text=64, classes=101, k=8, hub=384, batch=8, steps=3, warmup=1),
+    "smoke": dict(image=32, text=16, classes=101, k=2, hub=64, batch=4, steps=2, warmup=1),
 }
 
 
@@ -96,7 +96,7 @@ def run_worker(cfg: dict) -> dict:
         torch.set_num_threads(cfg["threads"])
     s, kind, path = cfg["setting"], cfg["kind"], cfg["path"]
     vcfg, tcfg = tower_configs(cfg["smoke"])
-    params = load_params(overrides={"model.kind": kind, "model.interaction.start": s["k"],
+    params = load_params(overrides={"model.kind": kind, "model.interaction.start": s["k"], "model.hub_size": s["hub"],
                                     "train.device": cfg["device"], "sweep.space": {}})
     # the cache layer: k, or PMF's first fusion layer (depth - 2), the highest it can start from
     depth = min(vcfg.num_hidden_layers, tcfg.num_hidden_layers)
