@@ -28,6 +28,9 @@ def build(bb, **kw) -> PMF:
 def test_fusion_layers_are_the_top_ones(tiny_backbones):
     model = build(tiny_backbones)
     assert model.layers_i == [2, 3] and model.first_interaction == 2
+    # the config's view of the same rule (what the cache layer is checked against)
+    params = load_params(overrides={"model.kind": "pmf"})
+    assert params.model.first_interaction_layer(4) == 2 and params.model.first_interaction_layer(12) == 10
     with pytest.raises(ValueError, match="model.pmf.n_fusion_layers"):
         build(tiny_backbones, n_fusion_layers=5)
 
