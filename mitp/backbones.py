@@ -42,7 +42,7 @@ from transformers import (
 )
 
 from mitp.atomic import atomic_dir, write_json
-from mitp.config import REPO_ROOT, BackboneConfig, Params
+from mitp.config import MODEL_KINDS, REPO_ROOT, BackboneConfig, Params
 from mitp.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,10 @@ def check_depth(params: Params) -> None:
     except (ConfigError, OSError):
         return  # a custom backbone not fetched yet: the model build checks it later
     start = params.model.interaction.start
-    if params.model.kind != "late_fusion" and start >= depth:
+    if MODEL_KINDS[params.model.kind] == "interaction" and start >= depth:
         raise ConfigError(f"model.interaction.start: {start} must be below the backbone depth {depth}")
+    fusion = params.model.pmf.n_fusion_layers
+    if params.model.kind == "pmf" and fusion > depth:
+        raise ConfigError(f"model.pmf.n_fusion_layers: {fusion} is more than the backbone depth {depth}")
     if params.cache.layer > depth:
         raise ConfigError(f"cache.layer: {params.cache.layer} is beyond the backbone depth {depth}")

@@ -30,12 +30,18 @@ from mitp.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
 
-# Every model kind, once: kind -> whether it has interaction layers (prompts from
-# ``model.interaction.start`` on, so the feature cache must stop below them). A new kind is one line.
-MODEL_KINDS: dict[str, bool] = {
-    "mitp": True,
-    "mitp_no_hub": True,
-    "late_fusion": False,
+# Every model kind, once: kind -> which layers it changes, which decides where the feature cache
+# may stop (hidden states entering layer k are cached, so nothing below k may change):
+#   "interaction": prompts from ``model.interaction.start`` on (MITP and its ablation);
+#   "top": prompts on the top ``model.pmf.n_fusion_layers`` layers (PMF);
+#   "none": frozen towers, only the readout trains (the cache may stop anywhere);
+#   "all": every layer trains (no feature cache). A new kind is one line here plus its builder.
+MODEL_KINDS: dict[str, str] = {
+    "mitp": "interaction",
+    "mitp_no_hub": "interaction",
+    "late_fusion": "none",
+    "pmf": "top",
+    "finetune": "all",
 }
 ModelKind = Literal[tuple(MODEL_KINDS)]  # type: ignore[valid-type]
 
@@ -67,6 +73,16 @@ class InteractionConfig(Strict):
     interval: int = Field(1, ge=1, description="distance D between interaction layers")
 
 
+class PMFParams(Strict):
+    """``model.pmf``: PMF's sizes (defaults of its official model file)."""
+
+    n_fusion_layers: int = Field(2, ge=1, description="F: prompted top layers (first one: depth - F)")
+    n_qp: int = Field(4, ge=1, description="query prompts per fusion layer and direction")
+    n_qcp: int = Field(4, ge=0, description="query-context prompts per fusion layer and direction")
+    n_fcp: int = Field(4, ge=0, description="fusion-context prompts per fusion layer and tower")
+    mapper_hidden: int | None = Field(None, ge=1, description="null: max(d_v, d_t) / 2")
+
+
 class ModelConfig(Strict):
     kind: ModelKind = "mitp"
     prompt_length: int = Field(8, ge=1)
@@ -75,6 +91,18 @@ class ModelConfig(Strict):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     tau_init: float = Field(1.0 / 0.07, gt=0.0)
     prompt_init_std: float = Field(0.02, gt=0.0)
+    pmf: PMFParams = PMFParams()
+
+    def first_interaction_layer(self, depth: int) -> int:
+        """The first aligned layer this kind changes (hidden states may enter at most there):
+        ``interaction.start`` for MITP, ``depth - pmf.n_fusion_layers`` for PMF, the depth for
+        late fusion; 0 for finetune (it trains every layer, so nothing below is fixed)."""
+        changes = MODEL_KINDS[self.kind]
+        if changes == "interaction":
+            return self.interaction.start
+        if changes == "top":
+            return depth - self.pmf.n_fusion_layers
+        return depth if changes == "none" else 0
 
 
 class CacheConfig(Strict):
@@ -91,6 +119,7 @@ class TrainConfig(Strict):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0.0)
+    backbone_lr: float = Field(1e-4, gt=0.0, description="model.kind=finetune: learning rate of the backbones")
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, gt=0.0)

@@ -11,10 +11,15 @@ interaction layers I = {s, s+D, s+2D, ...} below L.
     readout:     [CLS_v ; CLS_t ; mean_M O_last^v ; mean_M O_last^t] -> LN -> dropout -> Linear(K)
 
 Variants: ``mitp``; ``mitp_no_hub`` (C^m = 0: no exchange between modalities);
-``late_fusion`` (no prompts; [CLS_v ; CLS_t] -> LN -> dropout -> Linear(K)).
+``late_fusion`` (no prompts; [CLS_v ; CLS_t] -> LN -> dropout -> Linear(K)); ``finetune`` (the
+late-fusion readout with both towers trainable end to end: the upper bound, never cached).
+PMF, the prompt-based baseline, lives in :mod:`mitp.pmf` on the same :class:`TwoTowers` base;
+:func:`mitp.model_kinds.build_model` picks the class for ``model.kind``.
 
 The forward pass can start from raw inputs (embeddings) or from hidden states entering layer
 k <= s (the feature cache): layers below s never see a prompt, so both give the same logits.
+A model built with ``drop_below=k`` for the cached path never runs the embeddings or the layers
+below k, so it does not keep them: their modules are replaced (weights released).
 Towers of different depth are aligned from the top: aligned layer l is layer l + (L_m - L) of
 tower m, with L the depth of the shallower tower.
 """
@@ -33,7 +38,7 @@ from mitp.errors import ConfigError
 
 @dataclass
 class MITPConfig:
-    kind: str = "mitp"  # mitp | mitp_no_hub | late_fusion
+    kind: str = "mitp"  # mitp | mitp_no_hub | late_fusion | finetune
     prompt_length: int = 8  # M
     hub_size: int = 64  # h
     start: int = 0  # s
@@ -83,9 +88,13 @@ class VisionTower(nn.Module):
         self.depth = len(vit.layers)
         self.width = vit.config.hidden_size
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vit.layernorm.weight.dtype
+
     def embed(self, pixel_values: Tensor) -> Tensor:
         """(B, 3, H, W) -> X_0^v (B, 1 + patches, d_v)."""
-        return self.vit.embeddings(pixel_values.to(self.vit.embeddings.patch_embeddings.projection.weight.dtype))
+        return self.vit.embeddings(pixel_values.to(self.dtype))
 
     def layer(self, i: int, x: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.layers[i](x)
@@ -93,6 +102,12 @@ class VisionTower(nn.Module):
     def cls(self, x: Tensor) -> Tensor:
         """CLS_v after the ViT's final layernorm."""
         return self.vit.layernorm(x[:, 0])
+
+    def drop_below(self, n: int) -> None:
+        """Release the embeddings and layers 0..n-1 (never run when training from the cache)."""
+        self.vit.embeddings = None
+        for i in range(n):
+            self.layers[i] = nn.Identity()
 
 
 class TextTower(nn.Module):
@@ -104,6 +119,10 @@ class TextTower(nn.Module):
         self.layers = bert.encoder.layer
         self.depth = len(bert.encoder.layer)
         self.width = bert.config.hidden_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layers[-1].output.dense.weight.dtype
 
     def embed(self, input_ids: Tensor) -> Tensor:
         """(B, N_t) -> X_0^t (B, N_t, d_t)."""
@@ -121,6 +140,12 @@ class TextTower(nn.Module):
 
     def cls(self, x: Tensor) -> Tensor:
         return x[:, 0]
+
+    def drop_below(self, n: int) -> None:
+        """Release the embeddings and layers 0..n-1 (never run when training from the cache)."""
+        self.bert.embeddings = None
+        for i in range(n):
+            self.layers[i] = nn.Identity()
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,54 +191,59 @@ class MemoryHub(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class MITP(nn.Module):
-    def __init__(self, config: MITPConfig, vision: nn.Module, text: nn.Module):
+class TwoTowers(nn.Module):
+    """What every kind shares: the two towers aligned from the top, frozen unless
+    ``train_backbones``; the frozen prefix the cache stores; the start from raw inputs or from
+    hidden states entering layer k; the loss.
+
+    Subclasses set ``first_interaction`` (the first aligned layer that differs from the plain
+    frozen towers: hidden states may enter at most there) and ``PARTS`` (trainable groups).
+
+    ``drop_below=k`` (the cached path): the embeddings and the layers below aligned layer k are
+    released at construction. The passed backbone modules are changed in place: that is what
+    frees their weights, so callers that keep using the full towers pass a copy.
+    """
+
+    PARTS: tuple[str, ...] = ("head",)
+
+    def __init__(self, vision: nn.Module, text: nn.Module, multi_label: bool,
+                 train_backbones: bool = False, drop_below: int | None = None):
         super().__init__()
-        self.config = config
+        self.multi_label = multi_label
+        self.train_backbones = train_backbones
         self.vision, self.text = VisionTower(vision), TextTower(text)
         for p in list(vision.parameters()) + list(text.parameters()):
-            p.requires_grad_(False)
+            p.requires_grad_(train_backbones)
         self.depth = min(self.vision.depth, self.text.depth)  # L, towers aligned from the top
         self.offset_v = self.vision.depth - self.depth
         self.offset_t = self.text.depth - self.depth
-        d_v, d_t, M = self.vision.width, self.text.width, config.prompt_length
-
-        self.prompted = config.kind != "late_fusion"
-        if config.kind not in ("mitp", "mitp_no_hub", "late_fusion"):
-            raise ConfigError(f"model.kind: unknown kind {config.kind!r}")
-        if self.prompted:
-            self.layers_i = interaction_layers(config.start, config.interval, self.depth)
-            # first prompts P_s^m ~ N(0, 0.02^2)
-            self.prompt_v = nn.Parameter(torch.randn(M, d_v) * config.prompt_init_std)
-            self.prompt_t = nn.Parameter(torch.randn(M, d_t) * config.prompt_init_std)
-            n_steps = len(self.layers_i) - 1  # the hub runs after each l in I but the last
-            self.hub = (MemoryHub(d_v, d_t, config.hub_size, n_steps, config.tau_init,
-                                  exchange=config.kind == "mitp") if n_steps > 0 else None)
-            readout_dim = 2 * (d_v + d_t)
-        else:
-            self.layers_i, self.hub = [], None
-            readout_dim = d_v + d_t
-        self.head = nn.Sequential(nn.LayerNorm(readout_dim), nn.Dropout(config.dropout),
-                                  nn.Linear(readout_dim, config.num_labels))
+        self.first_interaction = self.depth
+        self.dropped_below = drop_below
+        if drop_below is not None:
+            if train_backbones:
+                raise ConfigError("cache.enabled: a model that trains its backbones cannot start from the cache")
+            self.vision.drop_below(drop_below + self.offset_v)
+            self.text.drop_below(drop_below + self.offset_t)
 
     # -- the frozen parts stay in eval mode whatever .train() says -----------------------------
-    def train(self, mode: bool = True) -> MITP:
+    def train(self, mode: bool = True) -> TwoTowers:
         super().train(mode)
-        self.vision.eval()
-        self.text.eval()
+        if not self.train_backbones:
+            self.vision.eval()
+            self.text.eval()
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
     def parameter_groups(self) -> dict[str, int]:
-        """Trainable parameter counts by part: prompts, hub, head."""
-        groups = {"prompts": 0, "hub": 0, "head": 0}
+        """Trainable parameter counts by part (``PARTS``; ``prompt_*`` names are prompts)."""
+        groups = dict.fromkeys(self.PARTS, 0)
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             part = "prompts" if name.startswith("prompt_") else name.split(".")[0]
-            groups[part] += p.numel()
+            groups[part] = groups.get(part, 0) + p.numel()
         return groups
 
     # -- frozen prefix: what the feature cache stores -------------------------------------------
@@ -237,6 +267,60 @@ class MITP(nn.Module):
         """Raw inputs -> hidden states entering aligned layer k: (B, N_v, d_v), (B, N_t, d_t)."""
         return self.vision_prefix(pixel_values, k), self.text_prefix(input_ids, attention_mask, k)
 
+    def start(self, attention_mask: Tensor, pixel_values: Tensor | None, input_ids: Tensor | None,
+              hidden_v: Tensor | None, hidden_t: Tensor | None, start_layer: int) -> tuple[Tensor, Tensor, int]:
+        """(X_k^v, X_k^t, k): from raw inputs (k = 0) or from cached hidden states entering k."""
+        if hidden_v is None:
+            if self.dropped_below is not None:
+                raise ConfigError(f"cache.enabled: this model was built without its layers below "
+                                  f"{self.dropped_below} and can only run cached hidden states")
+            x_v, x_t = self.encode_prefix(pixel_values, input_ids, attention_mask, 0)
+            return x_v, x_t, 0
+        if start_layer > self.first_interaction:
+            raise ConfigError(f"cache.layer: hidden states enter layer {start_layer}, above the "
+                              f"first interaction layer {self.first_interaction}")
+        if self.dropped_below is not None and start_layer < self.dropped_below:
+            raise ConfigError(f"cache.layer: hidden states enter layer {start_layer}, below the "
+                              f"first layer kept ({self.dropped_below})")
+        return hidden_v.to(self.vision.dtype), hidden_t.to(self.text.dtype), start_layer
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        return F.cross_entropy(logits, labels)
+
+
+class MITP(TwoTowers):
+    """MITP and the kinds that share its readout: ``mitp``, ``mitp_no_hub``, ``late_fusion``,
+    ``finetune``."""
+
+    PARTS = ("prompts", "hub", "head")
+
+    def __init__(self, config: MITPConfig, vision: nn.Module, text: nn.Module, drop_below: int | None = None):
+        if config.kind not in ("mitp", "mitp_no_hub", "late_fusion", "finetune"):
+            raise ConfigError(f"model.kind: unknown kind {config.kind!r}")
+        super().__init__(vision, text, config.multi_label, train_backbones=config.kind == "finetune",
+                         drop_below=drop_below)
+        self.config = config
+        d_v, d_t, M = self.vision.width, self.text.width, config.prompt_length
+
+        self.prompted = config.kind in ("mitp", "mitp_no_hub")
+        if self.prompted:
+            self.layers_i = interaction_layers(config.start, config.interval, self.depth)
+            self.first_interaction = config.start
+            # first prompts P_s^m ~ N(0, 0.02^2)
+            self.prompt_v = nn.Parameter(torch.randn(M, d_v) * config.prompt_init_std)
+            self.prompt_t = nn.Parameter(torch.randn(M, d_t) * config.prompt_init_std)
+            n_steps = len(self.layers_i) - 1  # the hub runs after each l in I but the last
+            self.hub = (MemoryHub(d_v, d_t, config.hub_size, n_steps, config.tau_init,
+                                  exchange=config.kind == "mitp") if n_steps > 0 else None)
+            readout_dim = 2 * (d_v + d_t)
+        else:
+            self.layers_i, self.hub = [], None
+            readout_dim = d_v + d_t
+        self.head = nn.Sequential(nn.LayerNorm(readout_dim), nn.Dropout(config.dropout),
+                                  nn.Linear(readout_dim, config.num_labels))
+
     # -- the forward pass ------------------------------------------------------------------------
     def forward(
         self,
@@ -253,15 +337,7 @@ class MITP(nn.Module):
         cached hidden states entering aligned layer ``start_layer`` = k (``hidden_v``
         (B,N_v,d_v), ``hidden_t`` (B,N_t,d_t)). ``attention_mask``: (B, N_t) text mask.
         ``labels``: (B,) class indices, or (B, K) multi-hot floats for multi-label sets."""
-        if hidden_v is None:
-            x_v, x_t = self.encode_prefix(pixel_values, input_ids, attention_mask, 0)
-            start_layer = 0
-        else:
-            dtype = self.vision.vit.embeddings.patch_embeddings.projection.weight.dtype
-            x_v, x_t = hidden_v.to(dtype), hidden_t.to(dtype)
-            if self.prompted and start_layer > self.config.start:
-                raise ConfigError(f"cache.layer: hidden states enter layer {start_layer}, above the "
-                                  f"first interaction layer {self.config.start}")
+        x_v, x_t, start_layer = self.start(attention_mask, pixel_values, input_ids, hidden_v, hidden_t, start_layer)
         B = x_v.shape[0]
         mask_t = self.text.additive_mask(attention_mask, x_t.dtype)
         # The prompts' columns of the text mask: ones (prompts are always attended to).
@@ -301,8 +377,3 @@ class MITP(nn.Module):
         loss = None if labels is None else self.loss(logits, labels)
         return MITPOutput(logits=logits, loss=loss,
                           prompts_v=seen_v or None, prompts_t=seen_t or None)
-
-    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        if self.config.multi_label:
-            return F.binary_cross_entropy_with_logits(logits, labels.float())
-        return F.cross_entropy(logits, labels)

@@ -7,7 +7,7 @@ import torch
 from mitp import backbones
 from mitp.config import Params
 from mitp.data.manifests import read_labels
-from mitp.model import MITP, MITPConfig
+from mitp.model_kinds import build_model
 
 # Label counts of the benchmark datasets, for summaries before `prepare` has run.
 KNOWN_NUM_LABELS = {"food101": 101, "mmimdb": 23, "snli_ve": 3, "synthetic": 3}
@@ -23,7 +23,7 @@ def model_summary(params: Params, dataset: str) -> dict:
     vision, text = backbones.config_only(params.backbone)
     multi = params.dataset(dataset).task == "multi_label"
     with torch.device("meta"):
-        model = MITP(MITPConfig.from_params(params, num_labels(params, dataset), multi), vision, text)
+        model = build_model(params, vision, text, num_labels(params, dataset), multi)
     trainable = sum(p.numel() for p in model.trainable_parameters())
     total = sum(p.numel() for p in model.parameters())
     return {

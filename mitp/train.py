@@ -28,7 +28,9 @@ from mitp.config import Params
 from mitp.data import loaders as loaders_mod
 from mitp.data.manifests import manifest_hash
 from mitp.errors import UserError
-from mitp.model import MITP, MITPConfig
+from mitp.model import TwoTowers
+from mitp.model_kinds import build_model as build_kind
+from mitp.sweep.space import check_cache_layer
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +76,26 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def build_model(params: Params, backbones, num_labels: int, multi_label: bool) -> MITP:
-    return MITP(MITPConfig.from_params(params, num_labels, multi_label), backbones.vision, backbones.text)
+def build_model(params: Params, backbones, num_labels: int, multi_label: bool,
+                drop_below: int | None = None) -> TwoTowers:
+    return build_kind(params, backbones.vision, backbones.text, num_labels, multi_label, drop_below)
 
 
-def make_optimizer(model: MITP, params: Params, total_steps: int):
+def make_optimizer(model: TwoTowers, params: Params, total_steps: int):
     """AdamW on the trainable parameters only (no decay on norms, biases, prompts, tau), and a
-    linear warm-up over ``train.warmup_ratio`` of ``total_steps`` followed by a cosine decay to 0."""
-    decay, no_decay = [], []
+    linear warm-up over ``train.warmup_ratio`` of ``total_steps`` followed by a cosine decay to 0.
+    The backbones (``finetune``) form their own groups at ``train.backbone_lr``."""
+    t = params.train
+    # the decay group first, then no-decay, as before the backbone groups existed (old checkpoints load)
+    groups = {(tower, decays): [] for tower in (False, True) for decays in (True, False)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and not name.startswith("prompt_") else no_decay).append(p)
-    t = params.train
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
+        decays = p.ndim >= 2 and not name.startswith("prompt_")
+        groups[name.startswith(("vision.", "text.")), decays].append(p)
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": t.weight_decay if decays else 0.0,
+                              "lr": t.backbone_lr if tower else t.lr}
+                             for (tower, decays), ps in groups.items() if ps], lr=t.lr)
     warmup = max(1, int(t.warmup_ratio * total_steps))
     return opt, get_cosine_schedule_with_warmup(opt, warmup, total_steps)
 
@@ -103,7 +110,7 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def train_step(model: MITP, batch: dict, optimizer, scheduler, *, start_layer: int, grad_clip: float,
+def train_step(model: TwoTowers, batch: dict, optimizer, scheduler, *, start_layer: int, grad_clip: float,
                device: torch.device) -> float:
     """One optimisation step on a batch already on ``device``; returns the batch's mean loss.
 
@@ -125,7 +132,7 @@ def train_step(model: MITP, batch: dict, optimizer, scheduler, *, start_layer: i
 
 
 @torch.inference_mode()
-def evaluate(model: MITP, loader, device: torch.device, start_layer: int, multi_label: bool,
+def evaluate(model: TwoTowers, loader, device: torch.device, start_layer: int, multi_label: bool,
              desc: str = "eval", keep: dict | None = None) -> dict[str, float]:
     """Metrics on ``loader``; ``keep`` (a dict) receives ``logits`` (N, K) and ``labels``."""
     model.eval()
@@ -178,13 +185,18 @@ def _fit(
     the model is logged to MLflow as a pyfunc model either way, and registered in the model
     registry as ``register`` when a name is given.
     """
+    check_cache_layer(params)  # also refuses the cache for finetune
     device = pick_device(params.train.device)
     bb = backbones_mod.load(params.backbone, device)  # may build the tiny-random pair, which draws random numbers
     loaders = loaders_mod.build(params, dataset, bb, device)
     # Seeded here, after everything that may or may not draw random numbers depending on what is
     # already on disk: prompt init, dropout and shuffling are the same on a first run and a re-run.
     seed_everything(params.seed)
-    model = build_model(params, bb, len(loaders.labels), loaders.multi_label).to(device)
+    # From the cache, the layers below k never run: the model is built without them (this
+    # releases them from bb's towers too, which are the model's; a raw-input model needs a reload).
+    drop_below = loaders.start_layer if loaders.source == "cache" else None
+    n_backbones = sum(p.numel() for tower in (bb.vision, bb.text) for p in tower.parameters())  # before the drop
+    model = build_model(params, bb, len(loaders.labels), loaders.multi_label, drop_below).to(device)
     primary = metrics.primary_metric(loaders.multi_label)
 
     t = params.train
@@ -201,7 +213,9 @@ def _fit(
         log.info("resuming %s from epoch %d (checkpoint %s)", dataset, start_epoch, ckpt)
 
     n_trainable = sum(p.numel() for p in model.trainable_parameters())
-    n_total = sum(p.numel() for p in model.parameters())
+    # the model as the paper counts it (whole backbones), whatever the cached path left out of memory
+    n_total = n_backbones + sum(p.numel() for name, p in model.named_parameters()
+                                if not name.startswith(("vision.", "text.")))
     tags = {**tracking.lineage_tags(params, dataset), "data_source": loaders.source, **(extra_tags or {})}
     tags.update({k: str(v) for k, v in loaders.info.items()})
 
@@ -273,6 +287,7 @@ def _fit(
             "trainable_params": n_trainable,
             "total_params": n_total,
             "trainable_ratio": n_trainable / n_total,
+            "materialised_params": sum(p.numel() for p in model.parameters()),  # held in memory
             "train_samples_per_s": train_samples / max(train_time, 1e-9),
             "train_time_s": train_time,
             "peak_memory_mb": peak_memory_mb(device),

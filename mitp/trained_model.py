@@ -7,7 +7,7 @@ Layout of a model folder (``models/<dataset>/<kind>/``, the MLflow model's artif
     backbones/<name>/   the frozen pair, packed when small (tiny-random); absent for hub
                         backbones, which are fetched at the card's pinned revisions on first use
 
-The card holds the ``MITPConfig``, the label names in order, the task (single/multi-label and
+The card holds the model config (``MITPConfig`` or ``PMFConfig``), the label names in order, the task (single/multi-label and
 the 0.5 threshold), the backbone spec (preset, ids, resolved revisions, or the tiny-random
 recipe), the preprocessing (image size, normalisation, tokenizer, ``max_text_length``), the
 cache layer and dtype the model was trained from, the dataset's manifest digest, the git commit
@@ -37,7 +37,8 @@ from mitp import checkpoint
 from mitp.atomic import atomic_dir
 from mitp.config import BackboneConfig, Params
 from mitp.errors import UserError
-from mitp.model import MITP, MITPConfig
+from mitp.model import TwoTowers
+from mitp.model_kinds import from_config
 
 CARD = "model_card.json"
 WEIGHTS = "weights.safetensors"
@@ -55,7 +56,7 @@ class ModelFolderError(UserError):
 class TrainedModel:
     """A rebuilt model ready for inference (eval mode, on ``device``)."""
 
-    model: MITP
+    model: TwoTowers
     backbones: backbones_mod.Backbones
     card: dict[str, Any]
     folder: Path
@@ -101,7 +102,7 @@ def preprocessing_section(bb: backbones_mod.Backbones, max_text_length: int) -> 
     }
 
 
-def make_card(params: Params, dataset: str, bb: backbones_mod.Backbones, config: MITPConfig, labels: list[str],
+def make_card(params: Params, dataset: str, bb: backbones_mod.Backbones, config, labels: list[str],
               *, start_layer: int, source: str, cache_fingerprint: str | None, manifest_sha256: str,
               run_id: str | None, best_epoch: int, git_commit: str, metrics: dict[str, float],
               autocast: str | None = None) -> dict[str, Any]:
@@ -195,7 +196,7 @@ def load_backbones(cfg: BackboneConfig, device: torch.device) -> backbones_mod.B
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu", backbone_dir: str | Path | None = None) -> TrainedModel:
-    """Rebuild the model of a folder: backbones, ``MITP`` from the card, trainable weights."""
+    """Rebuild the model of a folder: backbones, the model of the card's kind, trainable weights."""
     folder = Path(folder)
     card = read_card(folder)
     weights = folder / WEIGHTS
@@ -203,7 +204,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", backbone_dir: s
         raise ModelFolderError(f"{weights}: not found; the model folder is incomplete")
     device = torch.device(device)
     bb = load_backbones(backbone_config(card, folder, backbone_dir), device)
-    model = MITP(MITPConfig(**card["model"]), bb.vision, bb.text)
+    model = from_config(card["model"], bb.vision, bb.text)
     try:
         checkpoint.load_weights(model, weights)
     except ValueError as exc:

@@ -1,7 +1,8 @@
 """Model summary without weights: ``python -m pipeline.info --dataset NAME [-S ...]``.
 
 Prints one JSON object: trainable/total parameter counts, their ratio, and the trainable count
-by part (prompts, hub, head). Builds the backbones from configs: no download, no weights.
+by part (prompts, hub, head; PMF: prompts, mappers, head). Builds the backbones from configs:
+no download, no weights.
 """
 
 import json

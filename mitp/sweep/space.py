@@ -44,6 +44,7 @@ RANGE_FORMS: dict[str, tuple[int, bool]] = {
 FORMS = GRID_FORMS + CHOICE_FORMS + tuple(RANGE_FORMS)
 SWEEPABLE_ROOTS = ("seed", "model", "train")
 START_KEY = "model.interaction.start"
+FUSION_KEY = "model.pmf.n_fusion_layers"
 MAX_VALIDATED_COMBINATIONS = 512  # above: each key's values are validated one at a time
 
 
@@ -226,34 +227,55 @@ def describe_overrides(overrides: dict[str, Any]) -> str:
 
 
 def starts_in_use(params: Params) -> set[int]:
-    """Every ``model.interaction.start`` a configured run can use: the train config's and every
-    value ``sweep.space`` can give it (both ends of a range stand for it); empty when no model
-    kind in use (``model.kind`` and the kinds the space can give) has interaction layers."""
+    """Every first changed layer a configured run can use (``MODEL_KINDS`` in
+    :mod:`mitp.config`): ``model.interaction.start`` and every value ``sweep.space`` can give it
+    (both ends of a range stand for it) for the MITP kinds, depth - ``model.pmf.n_fusion_layers``
+    for PMF; empty when no kind in use (``model.kind`` and the kinds the space can give) changes
+    a layer that could be cached."""
     dims = normalize_space(params.sweep.space)
-    kinds = dims["model.kind"].candidates() if "model.kind" in dims else [params.model.kind]
-    if not any(MODEL_KINDS.get(kind, True) for kind in {params.model.kind, *kinds}):
-        return set()
-    starts = {params.model.interaction.start}
-    for value in dims[START_KEY].candidates() if START_KEY in dims else []:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"sweep.space.{START_KEY}: {value!r} is not a layer number")
-        starts.add(value)
+    kinds = {params.model.kind, *(dims["model.kind"].candidates() if "model.kind" in dims else [])}
+    changes = {MODEL_KINDS.get(kind, "interaction") for kind in kinds}
+    starts: set[int] = set()
+    if "interaction" in changes:
+        starts.add(params.model.interaction.start)
+        for value in dims[START_KEY].candidates() if START_KEY in dims else []:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"sweep.space.{START_KEY}: {value!r} is not a layer number")
+            starts.add(value)
+    if "top" in changes:
+        depth = min(_depths(params))
+        fusion = {params.model.pmf.n_fusion_layers}
+        fusion |= set(dims[FUSION_KEY].candidates()) if FUSION_KEY in dims else set()
+        starts |= {depth - f for f in fusion if isinstance(f, int)}
     return starts
 
 
 def check_cache_layer(params: Params) -> None:
     """``cache.layer`` k <= every start in use (the cached layers must never see a prompt)."""
+    if params.cache.enabled and params.model.kind == "finetune":
+        raise ConfigError("cache.enabled: model.kind=finetune trains the backbones end to end, so it cannot "
+                          "train from the feature cache; set cache.enabled=false")
     starts = starts_in_use(params)
     k = params.cache.layer
     if not params.cache.enabled or not starts or min(starts) >= k:
         return
-    start = params.model.interaction.start
-    if start < k:
-        raise ConfigError(f"cache.layer: {k} is above model.interaction.start {start}; the cached layers must "
-                          "never see a prompt")
-    raise ConfigError(f"sweep.space.{START_KEY}: value {min(starts)} is below cache.layer {k}; the cached layers "
+    changes = MODEL_KINDS[params.model.kind]
+    if changes == "interaction" and params.model.interaction.start < k:
+        raise ConfigError(f"cache.layer: {k} is above model.interaction.start {params.model.interaction.start}; "
+                          "the cached layers must never see a prompt")
+    if changes == "top" and (first := params.model.first_interaction_layer(min(_depths(params)))) < k:
+        raise ConfigError(f"cache.layer: {k} is above the first PMF fusion layer {first} (the depth minus "
+                          "model.pmf.n_fusion_layers); the cached layers must never see a prompt")
+    key = START_KEY if START_KEY in normalize_space(params.sweep.space) else "model.pmf.n_fusion_layers"
+    raise ConfigError(f"sweep.space.{key}: value {min(starts)} is below cache.layer {k}; the cached layers "
                       f"must never see a prompt (the cache serves the sweep too: set cache.layer to at most "
                       f"{min(starts)} and rebuild the cache, or override sweep.space for a run that does not sweep)")
+
+
+def _depths(params: Params) -> tuple[int, int]:
+    from mitp.backbones import depths
+
+    return depths(params.backbone)
 
 
 def check_params(params: Params) -> None:

@@ -37,15 +37,15 @@ def test_dvc_repro_end_to_end(tmp_path):
     _shrink(repo)
 
     ran = repro(repo)
-    kinds = ("mitp", "mitp_no_hub", "late_fusion")
+    kinds = ("mitp", "mitp_no_hub", "late_fusion", "pmf")
     expected = {"download@synthetic", "prepare@synthetic", "backbone", "cache@synthetic", "sweep@synthetic",
-                "report", *(f"train@synthetic-{k}" for k in kinds)}
+                "report", "train_finetune@synthetic", *(f"train@synthetic-{k}" for k in kinds)}
     assert set(ran) == expected
 
     report = (repo / "reports" / "report.md").read_text()
     assert "### Main table" in report and "| MITP |" in report
     summary = json.loads((repo / "reports" / "summary.json").read_text())
-    for kind in kinds:
+    for kind in (*kinds, "finetune"):
         acc = summary["synthetic"][kind]["test_accuracy"]
         assert 0.0 < acc <= 1.0
     assert summary["synthetic"]["sweep"]["trials"] == 2
