@@ -15,7 +15,7 @@ Each path runs in its own process, so its peak memory during the training steps 
 max allocated, or peak RSS on CPU); steps after a short warm-up are timed, data loading
 included. With ``--repeats R`` the two paths alternate R times and the fastest run of each
 counts (other load on the machine only ever slows a run down). Printed: throughput of
-both, the measured ratio, the ratio a FLOP count predicts (``mitp.cache.flops``: layers skipped,
+both, the measured ratio, the ratio a FLOP count predicts (``mitp.flops``: layers skipped,
 forward vs backward) and the fraction of that ceiling reached. ``vit-base`` builds ViT-B/16 and
 BERT-base with random weights from the configs shipped in ``mitp/backbone_configs`` (no
 download; timing does not depend on the weights); ``tiny-random`` uses the project's tiny pair.
@@ -201,7 +201,7 @@ def run_worker(path: str, cfg: dict) -> dict:
 
 
 def predicted(params, bb, start: int, mean_text: float, num_labels: int) -> dict:
-    from mitp.cache.flops import Tower, step_flops, vit_tower
+    from mitp.flops import Tower, step_flops, vit_tower
 
     v, t = bb.vision.config, bb.text.config
     vision = vit_tower(v.num_hidden_layers, v.hidden_size, v.intermediate_size, v.image_size, v.patch_size)

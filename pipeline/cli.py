@@ -47,3 +47,15 @@ def run(main: Callable[[], int | None]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def dataset_stage(doc: str, work: Callable[[Params, str], object]) -> Callable[[], int]:
+    """The ``main`` of a stage whose whole job is ``work(params, dataset)`` (download, prepare):
+    the first line of ``doc`` describes it in ``--help``."""
+
+    def main() -> int:
+        params, name = load(parser(doc.splitlines()[0]).parse_args())
+        work(params, name)
+        return 0
+
+    return main

@@ -9,14 +9,9 @@
 from __future__ import annotations
 
 from mitp.data.download import download_dataset
-from pipeline.cli import load, parser, run
+from pipeline.cli import dataset_stage, run
 
-
-def main() -> int:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    params, name = load(args)
-    download_dataset(params, name)
-    return 0
+main = dataset_stage(__doc__, download_dataset)
 
 
 if __name__ == "__main__":

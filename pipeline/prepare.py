@@ -8,14 +8,9 @@ Reads ``data.<name>.local_path`` if set, else ``data/raw/<name>``; see :mod:`mit
 from __future__ import annotations
 
 from mitp.data.prepare import prepare_dataset
-from pipeline.cli import load, parser, run
+from pipeline.cli import dataset_stage, run
 
-
-def main() -> int:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    params, name = load(args)
-    prepare_dataset(params, name)
-    return 0
+main = dataset_stage(__doc__, prepare_dataset)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Modules: :mod:`~mitp.cache.fingerprint` (the inputs - manifests, image digests -
 match), :mod:`~mitp.cache.storage` (units, files, sizes, index, checks, lock),
 :mod:`~mitp.cache.build` (the stage's work, resumable), :mod:`~mitp.cache.reader` (opening and
 reading a cache; the data loaders in :mod:`mitp.data.loaders` sit on top of it),
-:mod:`~mitp.cache.flops` (the benchmark's FLOP model), :mod:`~mitp.cache.errors`; the rule on k
+:mod:`~mitp.cache.errors`; the rule on k
 (``check_cache_layer``: k <= every interaction start in use) lives in :mod:`mitp.sweep.space`.
 """
 
