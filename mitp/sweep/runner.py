@@ -458,7 +458,7 @@ def run_sweep(
             timings["tune_fit_s"] = time.perf_counter() - t_fit
             rows = collect_rows(exp_path, grid, space)
             _settle_children(params, rows, parent_id)
-            best = results_mod.best_row(rows, metric, params.sweep.mode)
+            best = results_mod.best_row(rows, metric, params.sweep.mode, keys=space.swept_keys)
             best_overrides = space.trial_overrides(best) if best else {}
             summary = results_mod.best_summary(best, dataset=dataset, sweep=params.sweep.name, metric=metric,
                                                mode=params.sweep.mode, swept_keys=space.swept_keys,
