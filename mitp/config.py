@@ -87,6 +87,8 @@ class TrainConfig(Strict):
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile the training forward/backward (auto: where a compiler backend is present)")
     checkpoint_dir: str = "data/runs"
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from mitp import backbones as backbones_mod
 from mitp import checkpoint, metrics, tracking
+from mitp.compiled import StepRunner, wants_compile
 from mitp.config import Params
 from mitp.data import loaders as loaders_mod
 from mitp.errors import UserError
@@ -84,8 +85,9 @@ def make_optimizer(model: MITP, params: Params, total_steps: int):
             continue
         (decay if p.ndim >= 2 and not name.startswith("prompt_") else no_decay).append(p)
     t = params.train
+    # foreach: one multi-tensor kernel per update instead of a Python loop over the parameters
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, foreach=True)
     warmup = max(1, int(t.warmup_ratio * total_steps))
 
     def schedule(step: int) -> float:
@@ -95,6 +97,16 @@ def make_optimizer(model: MITP, params: Params, total_steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+FINITE_CHECK_EVERY = 20  # steps between divergence checks (each one is a host sync)
+
+
+def check_finite(loss_sum: torch.Tensor, epoch: int, step: int, scheduler) -> None:
+    """Raise :class:`TrainingDiverged` when the epoch's summed loss is NaN or infinite."""
+    if not torch.isfinite(loss_sum):
+        raise TrainingDiverged(f"loss became {loss_sum.item()} by epoch {epoch + 1}, step {step + 1} "
+                               f"(lr {scheduler.get_last_lr()[0]:.2e}); lower train.lr or check the data")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -116,12 +128,12 @@ def evaluate(model: MITP, loader, device: torch.device, start_layer: int, multi_
         batch = to_device(batch, device)
         with autocast(device):
             out = model(**batch, start_layer=start_layer)
-        total_loss += out.loss.float().item() * len(batch["labels"])
+        total_loss += out.loss.float() * len(batch["labels"])  # summed on the device, read once
         n += len(batch["labels"])
         all_logits.append(out.logits.float().cpu())
         all_labels.append(batch["labels"].cpu())
     result = metrics.compute(torch.cat(all_logits), torch.cat(all_labels), multi_label)
-    result["loss"] = total_loss / max(1, n)
+    result["loss"] = float(total_loss) / max(1, n)
     return result
 
 
@@ -181,29 +193,35 @@ def fit(
         for h in history:  # throughput of epochs done before a resume
             train_time += h.get("epoch_time_s", 0.0)
             train_samples += int(h.get("epoch_samples", 0))
+        runner = StepRunner(model, wants_compile(t.compile, device))
+
+        def forward_loss(module, batch):
+            with autocast(device):
+                return module(**batch, start_layer=loaders.start_layer).loss
+
         for epoch in range(start_epoch, t.epochs):
             model.train()
-            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            # the loss stays on the device: one host sync per FINITE_CHECK_EVERY steps, not per step
+            t0, seen, loss_sum, step = time.perf_counter(), 0, torch.zeros((), device=device), 0
             bar = tqdm(loaders.train, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False)
             for step, batch in enumerate(bar):
                 if step >= steps_per_epoch:
                     break
                 batch = to_device(batch, device)
-                with autocast(device):
-                    out = model(**batch, start_layer=loaders.start_layer)
-                loss = out.loss
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                                           f"(lr {scheduler.get_last_lr()[0]:.2e}); lower train.lr or check the data")
+                if epoch == start_epoch and step == 0:  # start-up cost, read by benchmarks/train_speed.py
+                    log.info("first training step at %.3f", time.time())
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), t.grad_clip)
+                loss = runner(forward_loss, batch)
+                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), t.grad_clip, foreach=True)
                 optimizer.step()
                 scheduler.step()
                 n = len(batch["labels"])
                 seen += n
-                loss_sum += loss.item() * n
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                loss_sum += loss.detach().float() * n
+                if (step + 1) % FINITE_CHECK_EVERY == 0:
+                    check_finite(loss_sum, epoch, step, scheduler)
+            check_finite(loss_sum, epoch, step, scheduler)
+            loss_sum = float(loss_sum)
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
             train_samples += seen

@@ -6,10 +6,6 @@ weights, and one MLflow run. Resumes from its checkpoint if a previous run was i
 
 import json
 
-from mitp.atomic import write_json
-from mitp.config import REPO_ROOT
-from mitp.run_layout import train_paths
-from mitp.train import fit
 from pipeline import cli
 
 
@@ -20,6 +16,13 @@ def main() -> int:
     p.add_argument("--run-name", default=None, help="MLflow run name")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
     args = p.parse_args()
+    # torch, transformers and MLflow load only once the arguments parse: `--help` and a bad
+    # override answer at once
+    from mitp.atomic import write_json
+    from mitp.config import REPO_ROOT
+    from mitp.run_layout import train_paths
+    from mitp.train import fit
+
     params, dataset = cli.load(args)
     paths = train_paths(params, dataset, metrics_out=args.metrics_out, history_out=args.history_out)
     if args.fresh:
