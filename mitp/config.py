@@ -88,7 +88,7 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
     compile: Literal["auto"] | bool = Field(
-        "auto", description="torch.compile the training forward/backward (auto: where a compiler backend is present)")
+        "auto", description="torch.compile the training forward/backward (auto: on CUDA with Triton; see mitp/compiled.py)")
     checkpoint_dir: str = "data/runs"
 
 

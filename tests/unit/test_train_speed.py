@@ -13,7 +13,8 @@ import torch
 from mitp.compiled import StepRunner, wants_compile
 from mitp.config import REPO_ROOT
 
-KEYS = {"eager_samples_per_s", "fast_samples_per_s", "speedup", "max_abs_logit_diff", "startup_to_first_step_s"}
+KEYS = {"eager_samples_per_s", "fast_samples_per_s", "fast_eager_samples_per_s", "speedup", "max_abs_logit_diff",
+        "startup_to_first_step_s", "compiled"}
 LOGIT_TOL = 1e-4  # float32, a few AdamW steps: compiled kernels reorder sums, nothing more
 
 
@@ -70,3 +71,4 @@ def test_compile_setting():
     cpu = torch.device("cpu")
     assert wants_compile(False, cpu) is False and wants_compile("false", cpu) is False
     assert wants_compile(True, cpu) is True
+    assert wants_compile("auto", cpu) is False  # measured: a cold CPU compile costs more than a demo run saves
