@@ -4,11 +4,12 @@ Why: the demo model is small (h = 64), so a step is many tiny ops; compiling the
 its elementwise work (GELU, layer norms, bias adds, masks) and removes per-op dispatch in the
 backward pass too. ``train.compile``: ``true`` compiles (failure -> one warning, eager);
 ``false`` never does; ``auto`` compiles on CUDA where Triton is present, and runs eagerly on
-CPU. Why not on CPU: measured on the demo model (2 shared cores), a CPU step compiled by
-inductor was about 1.3x faster, but a cold compile took minutes (once per graph: every model
-shape and the epoch's shorter last batch), more than a 30-epoch demo run saves; ``true`` is
-worth it for long CPU runs or with a warm inductor cache. Compilation is lazy: a failure shows
-at the first step, and that step is then re-run eagerly, before any optimizer update.
+CPU. Why not on CPU (``benchmarks/train_speed.py``, one thread): the demo step is bound by its
+matrix products, so inductor makes it only about 1.2x faster (59 -> 51 ms), while a cold
+compile takes about 30 s per graph (the full batch and the epoch's shorter last batch each
+need one), more than a 30-epoch demo run saves (about 12 s). ``true`` pays off for long CPU
+runs or with a warm inductor cache. Compilation is lazy: a failure shows at the first step, and
+that step is then re-run eagerly, before any optimizer update.
 """
 
 from __future__ import annotations
