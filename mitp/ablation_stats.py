@@ -137,3 +137,10 @@ def select_best(rows: Any, keys: Sequence[str], val_metric: str, test_metric: st
     return BestConfig(config=dict(zip(keys, best.config, strict=True)), val_mean=best.mean, val_std=best.std,
                       n=best.n, test_mean=test_mean if test_n else None, test_std=test_std if test_n else None,
                       test_n=test_n, rows=members)
+
+
+def along_axis(rows: Any, key: str, anchor: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trials that differ from the ``anchor`` configuration in ``key`` alone (any seed): one
+    axis of the grid through the chosen configuration, so a row's spread is seed noise only."""
+    others = {k: _key(v) for k, v in anchor.items() if k != key}
+    return [r for r in records(rows) if all(_key(r.get(k)) == v for k, v in others.items())]

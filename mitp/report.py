@@ -138,10 +138,15 @@ def sweep_metric(df: pd.DataFrame) -> str | None:
     return None
 
 
-def ablation(df: pd.DataFrame, key: str, metric: str, noise: float | None = None) -> pd.DataFrame:
-    """Metric by value of one swept key (trials of the other axes and seeds pooled): mean, std,
-    number of runs, and whether the mean is within ``noise`` (the seed noise) of the best value's."""
-    stats = ablation_stats.table(df, [key], metric, noise=noise)
+def ablation(df: pd.DataFrame, key: str, metric: str, noise: float | None = None,
+             anchor: dict | None = None) -> pd.DataFrame:
+    """Metric by value of one swept key: mean and std over runs, number of runs, and whether the
+    mean is within ``noise`` (the seed noise) of the best value's. With ``anchor`` (the chosen
+    configuration), the other keys stay at the anchor's values (spread = seeds only); without
+    it, or when the grid has no such line, the trials of the other settings are pooled."""
+    line = ablation_stats.along_axis(df, key, anchor) if anchor else []
+    rows = line if len({r.get(key) for r in line}) >= 2 else df
+    stats = ablation_stats.table(rows, [key], metric, noise=noise)
     return pd.DataFrame({"mean": [s.mean for s in stats], "std": [s.std for s in stats], "runs": [s.n for s in stats],
                          "within_noise": [s.within_noise for s in stats]},
                         index=pd.Index([s.config[0] for s in stats], name=key)).sort_index()
@@ -191,11 +196,16 @@ def sweep_section(dataset: str, metrics_dir: Path, out_dir: Path) -> tuple[list[
     for key in ABLATION_KEYS:
         if key not in done or done[key].nunique() < 2:
             continue
-        table = ablation(done, key, metric, noise=noise)
+        anchor = chosen.config if chosen is not None else None
+        table = ablation(done, key, metric, noise=noise, anchor=anchor)
+        others = {k: v for k, v in (anchor or {}).items() if k != key}
+        fixed = (["Other keys at the configuration chosen on validation: "
+                  + ", ".join(f"`{k}={v}`" for k, v in others.items()) + "\n"]
+                 if others and int(table["runs"].sum()) < len(done) else [])
         png = plot_ablation(dataset, key, table, metric, out_dir / f"{dataset}_ablation_{key.split('.')[-1]}.png")
         rows = [[str(v), _pm(r["mean"], r["std"]), str(int(r["runs"])), "≈ (within seed noise)" if r["within_noise"] else ""]
                 for v, r in table.iterrows()]
-        lines += [f"**{ABLATION_KEYS[key]}** (`{key}`)\n",
+        lines += [f"**{ABLATION_KEYS[key]}** (`{key}`)\n", *fixed,
                   md_table([ABLATION_KEYS[key], "mean ± std (%)", "runs", "vs best"], rows), "",
                   f"![{key}](figures/{png.name})\n"]
     cost_cols = [c for c in ("train_time_s", "train_samples_per_s", "peak_memory_mb", "trainable_params") if c in done]

@@ -81,3 +81,12 @@ def test_sweep_best_row_and_summary_follow_the_validation_mean():
     stats = summary["config_stats"]
     assert stats["config"] == {"model.prompt_length": 4, "model.hub_size": 64}
     assert stats["test_accuracy_mean"] == pytest.approx(0.66) and stats["n"] == 2
+
+
+def test_one_axis_through_the_chosen_configuration():
+    rows = hand_table()
+    line = st.along_axis(rows, "model.prompt_length", {"model.prompt_length": 4, "model.hub_size": 64})
+    assert sorted((r["model.prompt_length"], r["seed"]) for r in line) == [(4, 0), (4, 1), (8, 0), (8, 1)]
+    # values read back from a CSV as floats still match
+    df = pd.DataFrame(rows).astype({"model.hub_size": float})
+    assert len(st.along_axis(df, "model.prompt_length", {"model.prompt_length": 4, "model.hub_size": 64})) == 4
