@@ -308,12 +308,26 @@ def _config_for(repo: str):
     raise ConfigError(f"backbone: no shipped config for {repo!r}; use a local folder or a preset")
 
 
+def tiny_configs() -> tuple[ViTConfig, BertConfig]:
+    return ViTConfig(**TINY), BertConfig(vocab_size=len(tiny_vocab()),
+                                         **{k: v for k, v in TINY.items() if k not in ("image_size", "patch_size")})
+
+
+def tiny_config_models() -> tuple[ViTModel, BertModel]:
+    """The tiny-random pair built in memory from its configs (weights from torch's current RNG),
+    frozen: for benchmarks that need the demo model's shapes and cost, not its saved weights."""
+    vcfg, tcfg = tiny_configs()
+    vision, text = ViTModel(vcfg, add_pooling_layer=False), BertModel(tcfg, add_pooling_layer=False)
+    for m in (vision, text):
+        freeze(m)
+    return vision, text
+
+
 def config_only(cfg: BackboneConfig) -> tuple[ViTModel, BertModel]:
     """The pair built from configs on the meta device: shapes and counts, no weights, no download."""
     spec = spec_from_config(cfg)
     if spec.preset == "tiny-random":
-        vcfg = ViTConfig(**TINY)
-        tcfg = BertConfig(vocab_size=len(tiny_vocab()), **{k: v for k, v in TINY.items() if k not in ("image_size", "patch_size")})
+        vcfg, tcfg = tiny_configs()
     else:
         vcfg, tcfg = _config_for(spec.vision), _config_for(spec.text)
     with torch.device("meta"):

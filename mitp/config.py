@@ -126,6 +126,8 @@ class TrainConfig(Strict):
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile the training forward/backward (auto: on CUDA with Triton; see mitp/compiled.py)")
     checkpoint_dir: str = "data/runs"
 
 

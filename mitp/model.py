@@ -27,6 +27,7 @@ tower m, with L the depth of the shallower tower.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -162,9 +163,13 @@ class MemoryHub(nn.Module):
         self.norm_v, self.norm_t = nn.LayerNorm(d_v), nn.LayerNorm(d_t)
         self.w_in_v, self.w_in_t = nn.Linear(d_v, h), nn.Linear(d_t, h)
         self.layer_emb = nn.Parameter(torch.zeros(n_steps, h))  # e_l, one per hub step
-        # tau is learnt in log space (positive, scale-free steps), initialised to 1/0.07 as in CLIP.
-        self.log_tau = nn.Parameter(torch.tensor(math.log(tau_init)))
-        self.w_out_v, self.w_out_t = nn.Linear(2 * h, d_v), nn.Linear(2 * h, d_t)
+        if exchange:
+            # tau is learnt in log space (positive, scale-free steps), initialised to 1/0.07 as in CLIP.
+            self.log_tau = nn.Parameter(torch.tensor(math.log(tau_init)))
+        # Without exchange C^m = 0: tau and the half of W_out reading C could never learn, so they
+        # are not built (and not counted); W_out reads Z alone, the same function as [Z ; 0].
+        width = 2 * h if exchange else h
+        self.w_out_v, self.w_out_t = nn.Linear(width, d_v), nn.Linear(width, d_t)
         for w in (self.w_out_v, self.w_out_t):  # training starts from plain prompt carry-over
             nn.init.zeros_(w.weight)
             nn.init.zeros_(w.bias)
@@ -174,13 +179,12 @@ class MemoryHub(nn.Module):
         """O_l^v (B, M, d_v), O_l^t (B, M, d_t) -> P_next^v, P_next^t (same shapes)."""
         z_v = self.w_in_v(self.norm_v(o_v)) + self.layer_emb[step]  # (B, M, h)
         z_t = self.w_in_t(self.norm_t(o_t)) + self.layer_emb[step]
-        if self.exchange:
-            tau = self.log_tau.exp().clamp(max=100.0)
-            s = tau * F.normalize(z_v, dim=-1) @ F.normalize(z_t, dim=-1).transpose(1, 2)  # (B, M, M)
-            c_v = s.softmax(dim=-1) @ z_t  # each vision slot reads the text slots
-            c_t = s.transpose(1, 2).softmax(dim=-1) @ z_v  # and each text slot the vision slots
-        else:
-            c_v, c_t = torch.zeros_like(z_v), torch.zeros_like(z_t)
+        if not self.exchange:  # C^m = 0, and GELU(0) = 0: W_out reads Z alone
+            return o_v + self.w_out_v(F.gelu(z_v)), o_t + self.w_out_t(F.gelu(z_t))
+        tau = self.log_tau.exp().clamp(max=100.0)
+        s = tau * F.normalize(z_v, dim=-1) @ F.normalize(z_t, dim=-1).transpose(1, 2)  # (B, M, M)
+        c_v = s.softmax(dim=-1) @ z_t  # each vision slot reads the text slots
+        c_t = s.transpose(1, 2).softmax(dim=-1) @ z_v  # and each text slot the vision slots
         p_v = o_v + self.w_out_v(F.gelu(torch.cat([z_v, c_v], dim=-1)))
         p_t = o_t + self.w_out_t(F.gelu(torch.cat([z_t, c_t], dim=-1)))
         return p_v, p_t
@@ -312,6 +316,9 @@ class MITP(TwoTowers):
             self.prompt_v = nn.Parameter(torch.randn(M, d_v) * config.prompt_init_std)
             self.prompt_t = nn.Parameter(torch.randn(M, d_t) * config.prompt_init_std)
             n_steps = len(self.layers_i) - 1  # the hub runs after each l in I but the last
+            if n_steps == 0:
+                warnings.warn(f"model.interaction: a single interaction layer (I = {self.layers_i}) runs no hub, "
+                              "so mitp and mitp_no_hub are the same model", UserWarning, stacklevel=2)
             self.hub = (MemoryHub(d_v, d_t, config.hub_size, n_steps, config.tau_init,
                                   exchange=config.kind == "mitp") if n_steps > 0 else None)
             readout_dim = 2 * (d_v + d_t)

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mitp import ablation_stats  # noqa: E402
 from mitp.atomic import atomic_path, write_json, write_text  # noqa: E402
 from mitp.errors import UserError  # noqa: E402
 
@@ -113,6 +114,31 @@ def main_table(dataset: str, runs: dict[str, dict]) -> str:
     return md_table(header, rows)
 
 
+def seed_runs(metrics_dir: Path, dataset: str, kind: str) -> list[dict]:
+    """Every seed's metrics of one variant: ``train_<kind>.json`` and ``train_<kind>_seed<N>.json``."""
+    d = metrics_dir / dataset
+    files = [d / f"train_{kind}.json", *sorted(d.glob(f"train_{kind}_seed*.json"))]
+    return [json.loads(f.read_text()) for f in files if f.exists()]
+
+
+def seed_table(dataset: str, metrics_dir: Path) -> str | None:
+    """Main metrics as mean ± std over seeds, for variants with more than one seed's run (else None)."""
+    cols = DATASET_METRICS.get(dataset, [("test_accuracy", "Accuracy")])
+    rows = []
+    for kind in KINDS:
+        runs = seed_runs(metrics_dir, dataset, kind)
+        if len(runs) < 2:
+            continue
+        cells = []
+        for k, _ in cols:
+            mean, std, _n = ablation_stats.mean_std(r.get(k) for r in runs)
+            cells.append(_pm(mean, std))
+        rows.append([KIND_LABELS[kind], *cells, str(len(runs))])
+    if not rows:
+        return None
+    return md_table(["Model", *[f"{label} (%), mean ± std" for _, label in cols], "seeds"], rows)
+
+
 def plot_curves(dataset: str, metrics_dir: Path, out: Path) -> Path | None:
     """Validation metric per epoch of each variant."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -150,17 +176,24 @@ def sweep_metric(df: pd.DataFrame) -> str | None:
     return None
 
 
-def ablation(df: pd.DataFrame, key: str, metric: str) -> pd.DataFrame:
-    """Metric by value of one swept key: mean, std, best, and number of trials."""
-    g = df.groupby(key)[metric]
-    return pd.DataFrame({"mean": g.mean(), "std": g.std().fillna(0.0), "best": g.max(), "trials": g.size()})
+def ablation(df: pd.DataFrame, key: str, metric: str, noise: float | None = None,
+             anchor: dict | None = None) -> pd.DataFrame:
+    """Metric by value of one swept key: mean and std over runs, number of runs, and whether the
+    mean is within ``noise`` (the seed noise) of the best value's. With ``anchor`` (the chosen
+    configuration), the other keys stay at the anchor's values (spread = seeds only); without
+    it, or when the grid has no such line, the trials of the other settings are pooled."""
+    line = ablation_stats.along_axis(df, key, anchor) if anchor else []
+    rows = line if len({r.get(key) for r in line}) >= 2 else df
+    stats = ablation_stats.table(rows, [key], metric, noise=noise)
+    return pd.DataFrame({"mean": [s.mean for s in stats], "std": [s.std for s in stats], "runs": [s.n for s in stats],
+                         "within_noise": [s.within_noise for s in stats]},
+                        index=pd.Index([s.config[0] for s in stats], name=key)).sort_index()
 
 
 def plot_ablation(dataset: str, key: str, table: pd.DataFrame, metric: str, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     x = range(len(table))  # evenly spaced, labelled with the swept values (16 and 384 side by side)
-    ax.errorbar(x, 100 * table["mean"], yerr=100 * table["std"], marker="o", capsize=4, label="mean over trials")
-    ax.plot(x, 100 * table["best"], marker="^", linestyle="--", label="best trial")
+    ax.errorbar(x, 100 * table["mean"], yerr=100 * table["std"], marker="o", capsize=4, label="mean ± std over runs")
     ax.set_xticks(list(x), [str(v) for v in table.index])
     name = metric.removeprefix("test_").removeprefix("val_")
     split = "test" if metric.startswith("test_") else "validation"
@@ -169,6 +202,10 @@ def plot_ablation(dataset: str, key: str, table: pd.DataFrame, metric: str, out:
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, out)
+
+
+def _pm(mean, std) -> str:
+    return "-" if _pct(mean) == "-" else f"{_pct(mean)} ± {_pct(std)}"
 
 
 def sweep_section(dataset: str, metrics_dir: Path, out_dir: Path) -> tuple[list[str], dict]:
@@ -181,17 +218,33 @@ def sweep_section(dataset: str, metrics_dir: Path, out_dir: Path) -> tuple[list[
     if metric is None:
         return [f"_The sweep for {dataset} has no finished trial._"], summary
     done = df[df[metric].notna()]
-    summary["best_" + metric] = float(done[metric].max())
-    lines.append(f"### Ablations ({len(df)} trials; metric: {metric})\n")
+    swept = [k for k in df.columns if k.startswith(("model.", "train.")) and df[k].nunique(dropna=True) > 1]
+    val_metric = "val_" + metric.split("_", 1)[1]
+    chosen = (ablation_stats.select_best(done, swept, val_metric, metric if metric.startswith("test_") else None)
+              if val_metric in done else None)
+    if chosen is not None and chosen.test_mean is not None:  # the val-chosen configuration's own test score
+        summary["best_" + metric] = chosen.test_mean
+        summary["best_" + metric + "_std"] = chosen.test_std
+        summary["best_config"] = chosen.config
+    noise = ablation_stats.seed_noise(ablation_stats.table(done, swept, metric))
+    lines.append(f"### Ablations ({len(df)} trials; metric: {metric}; mean ± std over runs)\n")
+    if not math.isnan(noise):
+        lines.append(f"Seed noise (pooled std over seeds of one configuration): {_pct(noise)} points; "
+                     "≈ marks a mean within that of the best value's.\n")
     for key in ABLATION_KEYS:
         if key not in done or done[key].nunique() < 2:
             continue
-        table = ablation(done, key, metric)
+        anchor = chosen.config if chosen is not None else None
+        table = ablation(done, key, metric, noise=noise, anchor=anchor)
+        others = {k: v for k, v in (anchor or {}).items() if k != key}
+        fixed = (["Other keys at the configuration chosen on validation: "
+                  + ", ".join(f"`{k}={v}`" for k, v in others.items()) + "\n"]
+                 if others and int(table["runs"].sum()) < len(done) else [])
         png = plot_ablation(dataset, key, table, metric, out_dir / f"{dataset}_ablation_{key.split('.')[-1]}.png")
-        rows = [[str(v), _pct(r["mean"]), _pct(r["std"]), _pct(r["best"]), str(int(r["trials"]))]
+        rows = [[str(v), _pm(r["mean"], r["std"]), str(int(r["runs"])), "≈ (within seed noise)" if r["within_noise"] else ""]
                 for v, r in table.iterrows()]
-        lines += [f"**{ABLATION_KEYS[key]}** (`{key}`)\n",
-                  md_table([ABLATION_KEYS[key], "mean (%)", "std (%)", "best (%)", "trials"], rows), "",
+        lines += [f"**{ABLATION_KEYS[key]}** (`{key}`)\n", *fixed,
+                  md_table([ABLATION_KEYS[key], "mean ± std (%)", "runs", "vs best"], rows), "",
                   f"![{key}](figures/{png.name})\n"]
     cost_cols = [c for c in ("train_time_s", "train_samples_per_s", "peak_memory_mb", "trainable_params") if c in done]
     if cost_cols:
@@ -224,6 +277,9 @@ def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict
         md.append(f"## {ds}\n")
         if runs:
             md += ["### Main table\n", main_table(ds, runs), ""]
+            over_seeds = seed_table(ds, metrics_dir)
+            if over_seeds:
+                md += ["Over seeds:\n", over_seeds, ""]
             curves = plot_curves(ds, metrics_dir, figures / f"{ds}_curves.png")
             if curves:
                 md.append(f"![validation curves](figures/{curves.name})\n")

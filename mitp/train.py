@@ -24,6 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from mitp import backbones as backbones_mod
 from mitp import checkpoint, metrics, mlflow_model, tracking, trained_model
+from mitp.compiled import StepRunner, wants_compile
 from mitp.config import Params
 from mitp.data import loaders as loaders_mod
 from mitp.data.manifests import manifest_hash
@@ -95,9 +96,20 @@ def make_optimizer(model: TwoTowers, params: Params, total_steps: int):
         groups[name.startswith(("vision.", "text.")), decays].append(p)
     opt = torch.optim.AdamW([{"params": ps, "weight_decay": t.weight_decay if decays else 0.0,
                               "lr": t.backbone_lr if tower else t.lr}
-                             for (tower, decays), ps in groups.items() if ps], lr=t.lr)
+                             for (tower, decays), ps in groups.items() if ps], lr=t.lr,
+                            foreach=True)  # one multi-tensor kernel per update, not a loop over tensors
     warmup = max(1, int(t.warmup_ratio * total_steps))
     return opt, get_cosine_schedule_with_warmup(opt, warmup, total_steps)
+
+
+FINITE_CHECK_EVERY = 20  # steps between divergence checks (each one is a host sync)
+
+
+def check_finite(loss_sum: torch.Tensor, epoch: int, step: int, scheduler) -> None:
+    """Raise :class:`TrainingDiverged` when the epoch's summed loss is NaN or infinite."""
+    if not torch.isfinite(loss_sum):
+        raise TrainingDiverged(f"loss became {loss_sum.item()} by epoch {epoch + 1}, step {step + 1} "
+                               f"(lr {scheduler.get_last_lr()[0]:.2e}); lower train.lr or check the data")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -111,24 +123,24 @@ def autocast(device: torch.device):
 
 
 def train_step(model: TwoTowers, batch: dict, optimizer, scheduler, *, start_layer: int, grad_clip: float,
-               device: torch.device) -> float:
-    """One optimisation step on a batch already on ``device``; returns the batch's mean loss.
+               device: torch.device, runner: StepRunner | None = None) -> torch.Tensor:
+    """One optimisation step on a batch already on ``device``; returns the batch's mean loss,
+    detached and still on the device (no host sync: the caller checks finiteness now and then,
+    see :func:`check_finite`).
 
-    Forward (bf16 autocast on CUDA), backward, clip the trainable gradients to ``grad_clip``,
-    optimizer and schedule step. A non-finite loss stops training before it reaches the weights.
+    Forward (bf16 autocast on CUDA) and backward (``runner``: compiled, see :mod:`mitp.compiled`;
+    default eager), clip the trainable gradients to ``grad_clip``, optimizer and schedule step.
     """
-    with autocast(device):
-        out = model(**batch, start_layer=start_layer)
-    loss = out.loss
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"loss became {loss.item()} (lr {scheduler.get_last_lr()[0]:.2e}); "
-                               "lower train.lr or check the data")
+    def forward(module, b):
+        with autocast(device):
+            return module(**b, start_layer=start_layer).loss
+
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), grad_clip)
+    loss = (runner or StepRunner(model, enabled=False))(forward, batch)
+    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), grad_clip, foreach=True)
     optimizer.step()
     scheduler.step()
-    return loss.item()
+    return loss.detach()
 
 
 @torch.inference_mode()
@@ -141,14 +153,14 @@ def evaluate(model: TwoTowers, loader, device: torch.device, start_layer: int, m
         batch = to_device(batch, device)
         with autocast(device):
             out = model(**batch, start_layer=start_layer)
-        total_loss += out.loss.float().item() * len(batch["labels"])
+        total_loss += out.loss.float() * len(batch["labels"])  # summed on the device, read once
         n += len(batch["labels"])
         all_logits.append(out.logits.float().cpu())
         all_labels.append(batch["labels"].cpu())
     result = metrics.compute(torch.cat(all_logits), torch.cat(all_labels), multi_label)
     if keep is not None:
         keep.update(logits=torch.cat(all_logits), labels=torch.cat(all_labels))
-    result["loss"] = total_loss / max(1, n)
+    result["loss"] = float(total_loss) / max(1, n)
     return result
 
 
@@ -234,22 +246,29 @@ def _fit(
         for h in history:  # throughput of epochs done before a resume
             train_time += h.get("epoch_time_s", 0.0)
             train_samples += int(h.get("epoch_samples", 0))
+        runner = StepRunner(model, wants_compile(t.compile, device))
+
+
         for epoch in range(start_epoch, t.epochs):
             model.train()
-            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            # the loss stays on the device: one host sync per FINITE_CHECK_EVERY steps, not per step
+            t0, seen, loss_sum, step = time.perf_counter(), 0, torch.zeros((), device=device), 0
             bar = tqdm(loaders.train, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False)
             for step, batch in enumerate(bar):
                 if step >= steps_per_epoch:
                     break
-                try:
-                    loss = train_step(model, to_device(batch, device), optimizer, scheduler,
-                                      start_layer=loaders.start_layer, grad_clip=t.grad_clip, device=device)
-                except TrainingDiverged as exc:
-                    raise TrainingDiverged(f"epoch {epoch + 1}, step {step + 1}: {exc}") from None
+                batch = to_device(batch, device)
+                if epoch == start_epoch and step == 0:  # start-up cost, read by benchmarks/train_speed.py
+                    log.info("first training step at %.3f", time.time())
+                loss = train_step(model, batch, optimizer, scheduler, start_layer=loaders.start_layer,
+                                  grad_clip=t.grad_clip, device=device, runner=runner)
                 n = len(batch["labels"])
                 seen += n
-                loss_sum += loss * n
-                bar.set_postfix(loss=f"{loss:.4f}")
+                loss_sum += loss.float() * n
+                if (step + 1) % FINITE_CHECK_EVERY == 0:
+                    check_finite(loss_sum, epoch, step, scheduler)
+            check_finite(loss_sum, epoch, step, scheduler)
+            loss_sum = float(loss_sum)
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
             train_samples += seen

@@ -9,11 +9,6 @@ second at once (exit status 2), naming the first.
 
 import json
 
-from mitp import checkpoint
-from mitp.atomic import write_json
-from mitp.config import REPO_ROOT
-from mitp.run_layout import train_paths
-from mitp.train import fit
 from pipeline import cli
 
 
@@ -30,6 +25,14 @@ def main() -> int:
     p.add_argument("--register", default=None, metavar="NAME",
                    help="register the model under NAME in the MLflow model registry (default mlflow.register_model)")
     args = p.parse_args()
+    # torch, transformers and MLflow load only once the arguments parse: `--help` and a bad
+    # override answer at once
+    from mitp import checkpoint
+    from mitp.atomic import write_json
+    from mitp.config import REPO_ROOT
+    from mitp.run_layout import train_paths
+    from mitp.train import fit
+
     params, dataset = cli.load(args)
     paths = train_paths(params, dataset, metrics_out=args.metrics_out, history_out=args.history_out)
     # held from --fresh to the final clean-up, so a second identical training touches nothing

@@ -23,6 +23,9 @@ def tmp_overrides(root: Path) -> dict:
         "ray.storage_path": str(root / "ray_results"),
         # independent of the demo sweep in params.yaml (which also sweeps the interaction start)
         "sweep.space": {"model.prompt_length": {"grid": [4, 8]}},
+        "sweep.num_samples": 1,
+        # compiling takes longer than these tiny runs train; benchmarks/train_speed.py covers it
+        "train.compile": False,
     }
 
 

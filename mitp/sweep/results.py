@@ -14,6 +14,7 @@ import io
 import math
 from typing import Any
 
+from mitp import ablation_stats
 from mitp.atomic import write_json, write_text
 
 COMPLETED, STOPPED, ERROR = "COMPLETED", "STOPPED", "ERROR"
@@ -61,11 +62,16 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
 
 
-def best_row(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    """The best trial by ``metric`` (the best epoch's validation score); completed trials first."""
+def best_row(rows: list[dict[str, Any]], metric: str, mode: str, keys: list[str] | None = None) -> dict[str, Any] | None:
+    """The best trial by ``metric`` (the best epoch's validation score); completed trials first.
+    With the swept ``keys``, the trial comes from the configuration with the best mean of
+    ``metric`` over its seeds (:func:`mitp.ablation_stats.select_best`), never from test scores."""
     scored = [r for r in rows if _is_number(r.get(metric)) and r["status"] in (COMPLETED, STOPPED)]
     if not scored:
         return None
+    completed = [r for r in scored if r["status"] == COMPLETED]
+    if keys and metric.startswith("val_"):
+        scored = ablation_stats.select_best(completed or scored, keys, metric, None, mode).rows
     sign = 1 if mode == "max" else -1
     return max(scored, key=lambda r: (r["status"] == COMPLETED, sign * r[metric]))
 
@@ -95,10 +101,24 @@ def best_summary(best: dict[str, Any] | None, *, dataset: str, sweep: str, metri
                            "completed": counts[COMPLETED], "stopped": counts[STOPPED], "errors": counts[ERROR],
                            "parent_run_id": parent_run_id, "ray_experiment": experiment_path}
     if best is None:
-        return {**out, "best": None}
-    return {**out, "value": best[metric], "trial_id": best["trial_id"], "mlflow_run_id": best["mlflow_run_id"],
-            "config": {k: best.get(k) for k in swept_keys}, "overrides": overrides,
-            "metrics": {k: v for k, v in best.items() if k.startswith(("val_", "test_")) or k in EPOCH_KEYS + COST_KEYS}}
+        out["best"] = None
+        return out
+    out.update({
+        "value": best[metric],
+        "trial_id": best["trial_id"],
+        "mlflow_run_id": best["mlflow_run_id"],
+        "config": {k: best.get(k) for k in swept_keys},
+        "overrides": overrides,
+        "metrics": {k: v for k, v in best.items() if k.startswith(("val_", "test_")) or k in EPOCH_KEYS + COST_KEYS},
+    })
+    if metric.startswith("val_"):  # the chosen configuration over its seeds: val mean picks, test is its own
+        done = [r for r in rows if r["status"] == COMPLETED]
+        chosen = ablation_stats.select_best(done, swept_keys, metric, "test_" + metric.removeprefix("val_"), mode)
+        if chosen is not None:
+            out["config_stats"] = {"config": chosen.config, "n": chosen.n, f"{metric}_mean": chosen.val_mean,
+                                   f"{metric}_std": chosen.val_std, f"test_{metric[4:]}_mean": chosen.test_mean,
+                                   f"test_{metric[4:]}_std": chosen.test_std, "test_n": chosen.test_n}
+    return out
 
 
 def write_outputs(rows: list[dict[str, Any]], best: dict[str, Any], csv_path, best_path) -> None:

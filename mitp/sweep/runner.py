@@ -339,7 +339,7 @@ def run_sweep(
             grid = tuner.fit()
             timings["tune_fit_s"] = time.perf_counter() - t_fit
             rows = collect_rows(exp_path, grid, space)
-            best = results_mod.best_row(rows, metric, s.mode)
+            best = results_mod.best_row(rows, metric, s.mode, keys=space.swept_keys)
             summary = results_mod.best_summary(best, dataset=dataset, sweep=s.name, metric=metric, mode=s.mode,
                                                swept_keys=space.swept_keys, rows=rows, parent_run_id=parent_id,
                                                overrides=space.trial_overrides(best) if best else {},

@@ -105,7 +105,7 @@ def test_stage_entry_points_build_and_train_from_the_cache(cache_params, tmp_pat
         seen["loaders"] = build_loaders(params, dataset, backbones, device)
         return seen["loaders"]
 
-    monkeypatch.setattr(pipeline.train, "fit", spy_fit)
+    monkeypatch.setattr("mitp.train.fit", spy_fit)  # pipeline.train imports it when it runs
     monkeypatch.setattr("mitp.train.loaders_mod.build", spy_build)
     monkeypatch.setattr(sys, "argv", ["pipeline.cache", *_argv(params)])
     assert pipeline.cache.main() == 0

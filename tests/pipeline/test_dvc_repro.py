@@ -21,6 +21,7 @@ SMOKE = {
     ("data", "synthetic", "n_val"): 60,
     ("data", "synthetic", "n_test"): 60,
     ("train", "epochs"): 2,
+    ("train", "compile"): False,  # compiling costs more than these tiny runs train
 }
 
 

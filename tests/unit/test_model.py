@@ -163,8 +163,10 @@ def test_parameter_groups_count_what_trains(tiny_backbones, kind):
     else:
         assert groups["prompts"] == M * (d_v + d_t)
         n_steps = len(model.layers_i) - 1  # start 1 of 4 layers: 2 hub steps
-        hub = (2 * d_v + 2 * d_t + (d_v + 1) * h + (d_t + 1) * h + n_steps * h + 1
-               + (2 * h + 1) * d_v + (2 * h + 1) * d_t)
+        exchange = kind == "mitp"  # mitp_no_hub builds no tau and W_out reads Z alone (C = 0)
+        w_out_in = 2 * h if exchange else h
+        hub = (2 * d_v + 2 * d_t + (d_v + 1) * h + (d_t + 1) * h + n_steps * h + int(exchange)
+               + (w_out_in + 1) * d_v + (w_out_in + 1) * d_t)
         assert n_steps == 2 and groups["hub"] == hub
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(groups.values()) == trainable == sum(p.numel() for p in model.trainable_parameters())
