@@ -1,19 +1,8 @@
 """The cache build: preprocessing, tokenization and frozen layers 0..k-1, once per split.
 
-:func:`build_cache` plans the work as *units* (:class:`~mitp.cache.storage.Unit`) - per split
-one ``meta`` unit (labels, image index, ids), image shards over the unique images and text
-shards over the samples - skips the units a previous run finished (their files check against
-the index), and computes the rest in a fixed order, with batches that never cross a shard
-boundary. A shard's bytes therefore depend only on its rows, never on where a run stopped: a
-killed build, resumed, ends with exactly the files an uninterrupted build writes.
-
-Images are stored once per unique image (first appearance order); samples refer to them by row
-(``meta-image_index.npy``). Each image file is hashed while planning (the fingerprint covers the
-image bytes) and its bytes are checked against that digest when decoded, so the stored states
-are those of the images the fingerprint names. Texts are padded to ``max_text_length``; the
-masks are stored, and the loader trims each batch to its longest text. Computation runs in
-float32 under ``torch.inference_mode`` on the backbones' device (a GPU when present) and is
-stored as ``cache.dtype``.
+Work is a fixed list of units (:class:`~mitp.cache.storage.Unit`); finished units are kept,
+batches never cross a shard, so a resumed build writes the same bytes as an uninterrupted one
+(docs/design.md, "Resume"). Each image's bytes are checked against its planned digest.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
-"""What a cache is computed from - the manifests' splits and the image bytes - and its fingerprint.
-
-:func:`plan_split` reads one manifest: its unique images (first-appearance order, two spellings
-of one file are one image) with the sha256 of each image file (prepare's record where the
-manifest has one, else hashed here), texts, encoded labels and ids.
-
-The fingerprint is everything that determines the cached bytes: backbone ids and revisions (or
-the tiny-random seed and recipe), the backbones' shapes, k (``cache.layer``), the maximum text
-length, the image processor's and tokenizer's settings, the manifests' hash (paths, texts,
-labels), a hash of every image file's content (regenerated images under the same paths change
-it), the storage dtype and the cache code's format version. Training compares the stored
-fingerprint with the one its configuration implies and refuses a cache that differs, naming the
-fields (:func:`describe_diff`).
-
-Not in it: the shard and batch size of the build (layout, recorded in the index) and the
-device the cache was computed on (fp32 on either; fp16 storage error dominates).
+"""What a cache is computed from - the manifests' splits and the image bytes - and its
+fingerprint: everything that determines the cached bytes (list and rationale: docs/design.md).
+Not in it: shard and batch size (layout, in the index) and the device the build ran on.
 """
 
 from __future__ import annotations
@@ -69,8 +56,6 @@ class SplitPlan:
 
     def units(self, shard_size: int) -> list[Unit]:
         return units_of(self.split, self.n_samples, self.n_images, shard_size)
-
-
 
 
 def _image_digest(path: Path, manifest: Path, stat_only: bool = False) -> str:

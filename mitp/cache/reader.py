@@ -1,17 +1,6 @@
-"""Reading a cache: open it (fingerprint, index, completeness, files), gather whole batches.
-
-:func:`open_cache` refuses a missing, stale, incomplete, edited or damaged cache with an error
-that says what is wrong and which command fixes it. The index is cross-checked against the
-manifests (labels, per-split counts, shard counts), the backbones (layout shapes) and the files
-(the exact file set, sizes, shard shapes, and the sha256 of the small files that decide which
-rows and labels are read), so an edited ``n_samples`` can never shrink a split. ``full`` hashes
-the float shards too (``python -m pipeline.cache --verify`` does).
-
-:class:`CachedSplit` is a map-style dataset whose items are *whole batches*: ``dataset[indices]``
-gathers the rows of a batch from the memory-mapped shards with one vectorised read per shard (no
-per-sample Python), straight into the batch tensors, and trims the text to the batch's longest
-text. Indices are sorted within a batch (the set is what the sampler drew; sorted order reads the
-shards sequentially). The DataLoaders around it live in :mod:`mitp.data.loaders`.
+"""Reading a cache: :func:`open_cache` checks it (fingerprint, index, completeness, files;
+docs/design.md, "Trust") and :class:`CachedSplit` gathers whole batches from the memory-mapped
+shards (one vectorised read per shard). The DataLoaders live in :mod:`mitp.data.loaders`.
 """
 
 from __future__ import annotations

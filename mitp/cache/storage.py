@@ -1,33 +1,18 @@
-"""On-disk layout of a feature cache: the units of work, their files and sizes, the index, the
-checks, the free-space estimate, the lock.
+"""On-disk layout of a feature cache: units of work, their files and sizes, the index, the
+checks, the free-space estimate, the lock (write and trust rules: docs/design.md).
 
 ``data/features/<dataset>/``::
 
     index.json                 fingerprint, layout, labels, per-split counts, every file's size +
-                               sha256; "complete": false while a build runs (rewritten after each unit)
+                               sha256; "complete": false while a build runs
     <split>/meta-labels.npy    (n,) int64 class indices, or (n, K) float32 multi-hot
     <split>/meta-image_index.npy  (n,) int64: row of each sample's image in the image shards
     <split>/meta-ids.json      the manifest ids, in manifest order
-    <split>/image-00000.npy    (rows, N_v, d_v) hidden states entering layer k, one row per
-                               unique image (``layout.shard_size`` rows a shard)
+    <split>/image-00000.npy    (rows, N_v, d_v) hidden states entering layer k, one row per unique image
     <split>/text-00000.npy     (rows, max_text_length, d_t) hidden states, padded
     <split>/mask-00000.npy     (rows, max_text_length) uint8 attention mask
 
-and beside it (outside the folder, so the folder's content - the cache stage's DVC output -
-changes only when the cache does) ``.<dataset>.lock``, held by a running build.
-
-Every file is written under a temp name (``.<name>.<random>.tmp``), fsynced, hashed and renamed
-into place (:mod:`mitp.atomic`), then recorded in the index. So a file under its final name is
-always complete; a killed build leaves at most temp files, which the next build deletes. The
-index holds only deterministic content (no times), so an interrupted-and-resumed build ends with
-the same bytes as an uninterrupted one. Trust (:func:`index_problems`, :func:`file_problems`):
-the index must agree with the manifests and the backbones; every file must have its recorded
-size and shard shape; the small files are hashed at every check, the float shards on a full one.
-
-Size: per unique image N_v x d_v values; per sample max_text_length x d_t values plus a uint8
-mask row; float16 is 2 bytes a value. For example UPMC-Food101 (90,704 pairs, one image each)
-with ViT-B/16 at 224 px (N_v = 197, d_v = 768) and BERT-base at max_text_length 128 (d_t = 768)
-at layer k: 90,704 x (197 x 768 + 128 x 768) x 2 B + masks = about 45.3 GB, whatever k is.
+and beside it ``.<dataset>.lock`` (outside the folder, the cache stage's DVC output).
 """
 
 from __future__ import annotations

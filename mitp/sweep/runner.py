@@ -1,15 +1,9 @@
 """Run a sweep: validate, connect to Ray, open the MLflow parent run, run or resume the Tuner,
-collect the trials, and log the best one on the parent.
+collect the trials, and log the best one on the parent (resume rules: docs/cluster.md).
 
-Ray: ``ray.address`` in params, else ``RAY_ADDRESS``, else a local Ray (``ray.num_cpus`` CPUs,
-default all); a Ray already initialised in this process is used as it is. The Ray experiment
-folder is ``<ray.storage_path>/<dataset>-<sweep.name>-<hash>`` (default ``<repo>/ray_results``;
-a shared path or a URI on clusters); the hash covers all that defines the trials (space,
-``num_samples``, scheduler, metric, ``sweep.train``, base configuration, and the code of
-:func:`result_code`), so the same command resumes the same sweep (``Tuner.restore``: finished
-trials kept, the others continue from their last checkpoint) and a changed sweep starts anew.
-The MLflow parent run is tagged with that folder (``ray.experiment_path``): a resumed sweep finds
-it there and reopens it.
+Ray: ``ray.address``, else ``RAY_ADDRESS``, else a local Ray. The experiment folder
+``<ray.storage_path>/<dataset>-<sweep.name>-<hash>`` hashes all that defines the trials (with
+:func:`result_code`); the parent run is tagged with it (``ray.experiment_path``).
 """
 
 from __future__ import annotations
@@ -70,8 +64,6 @@ class SweepOutcome:
         lines.append(f"Ray experiment: {self.experiment_path} (error.txt in each trial folder); run the same command "
                      "again to retry them from their last checkpoint.")
         return "\n".join(lines)
-
-
 
 
 def resolve_metric(params: Params, dataset: str) -> str:
@@ -182,8 +174,6 @@ def _log_best(mlflow, outcome_best: dict[str, Any], metric: str) -> None:
     mlflow.set_tags(tags)
 
 
-
-
 def collect_rows(exp_path: str, grid, space: SweepSpace) -> list[dict[str, Any]]:
     """One row per trial, in Tune's trial order."""
     from ray import tune
@@ -200,8 +190,6 @@ def collect_rows(exp_path: str, grid, space: SweepSpace) -> list[dict[str, Any]]
         rows.append(results_mod.make_row(trial.trial_id, status, dict(trial.config), space.swept_keys, last,
                                          int(trial.num_failures), last.get("mlflow_run_id"), error))
     return rows
-
-
 
 
 # Orchestration inside the sweep stage's code deps: it cannot change a trial's numbers.

@@ -1,30 +1,14 @@
-"""The search space of a sweep: ``sweep.space`` in params.yaml -> a Ray Tune ``param_space``.
+"""The search space of a sweep: ``sweep.space`` in params.yaml -> a Ray Tune ``param_space``
+(forms: docs/cluster.md, "The search space"; ``num_samples > 1`` without ``seed`` in the space
+becomes a seed grid ``seed, seed + 1, ...``; a key in the space wins over ``sweep.train``).
 
-A space maps dotted keys (or nested mappings) of ``seed``, ``model.*`` and ``train.*`` to values
-(the data, the backbones and the feature cache are built once, before the sweep)::
-
-    model.prompt_length: {grid: [4, 8, 16]}     # every value (Tune grid_search); a plain list too
-    model.interaction.start: {choice: [2, 3]}    # one value per trial, drawn at random
-    train.lr: {loguniform: [1.0e-4, 3.0e-3]}     # a range, sampled per trial
-    model.kind: mitp                             # a scalar: fixed for every trial
-
-Forms (as ``ray.tune`` names them): ``grid``/``grid_search``, ``choice``/``values``,
-``uniform``/``loguniform`` ``[low, high]``, ``quniform``/``qloguniform`` ``[low, high, q]``,
-``randint``/``lograndint`` ``[low, high)``, ``qrandint``/``qlograndint`` ``[low, high, q]``.
-There are ``num_samples`` times the grid size trials; with ``num_samples > 1`` and no ``seed``
-in the space, repeats get the seeds ``seed, seed + 1, ...`` as a grid. ``sweep.train`` holds
-``train.*`` overrides for every trial; a key in the space wins over it.
-
-This module is the one parser of the space and the one home of the rule "``cache.layer`` <=
-every interaction start in use" (:func:`starts_in_use`, :func:`check_cache_layer`): every stage
-runs :func:`check_params` after loading, the cache build runs :func:`check_cache_layer`, and the
-sweep validates every trial configuration (schema and backbone depth) before it starts
-(:func:`validate_trials`, errors name the key and the trial).
+The one parser of the space and the one home of the rule "``cache.layer`` <= every interaction
+start in use" (:func:`starts_in_use`, :func:`check_cache_layer`); :func:`validate_trials`
+checks every trial configuration before launch.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -33,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mitp.config import MODEL_KINDS, Params, TrainConfig, apply_overrides, to_flat_dict, validate
+from mitp.dotted_keys import flatten
 from mitp.errors import ConfigError
 
 GRID_FORMS = ("grid", "grid_search")
@@ -55,10 +40,6 @@ class Dim:
     key: str
     form: str
     args: tuple  # grid/choice values, range arguments, or (value,) for fixed
-
-    @property
-    def is_grid(self) -> bool:
-        return self.form == "grid"
 
     def candidates(self) -> list[Any]:
         """The values validation checks: every listed value, or both ends of a range."""
@@ -83,22 +64,6 @@ def _is_form(spec: Any) -> bool:
     return isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in FORMS
 
 
-def flatten(space: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings -> dotted keys; a ``{form: ...}`` mapping is a leaf."""
-    out: dict[str, Any] = {}
-    for key, spec in space.items():
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"sweep.space: keys must be non-empty strings, got {key!r}")
-        full = f"{prefix}{key}"
-        if isinstance(spec, dict) and not _is_form(spec):
-            if not spec:
-                raise ConfigError(f"sweep.space.{full}: empty mapping (expected a value, a list or one of {', '.join(FORMS)})")
-            out.update(flatten(spec, full + "."))
-        else:
-            out[full] = spec
-    return out
-
-
 def _check_key_path(key: str) -> None:
     """The key names a value of the schema (not a section, not a typo)."""
     model: type[BaseModel] | None = Params
@@ -118,6 +83,8 @@ def _check_key_path(key: str) -> None:
 
 def parse_dim(key: str, spec: Any) -> Dim:
     where = f"sweep.space.{key}"
+    if spec == {}:
+        raise ConfigError(f"{where}: empty mapping (expected a value, a list or one of {', '.join(FORMS)})")
     root = key.split(".")[0]
     if root not in SWEEPABLE_ROOTS:
         raise ConfigError(f"{where}: only seed, model.* and train.* can be swept (the data, the backbones and "
@@ -147,7 +114,7 @@ def parse_dim(key: str, spec: Any) -> Dim:
 
 def normalize_space(space: dict[str, Any]) -> dict[str, Dim]:
     """Parse ``sweep.space`` (shape and forms only; values are checked by :func:`validate_trials`)."""
-    return {key: parse_dim(key, spec) for key, spec in flatten(space).items()}
+    return {key: parse_dim(key, spec) for key, spec in flatten(space, is_leaf=_is_form).items()}
 
 
 def normalize_train(train: dict | None) -> dict[str, Any]:
@@ -162,8 +129,6 @@ def normalize_train(train: dict | None) -> dict[str, Any]:
     return out
 
 
-
-
 @dataclass
 class SweepSpace:
     """The parsed space of one sweep, ready for Tune."""
@@ -176,7 +141,7 @@ class SweepSpace:
 
     @property
     def grid_size(self) -> int:
-        return math.prod(len(d.args) for d in self.dims.values() if d.is_grid)
+        return math.prod(len(d.args) for d in self.dims.values() if d.form == "grid")
 
     @property
     def n_trials(self) -> int:
@@ -222,8 +187,6 @@ def trial_params(base_raw: dict, overrides: dict[str, Any], source: str = "sweep
 
 def describe_overrides(overrides: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "no overrides"
-
-
 
 
 def starts_in_use(params: Params) -> set[int]:
@@ -323,4 +286,4 @@ def validate_trials(params: Params, space: SweepSpace, base_raw: dict) -> int:
 
 def base_raw_of(params: Params) -> dict:
     """The validated params as a plain dict, the base every trial's overrides apply to."""
-    return copy.deepcopy(params.model_dump(mode="json"))
+    return params.model_dump(mode="json")  # a fresh dict each call
