@@ -38,10 +38,9 @@ UNITS = {"meta": "row", "image": "img", "text": "text"}  # progress units
 
 
 class ImageFiles(Dataset):
-    """Unique image files -> pixel values, exactly as the raw path preprocesses them; each file's
-    bytes must still have the digest the fingerprint was computed from. A bad file yields its
-    :class:`CacheInputError` as the item (:func:`stack_or_error`), so the message reaches the
-    main process as it is, not wrapped in a worker's traceback."""
+    """Unique image files -> (3, H, W) pixels as the raw path preprocesses them, bytes checked
+    against their digest; a bad file is returned as its CacheInputError (a worker's traceback
+    would bury the message)."""
 
     def __init__(self, paths: list[Path], digests: list[str], processor):
         self.paths, self.digests, self.processor = paths, digests, processor
@@ -131,8 +130,7 @@ class _Builder:
             self.on_shard(unit)
 
     def _shard(self, unit: storage.Unit, blocks: Iterator[np.ndarray]) -> dict:
-        """Fill ``unit``'s float shard from ``blocks`` of rows in a memory-mapped temp ``.npy``;
-        hashed complete, then renamed into place. Returns its index record."""
+        """Fill ``unit``'s float shard from ``blocks`` of rows; returns its index record."""
         with atomic_path(self.root / unit.files[0]) as tmp:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype,
                                               shape=storage.shard_shape(unit, self.layout))
@@ -201,17 +199,11 @@ class _Builder:
 def build_cache(params, dataset: str, backbones, device: torch.device | str | None = None, *,
                 force: bool = False, full_verify: bool = False, on_shard: ShardHook | None = None,
                 progress: bool = True, say: Callable[[str], None] = log.info) -> BuildSummary:
-    """Build (or resume, or verify) the feature cache of ``dataset`` under ``params.features_dir``.
+    """Build, resume or verify the feature cache of ``dataset`` under ``params.features_dir``.
 
-    * A cache with another fingerprint (configuration, manifests or image bytes) is replaced
-      (``say`` names the fields that changed); ``force`` rebuilds from scratch.
-    * Files a previous run finished are kept if they check (size and shape; sha256 for the
-      small files, and for all with ``full_verify``); others are redone.
-    * An image the manifests list that is missing or unreadable raises
-      :class:`~mitp.cache.errors.CacheInputError` naming it, before anything is written.
-    * Before writing, ``say`` gets the expected size on disk; too little free space raises
-      :class:`~mitp.cache.errors.CacheSpaceError` before anything is written.
-    * ``on_shard(unit)`` runs after each unit is complete (tests inject a "kill" there).
+    Another fingerprint (or ``force``) rebuilds from scratch; finished files that check are
+    kept (``full_verify``: hash them all). A missing image (CacheInputError) or too little disk
+    (CacheSpaceError) stops it before anything is written. ``on_shard(unit)`` runs after each unit.
     """
     t_start = time.perf_counter()
     check_cache_layer(params)
@@ -231,7 +223,7 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
         elif existing and existing["fingerprint"] != fp:
             why = f"built for another configuration:\n{describe_diff(diff(existing['fingerprint'], fp, dataset))}"
         elif existing and (problems := storage.index_problems(existing, plans, labels, shapes)):
-            why = f"{root / storage.INDEX}: {'; '.join(problems[:5])}"  # edited: none of its records is trusted
+            why = f"{root / storage.INDEX}: {storage.listed(problems)}"  # edited: no record trusted
         if why is not None:
             say(f"rebuilding the cache at {root}: {why}")
             storage.wipe(root, SPLITS)

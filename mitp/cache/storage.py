@@ -115,6 +115,12 @@ def json_payload(obj) -> bytes:
     return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
 
 
+def listed(problems: list[str]) -> str:
+    """The first five problems, joined, and how many more there are."""
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return "; ".join(problems[:5]) + more
+
+
 def read_index(root: Path) -> dict | None:
     """The index, or None if there is none; a damaged index raises ValueError."""
     path = root / INDEX
@@ -134,14 +140,9 @@ def lock_path(root: Path) -> Path:
 
 
 def check_file(root: Path, rel: str, record: dict, shape: tuple[int, ...] | None, full: bool) -> str | None:
-    """None if ``rel`` holds what the index says, else what is wrong.
-
-    Always: it exists, has the recorded size and (``.npy`` with a ``shape``) the shape its unit
-    implies. The sha256 is checked for every file when ``full``, and always for the small files
-    (``shape`` None: labels, image index, ids, masks): they decide which rows and labels are read.
-    The float shards are only ever renamed into place complete, so size and shape suffice for them
-    unless ``full``: hashing tens of GB at every training start would cost more than it defends.
-    """
+    """None if ``rel`` has its recorded size, shard ``shape`` and (small files, or ``full``)
+    sha256, else what is wrong. Float shards reach their name complete: hashing tens of GB at
+    every start would cost more than it defends."""
     path = root / rel
     if not isinstance(record, dict):
         return "the index holds no record of it"
@@ -222,15 +223,12 @@ def wipe(root: Path, splits) -> None:
 def build_lock(root: Path) -> Iterator[None]:
     """One build at a time per cache folder (an OS file lock, released when the process dies)."""
     root.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_path(root), timeout=0)
     try:
-        lock.acquire()
+        held = FileLock(lock_path(root), timeout=0).acquire()
     except Timeout:
         raise CacheBusy(f"{root}: another cache run is building this cache (lock {lock_path(root)})") from None
-    try:
+    with held:
         yield
-    finally:
-        lock.release()
 
 
 def shapes_of(backbones_or_configs, max_text_length: int, dtype: str) -> dict:
@@ -291,7 +289,7 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(p).free
 
 
-def check_space(target: Path, needed: int) -> int:
+def check_space(target: Path, needed: int) -> None:
     """Raise CacheSpaceError unless ``target``'s filesystem has ``needed`` bytes (+ a margin) free."""
     free = free_bytes(target)
     if needed + SPACE_MARGIN > free:
@@ -299,4 +297,3 @@ def check_space(target: Path, needed: int) -> int:
             f"not enough disk for the feature cache: {human(needed)} still to write at {target}, but only "
             f"{human(free)} free on that filesystem. Free some space, or point cache.dir at a larger disk "
             f"(-S cache.dir=/path/with/space).")
-    return free

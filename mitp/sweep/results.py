@@ -58,15 +58,16 @@ def make_row(trial_id: str, status: str, config: dict[str, Any], keys: list[str]
             "mlflow_run_id": run_id or last.get("mlflow_run_id") or "", "error": error}
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
+def is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def best_row(rows: list[dict[str, Any]], metric: str, mode: str, keys: list[str] | None = None) -> dict[str, Any] | None:
     """The best trial by ``metric`` (the best epoch's validation score); completed trials first.
     With the swept ``keys``, the trial comes from the configuration with the best mean of
     ``metric`` over its seeds (:func:`mitp.ablation_stats.select_best`), never from test scores."""
-    scored = [r for r in rows if _is_number(r.get(metric)) and r["status"] in (COMPLETED, STOPPED)]
+    scored = [r for r in rows if is_number(r.get(metric)) and not math.isnan(r[metric])
+              and r["status"] in (COMPLETED, STOPPED)]
     if not scored:
         return None
     completed = [r for r in scored if r["status"] == COMPLETED]

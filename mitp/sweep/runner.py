@@ -121,8 +121,7 @@ def check_resources(params: Params) -> None:
 
 
 def ensure_cache(params: Params, dataset: str, say: Callable[[str], None]) -> str | None:
-    """Build (or verify) the feature cache every trial reads (trials only ever read it); returns
-    its fingerprint hash."""
+    """Build (or verify) the feature cache every trial reads; returns its fingerprint hash."""
     if not params.cache.enabled:
         return None
     from mitp import backbones
@@ -165,7 +164,7 @@ def _log_best(mlflow, outcome_best: dict[str, Any], metric: str) -> None:
     if not outcome_best.get("trial_id"):
         return
     metrics = {f"best_{k}": float(v) for k, v in outcome_best.get("metrics", {}).items()
-               if isinstance(v, int | float) and not isinstance(v, bool)}
+               if results_mod.is_number(v)}
     metrics[f"best_{metric}"] = float(outcome_best["value"])
     mlflow.log_metrics(metrics)
     tags = {"best.trial_id": outcome_best["trial_id"], "best.run_id": outcome_best["mlflow_run_id"],
@@ -197,10 +196,8 @@ ORCHESTRATION = ("mitp/sweep/runner.py", "mitp/sweep/results.py")
 
 
 def result_code(repo: Path = REPO_ROOT) -> list[Path]:
-    """The code that computes a trial's result: the ``mitp/`` code deps of the sweep stage in
-    ``dvc.yaml`` (folders: their ``.py`` files), less :data:`ORCHESTRATION`; without a
-    ``dvc.yaml`` (an installed package), the whole ``mitp`` package. A change to any of it must
-    not resume an old sweep: its finished trials would be kept with stale results."""
+    """The code that computes a trial's result (a change must not resume an old sweep): the
+    ``mitp/`` deps of the sweep stage in ``dvc.yaml`` (else all of ``mitp``), less ORCHESTRATION."""
     dvc_file = repo / "dvc.yaml"
     if dvc_file.is_file():
         stage = yaml.safe_load(dvc_file.read_text())["stages"]["sweep"]
@@ -274,15 +271,11 @@ def run_sweep(
     model_out: str | Path | None = None,
     register: str | None = None,
 ) -> SweepOutcome:
-    """Run (or resume) the sweep ``params.sweep`` on ``dataset``; see the module docstring.
+    """Run (or resume) the sweep ``params.sweep`` on ``dataset``.
 
-    ``model_out``/``register``: copy the best trial's model folder there / register it under
-    that name (the parent run's tags ``best.model_uri``, ``best.registered_model`` point at it).
-    ``outputs``: (csv path, best-config JSON path), written atomically before returning, also
-    when trials failed. Does not raise for failed trials: check ``outcome.failed`` (the stage
-    exits non-zero, naming them); raises :class:`~mitp.errors.ConfigError` before anything
-    starts if a trial configuration is invalid.
-    """
+    ``outputs``: (csv path, best JSON path), written also when trials failed (``outcome.failed``;
+    never raised). ``model_out``/``register``: copy / register the best trial's model. A bad trial
+    configuration raises ConfigError before anything starts."""
     t0 = time.perf_counter()
     params.dataset(dataset)
     space, metric, s = build_space(params), resolve_metric(params, dataset), params.sweep

@@ -190,11 +190,9 @@ def describe_overrides(overrides: dict[str, Any]) -> str:
 
 
 def starts_in_use(params: Params) -> set[int]:
-    """Every first changed layer a configured run can use (``MODEL_KINDS`` in
-    :mod:`mitp.config`): ``model.interaction.start`` and every value ``sweep.space`` can give it
-    (both ends of a range stand for it) for the MITP kinds, depth - ``model.pmf.n_fusion_layers``
-    for PMF; empty when no kind in use (``model.kind`` and the kinds the space can give) changes
-    a layer that could be cached."""
+    """Every first changed layer a run can use, over the kinds in use (``MODEL_KINDS``): each
+    ``model.interaction.start`` the config and space give (a range by its ends) for MITP, depth -
+    ``model.pmf.n_fusion_layers`` for PMF; empty if no kind changes a cacheable layer."""
     dims = normalize_space(params.sweep.space)
     kinds = {params.model.kind, *(dims["model.kind"].candidates() if "model.kind" in dims else [])}
     changes = {MODEL_KINDS.get(kind, "interaction") for kind in kinds}
@@ -242,8 +240,7 @@ def _depths(params: Params) -> tuple[int, int]:
 
 
 def check_params(params: Params) -> None:
-    """The checks every stage runs after loading the params: the sweep settings parse, the
-    interaction layers fit the backbones, and the cache-layer rule."""
+    """What every stage checks after loading: sweep settings, backbone depth, cache layer."""
     from mitp.backbones import check_depth
 
     normalize_train(params.sweep.train)
@@ -252,8 +249,7 @@ def check_params(params: Params) -> None:
 
 
 def combinations(space: SweepSpace) -> list[dict[str, Any]]:
-    """Value combinations validation checks: the full product of every key's candidates if it is
-    small, else each key's candidates with the other keys at their first value."""
+    """The product of every key's candidates if small, else one key varied at a time."""
     keys = list(space.dims)
     values = [space.dims[k].candidates() for k in keys]
     if math.prod(map(len, values)) <= MAX_VALIDATED_COMBINATIONS:
@@ -266,10 +262,8 @@ def combinations(space: SweepSpace) -> list[dict[str, Any]]:
 
 
 def validate_trials(params: Params, space: SweepSpace, base_raw: dict) -> int:
-    """Validate every trial configuration the space can produce; returns how many were checked.
-
-    Raises :class:`~mitp.errors.ConfigError` naming the key and the trial's values.
-    """
+    """Validate every trial configuration the space can produce (ConfigError naming the key
+    and the trial); returns how many were checked."""
     from mitp.backbones import check_depth
 
     check_cache_layer(params)  # over every start the space can give: the clearest message first

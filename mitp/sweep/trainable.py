@@ -20,6 +20,7 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from mitp.sweep.results import is_number
 from mitp.sweep.space import SweepSpace, describe_overrides, trial_params
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,7 @@ class TrialInfo:
 
 
 class TrialHooks:
-    """Optional callbacks inside a trial (tests inject faults and barriers through them).
-
-    They run in the trial's process: a subclass must be picklable (module-level).
-    """
+    """Optional callbacks inside a trial (tests inject faults through them); picklable."""
 
     def on_start(self, info: TrialInfo) -> None:  # before fit
         pass
@@ -72,7 +70,7 @@ class TrialSpec:
 
 
 def _numeric(row: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {k: v for k, v in row.items() if is_number(v)}
 
 
 def _mark_stopped(spec: TrialSpec, run_id: str, epoch: int) -> None:
