@@ -1,9 +1,6 @@
 """Feature cache of the frozen layers below k = ``cache.layer``: computed once, read by every
-epoch and trial (``python -m pipeline.cache --dataset NAME``; contract: docs/design.md).
-
-Modules: ``fingerprint`` (inputs, what must match), ``storage`` (units, files, index, checks,
-lock), ``build`` (resumable build), ``reader`` (open and read), ``errors``. The rule on k lives in
-:mod:`mitp.sweep.space` (``check_cache_layer``).
+epoch and trial (``python -m pipeline.cache``; contract: docs/design.md). The rule on k lives in
+:mod:`mitp.sweep.space`.
 """
 
 from mitp.cache.build import build_cache

@@ -103,12 +103,6 @@ def make_index(dataset: str, fp: dict, layout: dict, labels: list[str], plans: d
             "files": {f: done[f] for f in order if f in done}}
 
 
-def _counted(blocks: Iterator[np.ndarray], bar) -> Iterator[np.ndarray]:
-    for block in blocks:
-        bar.update(len(block))
-        yield block
-
-
 class _Builder:
     def __init__(self, backbones, device, root: Path, layout: dict, k: int, plans: dict[str, SplitPlan],
                  write_index: Callable[[bool], None], done: dict[str, dict], on_shard: ShardHook | None,
@@ -129,8 +123,8 @@ class _Builder:
         if self.on_shard is not None:
             self.on_shard(unit)
 
-    def _shard(self, unit: storage.Unit, blocks: Iterator[np.ndarray]) -> dict:
-        """Fill ``unit``'s float shard from ``blocks`` of rows; returns its index record."""
+    def _shard(self, unit: storage.Unit, blocks: Iterator[np.ndarray], bar) -> dict:
+        """Fill ``unit``'s float shard from ``blocks`` of rows (counted on ``bar``); returns its record."""
         with atomic_path(self.root / unit.files[0]) as tmp:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype,
                                               shape=storage.shard_shape(unit, self.layout))
@@ -138,6 +132,7 @@ class _Builder:
             for block in blocks:
                 array[row:row + len(block)] = block
                 row += len(block)
+                bar.update(len(block))
             array.flush()
             del array
             return storage.seal(tmp)
@@ -165,7 +160,7 @@ class _Builder:
         states = (self._states(self.prefix.vision_prefix(px.to(self.device, non_blocking=True), self.k), "image")
                   for px in _pixels(loader))
         for unit in units:  # batches never cross a shard: each shard takes its own number of them
-            record = self._shard(unit, _counted(itertools.islice(states, -(-unit.rows // B)), bar))
+            record = self._shard(unit, itertools.islice(states, -(-unit.rows // B)), bar)
             self._finish(unit, {unit.files[0]: record})
 
     def text(self, plan: SplitPlan, units: list[storage.Unit], bar) -> None:
@@ -176,7 +171,7 @@ class _Builder:
             ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
             blocks = (self._states(self.prefix.text_prefix(ids[a:a + B], mask[a:a + B], self.k), "text")
                       for a in range(0, unit.rows, B))
-            record = self._shard(unit, _counted(blocks, bar))
+            record = self._shard(unit, blocks, bar)
             mask_rec = storage.write_file(self.root, unit.files[1], storage.npy_payload(mask.cpu().numpy().astype(np.uint8)))
             self._finish(unit, {unit.files[0]: record, unit.files[1]: mask_rec})
 
@@ -242,10 +237,10 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
         for rel, problem in problems.items():
             say(f"{rel}: {problem}; rebuilding it")
         summary.rebuilt = list(problems)
-        done = {f: recorded[f] for u in units for f in u.files if f in recorded and f not in problems}
-        pending = [u for u in units if not all(f in done for f in u.files)]
-        for f in [f for u in pending for f in u.files if f in done]:  # half-done unit: redo whole
-            done.pop(f)
+        # a unit is kept only if all its files check: a half-done one is redone whole
+        kept = {u: all(f in recorded and f not in problems for f in u.files) for u in units}
+        done = {f: recorded[f] for u in units if kept[u] for f in u.files}
+        pending = [u for u in units if not kept[u]]
         summary.reused_files = len(done)
         for plan in plans.values():
             summary.estimate.add(plan, plan.units(layout["shard_size"]))

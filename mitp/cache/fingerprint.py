@@ -69,13 +69,10 @@ def _image_digest(path: Path, manifest: Path, stat_only: bool = False) -> str:
 
 
 def plan_split(params, dataset: str, split: str, images: str = "build") -> SplitPlan:
-    """Read a manifest; find its unique images (by normalised path) and their digests; encode the labels.
+    """A manifest's unique images (by normalised path) with their digests, and encoded labels.
 
-    ``images``: ``"build"`` - every image file must be there; ``"open"`` - the digests only (no
-    file is read when the manifest has an ``image_sha256`` column: prepare's record, which the
-    manifest hash covers); ``"count"`` - neither (a size estimate). Without the column the digests
-    are the files' sha256, computed here. The build checks each file's bytes against its digest
-    when it decodes it.
+    ``images``: ``"build"`` - every file must be there; ``"open"`` - digests only (prepare's
+    ``image_sha256`` column when present, else hashed here); ``"count"`` - neither (an estimate).
     """
     import pandas as pd
 
@@ -137,9 +134,8 @@ def images_hash(plans: dict[str, SplitPlan]) -> str:
 
 
 def fingerprint(params, dataset: str, backbones, plans: dict[str, SplitPlan] | None = None) -> dict:
-    """The fingerprint a cache of ``dataset`` must carry to serve ``params`` with ``backbones``.
-
-    ``plans`` (from :func:`plan_all`) saves hashing the images a second time."""
+    """The fingerprint a cache of ``dataset`` must carry to serve ``params`` with ``backbones``
+    (``plans`` from :func:`plan_all` saves hashing the images again)."""
     vcfg, tcfg = backbones.vision.config, backbones.text.config
     return _plain({
         "format": CACHE_FORMAT,

@@ -1,10 +1,8 @@
 """The sweep's outputs: one row per trial (config, final metrics, cost figures, MLflow run id),
 the best trial, and the CSV / JSON files the report reads (written atomically).
 
-Row status: ``COMPLETED`` (trained every epoch and evaluated on test), ``STOPPED`` (a scheduler
-ended it early; its metrics are those of its last epoch, no test metrics), ``ERROR`` (failed
-after its retries), or Tune's status for a trial that never ended (``PENDING``, ``RUNNING``,
-``PAUSED``: the sweep was interrupted; run it again to resume).
+Row status: ``COMPLETED`` (every epoch and test), ``STOPPED`` (by the scheduler; last epoch's
+metrics, no test), ``ERROR`` (after its retries), or Tune's status of a trial never ended.
 """
 
 from __future__ import annotations

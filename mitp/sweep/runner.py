@@ -1,9 +1,7 @@
 """Run a sweep: validate, connect to Ray, open the MLflow parent run, run or resume the Tuner,
-collect the trials, and log the best one on the parent (resume rules: docs/cluster.md).
-
-Ray: ``ray.address``, else ``RAY_ADDRESS``, else a local Ray. The experiment folder
-``<ray.storage_path>/<dataset>-<sweep.name>-<hash>`` hashes all that defines the trials (with
-:func:`result_code`); the parent run is tagged with it (``ray.experiment_path``).
+collect the trials, log the best one. The Ray folder ``<ray.storage_path>/<dataset>-<sweep.name>-
+<hash>`` (the hash covers all that defines the trials, :func:`result_code` too) tags the parent
+run (``ray.experiment_path``), so the same command resumes both (docs/cluster.md).
 """
 
 from __future__ import annotations

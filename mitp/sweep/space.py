@@ -194,19 +194,20 @@ def starts_in_use(params: Params) -> set[int]:
     ``model.interaction.start`` the config and space give (a range by its ends) for MITP, depth -
     ``model.pmf.n_fusion_layers`` for PMF; empty if no kind changes a cacheable layer."""
     dims = normalize_space(params.sweep.space)
-    kinds = {params.model.kind, *(dims["model.kind"].candidates() if "model.kind" in dims else [])}
-    changes = {MODEL_KINDS.get(kind, "interaction") for kind in kinds}
+
+    def in_use(key: str, configured: Any) -> list[Any]:  # the configured value and the space's candidates
+        return [configured, *(dims[key].candidates() if key in dims else [])]
+
+    changes = {MODEL_KINDS.get(kind, "interaction") for kind in in_use("model.kind", params.model.kind)}
     starts: set[int] = set()
     if "interaction" in changes:
-        starts.add(params.model.interaction.start)
-        for value in dims[START_KEY].candidates() if START_KEY in dims else []:
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"sweep.space.{START_KEY}: {value!r} is not a layer number")
-            starts.add(value)
+        values = in_use(START_KEY, params.model.interaction.start)
+        if bad := [v for v in values if not isinstance(v, int) or isinstance(v, bool)]:
+            raise ConfigError(f"sweep.space.{START_KEY}: {bad[0]!r} is not a layer number")
+        starts |= set(values)
     if "top" in changes:
         depth = min(_depths(params))
-        fusion = {params.model.pmf.n_fusion_layers}
-        fusion |= set(dims[FUSION_KEY].candidates()) if FUSION_KEY in dims else set()
+        fusion = in_use(FUSION_KEY, params.model.pmf.n_fusion_layers)
         starts |= {depth - f for f in fusion if isinstance(f, int)}
     return starts
 
@@ -227,7 +228,7 @@ def check_cache_layer(params: Params) -> None:
     if changes == "top" and (first := params.model.first_interaction_layer(min(_depths(params)))) < k:
         raise ConfigError(f"cache.layer: {k} is above the first PMF fusion layer {first} (the depth minus "
                           "model.pmf.n_fusion_layers); the cached layers must never see a prompt")
-    key = START_KEY if START_KEY in normalize_space(params.sweep.space) else "model.pmf.n_fusion_layers"
+    key = START_KEY if START_KEY in normalize_space(params.sweep.space) else FUSION_KEY
     raise ConfigError(f"sweep.space.{key}: value {min(starts)} is below cache.layer {k}; the cached layers "
                       f"must never see a prompt (the cache serves the sweep too: set cache.layer to at most "
                       f"{min(starts)} and rebuild the cache, or override sweep.space for a run that does not sweep)")
