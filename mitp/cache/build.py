@@ -223,10 +223,9 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
             say(f"rebuilding the cache at {root}: {why}")
             storage.wipe(root, SPLITS)
             existing = None
-        layout = dict(existing["layout"]) if existing else {
-            "shard_size": params.cache.shard_size, "batch_size": params.cache.batch_size,
-            **shapes}
-        if existing and (layout["shard_size"], layout["batch_size"]) != (params.cache.shard_size, params.cache.batch_size):
+        configured = {"shard_size": params.cache.shard_size, "batch_size": params.cache.batch_size}
+        layout = dict(existing["layout"]) if existing else {**configured, **shapes}
+        if existing and {k: layout[k] for k in configured} != configured:
             say(f"resuming with the layout the cache was started with (shard_size {layout['shard_size']}, "
                 f"batch_size {layout['batch_size']}); use --force to rebuild with the configured one")
 
@@ -248,8 +247,7 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
         say(summary.estimate.describe())
         if pending:
             check_space(root, summary.estimate.to_write)
-        n_tmp = storage.clean_temp_files(root)
-        if n_tmp:
+        if n_tmp := storage.clean_temp_files(root):
             say(f"removed {n_tmp} temp files an interrupted cache run left behind")
 
         def write_index(complete: bool) -> None:

@@ -1,5 +1,5 @@
 """The sweep's outputs: one row per trial (config, final metrics, cost figures, MLflow run id),
-the best trial, and the CSV / JSON files the report reads (written atomically).
+the best trial and the ``sweep_best.json`` content, the CSV text (the runner writes both).
 
 Row status: ``COMPLETED`` (every epoch and test), ``STOPPED`` (by the scheduler; last epoch's
 metrics, no test), ``ERROR`` (after its retries), or Tune's status of a trial never ended.
@@ -13,7 +13,6 @@ import math
 from typing import Any
 
 from mitp import ablation_stats
-from mitp.atomic import write_json, write_text
 
 COMPLETED, STOPPED, ERROR = "COMPLETED", "STOPPED", "ERROR"
 
@@ -118,8 +117,3 @@ def best_summary(best: dict[str, Any] | None, *, dataset: str, sweep: str, metri
                                    f"{metric}_std": chosen.val_std, f"test_{metric[4:]}_mean": chosen.test_mean,
                                    f"test_{metric[4:]}_std": chosen.test_std, "test_n": chosen.test_n}
     return out
-
-
-def write_outputs(rows: list[dict[str, Any]], best: dict[str, Any], csv_path, best_path) -> None:
-    write_text(csv_path, to_csv(rows))
-    write_json(best_path, best)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from mitp import tracking
+from mitp.atomic import write_json, write_text
 from mitp.config import REPO_ROOT, Params, to_flat_dict
 from mitp.errors import ConfigError
 from mitp.sweep import results as results_mod
@@ -275,7 +276,6 @@ def run_sweep(
     never raised). ``model_out``/``register``: copy / register the best trial's model. A bad trial
     configuration raises ConfigError before anything starts."""
     t0 = time.perf_counter()
-    params.dataset(dataset)
     space, metric, s = build_space(params), resolve_metric(params, dataset), params.sweep
     check_resources(params)
     uri = tracking.tracking_uri(params)
@@ -332,7 +332,8 @@ def run_sweep(
                                 "trials_completed": summary["completed"], "trials_stopped": summary["stopped"]})
             outcome = SweepOutcome(dataset, exp_path, parent_id, metric, rows, summary, resumed, 0.0, space, timings)
             if outputs is not None:
-                results_mod.write_outputs(rows, summary, *outputs)
+                write_text(outputs[0], results_mod.to_csv(rows))
+                write_json(outputs[1], summary)
             if outcome.failed or outcome.unfinished:
                 mlflow.set_tag("error", outcome.failure_message()[:5000] if outcome.failed else
                                f"{len(outcome.unfinished)} trials did not finish (interrupted); run the same "
