@@ -231,12 +231,11 @@ def build_lock(root: Path) -> Iterator[None]:
         yield
 
 
-def shapes_of(backbones_or_configs, max_text_length: int, dtype: str) -> dict:
+def shapes_of(models, max_text_length: int, dtype: str) -> dict:
     """The layout's shape fields from the backbone configs (``Backbones``, or a ``(vision, text)``
     pair of models): ``image_tokens`` N_v (patches + CLS), ``image_width`` d_v, ``text_length``,
     ``text_width`` d_t, ``dtype``."""
-    pair = backbones_or_configs
-    vision, text = pair if isinstance(pair, tuple) else (pair.vision, pair.text)
+    vision, text = models if isinstance(models, tuple) else (models.vision, models.text)
     v, t = vision.config, text.config
     return {"image_tokens": (v.image_size // v.patch_size) ** 2 + 1, "image_width": v.hidden_size,
             "text_length": max_text_length, "text_width": t.hidden_size, "dtype": dtype}

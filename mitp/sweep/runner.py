@@ -229,8 +229,7 @@ def _tuner(params: Params, space: SweepSpace, spec: TrialSpec, exp_name: str, st
            metric: str, say: Callable[[str], None]):
     from ray import tune
 
-    res = params.sweep.resources_per_trial
-    resources = {"cpu": res.cpu, "gpu": res.gpu}
+    resources = params.sweep.resources_per_trial.model_dump()  # {"cpu": ..., "gpu": ...}
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
     if tune.Tuner.can_restore(exp_path):
         say(f"resuming the sweep in {exp_path} (finished trials are kept, the others continue from their "
