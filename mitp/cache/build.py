@@ -1,19 +1,8 @@
 """The cache build: preprocessing, tokenization and frozen layers 0..k-1, once per split.
 
-:func:`build_cache` plans the work as *units* (:class:`~mitp.cache.storage.Unit`) - per split
-one ``meta`` unit (labels, image index, ids), image shards over the unique images and text
-shards over the samples - skips the units a previous run finished (their files check against
-the index), and computes the rest in a fixed order, with batches that never cross a shard
-boundary. A shard's bytes therefore depend only on its rows, never on where a run stopped: a
-killed build, resumed, ends with exactly the files an uninterrupted build writes.
-
-Images are stored once per unique image (first appearance order); samples refer to them by row
-(``meta-image_index.npy``). Each image file is hashed while planning (the fingerprint covers the
-image bytes) and its bytes are checked against that digest when decoded, so the stored states
-are those of the images the fingerprint names. Texts are padded to ``max_text_length``; the
-masks are stored, and the loader trims each batch to its longest text. Computation runs in
-float32 under ``torch.inference_mode`` on the backbones' device (a GPU when present) and is
-stored as ``cache.dtype``.
+Work is a fixed list of units (:class:`~mitp.cache.storage.Unit`); finished units are kept,
+batches never cross a shard, so a resumed build writes the same bytes as an uninterrupted one
+(docs/design.md, "Resume"). Each image's bytes are checked against its planned digest.
 """
 
 from __future__ import annotations
@@ -49,10 +38,9 @@ UNITS = {"meta": "row", "image": "img", "text": "text"}  # progress units
 
 
 class ImageFiles(Dataset):
-    """Unique image files -> pixel values, exactly as the raw path preprocesses them; each file's
-    bytes must still have the digest the fingerprint was computed from. A bad file yields its
-    :class:`CacheInputError` as the item (:func:`stack_or_error`), so the message reaches the
-    main process as it is, not wrapped in a worker's traceback."""
+    """Unique image files -> (3, H, W) pixels as the raw path preprocesses them, bytes checked
+    against their digest; a bad file is returned as its CacheInputError (a worker's traceback
+    would bury the message)."""
 
     def __init__(self, paths: list[Path], digests: list[str], processor):
         self.paths, self.digests, self.processor = paths, digests, processor
@@ -115,12 +103,6 @@ def make_index(dataset: str, fp: dict, layout: dict, labels: list[str], plans: d
             "files": {f: done[f] for f in order if f in done}}
 
 
-def _counted(blocks: Iterator[np.ndarray], bar) -> Iterator[np.ndarray]:
-    for block in blocks:
-        bar.update(len(block))
-        yield block
-
-
 class _Builder:
     def __init__(self, backbones, device, root: Path, layout: dict, k: int, plans: dict[str, SplitPlan],
                  write_index: Callable[[bool], None], done: dict[str, dict], on_shard: ShardHook | None,
@@ -141,9 +123,8 @@ class _Builder:
         if self.on_shard is not None:
             self.on_shard(unit)
 
-    def _shard(self, unit: storage.Unit, blocks: Iterator[np.ndarray]) -> dict:
-        """Fill ``unit``'s float shard from ``blocks`` of rows in a memory-mapped temp ``.npy``;
-        hashed complete, then renamed into place. Returns its index record."""
+    def _shard(self, unit: storage.Unit, blocks: Iterator[np.ndarray], bar) -> dict:
+        """Fill ``unit``'s float shard from ``blocks`` of rows (counted on ``bar``); returns its record."""
         with atomic_path(self.root / unit.files[0]) as tmp:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype,
                                               shape=storage.shard_shape(unit, self.layout))
@@ -151,6 +132,7 @@ class _Builder:
             for block in blocks:
                 array[row:row + len(block)] = block
                 row += len(block)
+                bar.update(len(block))
             array.flush()
             del array
             return storage.seal(tmp)
@@ -178,7 +160,7 @@ class _Builder:
         states = (self._states(self.prefix.vision_prefix(px.to(self.device, non_blocking=True), self.k), "image")
                   for px in _pixels(loader))
         for unit in units:  # batches never cross a shard: each shard takes its own number of them
-            record = self._shard(unit, _counted(itertools.islice(states, -(-unit.rows // B)), bar))
+            record = self._shard(unit, itertools.islice(states, -(-unit.rows // B)), bar)
             self._finish(unit, {unit.files[0]: record})
 
     def text(self, plan: SplitPlan, units: list[storage.Unit], bar) -> None:
@@ -189,7 +171,7 @@ class _Builder:
             ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
             blocks = (self._states(self.prefix.text_prefix(ids[a:a + B], mask[a:a + B], self.k), "text")
                       for a in range(0, unit.rows, B))
-            record = self._shard(unit, _counted(blocks, bar))
+            record = self._shard(unit, blocks, bar)
             mask_rec = storage.write_file(self.root, unit.files[1], storage.npy_payload(mask.cpu().numpy().astype(np.uint8)))
             self._finish(unit, {unit.files[0]: record, unit.files[1]: mask_rec})
 
@@ -212,17 +194,11 @@ class _Builder:
 def build_cache(params, dataset: str, backbones, device: torch.device | str | None = None, *,
                 force: bool = False, full_verify: bool = False, on_shard: ShardHook | None = None,
                 progress: bool = True, say: Callable[[str], None] = log.info) -> BuildSummary:
-    """Build (or resume, or verify) the feature cache of ``dataset`` under ``params.features_dir``.
+    """Build, resume or verify the feature cache of ``dataset`` under ``params.features_dir``.
 
-    * A cache with another fingerprint (configuration, manifests or image bytes) is replaced
-      (``say`` names the fields that changed); ``force`` rebuilds from scratch.
-    * Files a previous run finished are kept if they check (size and shape; sha256 for the
-      small files, and for all with ``full_verify``); others are redone.
-    * An image the manifests list that is missing or unreadable raises
-      :class:`~mitp.cache.errors.CacheInputError` naming it, before anything is written.
-    * Before writing, ``say`` gets the expected size on disk; too little free space raises
-      :class:`~mitp.cache.errors.CacheSpaceError` before anything is written.
-    * ``on_shard(unit)`` runs after each unit is complete (tests inject a "kill" there).
+    Another fingerprint (or ``force``) rebuilds from scratch; finished files that check are
+    kept (``full_verify``: hash them all). A missing image (CacheInputError) or too little disk
+    (CacheSpaceError) stops it before anything is written. ``on_shard(unit)`` runs after each unit.
     """
     t_start = time.perf_counter()
     check_cache_layer(params)
@@ -242,15 +218,14 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
         elif existing and existing["fingerprint"] != fp:
             why = f"built for another configuration:\n{describe_diff(diff(existing['fingerprint'], fp, dataset))}"
         elif existing and (problems := storage.index_problems(existing, plans, labels, shapes)):
-            why = f"{root / storage.INDEX}: {'; '.join(problems[:5])}"  # edited: none of its records is trusted
+            why = f"{root / storage.INDEX}: {storage.listed(problems)}"  # edited: no record trusted
         if why is not None:
             say(f"rebuilding the cache at {root}: {why}")
             storage.wipe(root, SPLITS)
             existing = None
-        layout = dict(existing["layout"]) if existing else {
-            "shard_size": params.cache.shard_size, "batch_size": params.cache.batch_size,
-            **shapes}
-        if existing and (layout["shard_size"], layout["batch_size"]) != (params.cache.shard_size, params.cache.batch_size):
+        configured = {"shard_size": params.cache.shard_size, "batch_size": params.cache.batch_size}
+        layout = dict(existing["layout"]) if existing else {**configured, **shapes}
+        if existing and {k: layout[k] for k in configured} != configured:
             say(f"resuming with the layout the cache was started with (shard_size {layout['shard_size']}, "
                 f"batch_size {layout['batch_size']}); use --force to rebuild with the configured one")
 
@@ -261,10 +236,10 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
         for rel, problem in problems.items():
             say(f"{rel}: {problem}; rebuilding it")
         summary.rebuilt = list(problems)
-        done = {f: recorded[f] for u in units for f in u.files if f in recorded and f not in problems}
-        pending = [u for u in units if not all(f in done for f in u.files)]
-        for f in [f for u in pending for f in u.files if f in done]:  # half-done unit: redo whole
-            done.pop(f)
+        # a unit is kept only if all its files check: a half-done one is redone whole
+        kept = {u: all(f in recorded and f not in problems for f in u.files) for u in units}
+        done = {f: recorded[f] for u in units if kept[u] for f in u.files}
+        pending = [u for u in units if not kept[u]]
         summary.reused_files = len(done)
         for plan in plans.values():
             summary.estimate.add(plan, plan.units(layout["shard_size"]))
@@ -272,8 +247,7 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
         say(summary.estimate.describe())
         if pending:
             check_space(root, summary.estimate.to_write)
-        n_tmp = storage.clean_temp_files(root)
-        if n_tmp:
+        if n_tmp := storage.clean_temp_files(root):
             say(f"removed {n_tmp} temp files an interrupted cache run left behind")
 
         def write_index(complete: bool) -> None:

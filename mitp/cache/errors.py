@@ -23,10 +23,7 @@ class CacheIncomplete(CacheError):
 
 
 class CacheMismatch(CacheError):
-    """The cache was built for another configuration (its fingerprint differs).
-
-    ``fields`` lists ``(field, value in the cache, value this run needs)``.
-    """
+    """The cache was built for another configuration; ``fields``: ``(field, cached, needed)``."""
 
     def __init__(self, message: str, fields: list[tuple[str, object, object]]):
         super().__init__(message)

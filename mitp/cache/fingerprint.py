@@ -1,19 +1,6 @@
-"""What a cache is computed from - the manifests' splits and the image bytes - and its fingerprint.
-
-:func:`plan_split` reads one manifest: its unique images (first-appearance order, two spellings
-of one file are one image) with the sha256 of each image file (prepare's record where the
-manifest has one, else hashed here), texts, encoded labels and ids.
-
-The fingerprint is everything that determines the cached bytes: backbone ids and revisions (or
-the tiny-random seed and recipe), the backbones' shapes, k (``cache.layer``), the maximum text
-length, the image processor's and tokenizer's settings, the manifests' hash (paths, texts,
-labels), a hash of every image file's content (regenerated images under the same paths change
-it), the storage dtype and the cache code's format version. Training compares the stored
-fingerprint with the one its configuration implies and refuses a cache that differs, naming the
-fields (:func:`describe_diff`).
-
-Not in it: the shard and batch size of the build (layout, recorded in the index) and the
-device the cache was computed on (fp32 on either; fp16 storage error dominates).
+"""What a cache is computed from - the manifests' splits and the image bytes - and its
+fingerprint: everything that determines the cached bytes (list and rationale: docs/design.md).
+Not in it: shard and batch size (layout, in the index) and the device the build ran on.
 """
 
 from __future__ import annotations
@@ -71,8 +58,6 @@ class SplitPlan:
         return units_of(self.split, self.n_samples, self.n_images, shard_size)
 
 
-
-
 def _image_digest(path: Path, manifest: Path, stat_only: bool = False) -> str:
     """sha256 of an image file (or, ``stat_only``, just that it is there), naming it if it is not."""
     try:
@@ -84,13 +69,10 @@ def _image_digest(path: Path, manifest: Path, stat_only: bool = False) -> str:
 
 
 def plan_split(params, dataset: str, split: str, images: str = "build") -> SplitPlan:
-    """Read a manifest; find its unique images (by normalised path) and their digests; encode the labels.
+    """A manifest's unique images (by normalised path) with their digests, and encoded labels.
 
-    ``images``: ``"build"`` - every image file must be there; ``"open"`` - the digests only (no
-    file is read when the manifest has an ``image_sha256`` column: prepare's record, which the
-    manifest hash covers); ``"count"`` - neither (a size estimate). Without the column the digests
-    are the files' sha256, computed here. The build checks each file's bytes against its digest
-    when it decodes it.
+    ``images``: ``"build"`` - every file must be there; ``"open"`` - digests only (prepare's
+    ``image_sha256`` column when present, else hashed here); ``"count"`` - neither (an estimate).
     """
     import pandas as pd
 
@@ -152,9 +134,8 @@ def images_hash(plans: dict[str, SplitPlan]) -> str:
 
 
 def fingerprint(params, dataset: str, backbones, plans: dict[str, SplitPlan] | None = None) -> dict:
-    """The fingerprint a cache of ``dataset`` must carry to serve ``params`` with ``backbones``.
-
-    ``plans`` (from :func:`plan_all`) saves hashing the images a second time."""
+    """The fingerprint a cache of ``dataset`` must carry to serve ``params`` with ``backbones``
+    (``plans`` from :func:`plan_all` saves hashing the images again)."""
     vcfg, tcfg = backbones.vision.config, backbones.text.config
     return _plain({
         "format": CACHE_FORMAT,

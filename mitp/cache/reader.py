@@ -1,22 +1,10 @@
-"""Reading a cache: open it (fingerprint, index, completeness, files), gather whole batches.
-
-:func:`open_cache` refuses a missing, stale, incomplete, edited or damaged cache with an error
-that says what is wrong and which command fixes it. The index is cross-checked against the
-manifests (labels, per-split counts, shard counts), the backbones (layout shapes) and the files
-(the exact file set, sizes, shard shapes, and the sha256 of the small files that decide which
-rows and labels are read), so an edited ``n_samples`` can never shrink a split. ``full`` hashes
-the float shards too (``python -m pipeline.cache --verify`` does).
-
-:class:`CachedSplit` is a map-style dataset whose items are *whole batches*: ``dataset[indices]``
-gathers the rows of a batch from the memory-mapped shards with one vectorised read per shard (no
-per-sample Python), straight into the batch tensors, and trims the text to the batch's longest
-text. Indices are sorted within a batch (the set is what the sampler drew; sorted order reads the
-shards sequentially). The DataLoaders around it live in :mod:`mitp.data.loaders`.
+"""Reading a cache: :func:`open_cache` checks it (fingerprint, index, completeness, files;
+docs/design.md, "Trust") and :class:`CachedSplit` gathers whole batches from the memory-mapped
+shards (one vectorised read per shard). The DataLoaders live in :mod:`mitp.data.loaders`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,19 +39,10 @@ class OpenCache:
         return CachedSplit(self.root, name, self.index)
 
 
-def _listed(problems: list[str]) -> str:
-    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-    return "; ".join(problems[:5]) + more
-
-
 def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool = False) -> OpenCache:
-    """The cache of ``dataset``, checked against what ``params`` + ``backbones`` need.
-
-    Raises :class:`CacheMissing`, :class:`CacheMismatch` (naming each differing field),
-    :class:`CacheIncomplete` or :class:`CacheCorrupt` (naming the index fields or the files).
-    ``verify`` checks every file (size, shard shapes, sha256 of the small files); ``full`` hashes
-    every file; without ``verify`` only the index is cross-checked.
-    """
+    """The cache of ``dataset``, checked against what ``params`` + ``backbones`` need, else
+    CacheMissing / CacheMismatch / CacheIncomplete / CacheCorrupt. ``verify``: check every file
+    (size, shape, small files' sha256); ``full``: hash every file."""
     root = params.features_dir(dataset)
     fix = f"`{build_command(dataset)}` (with the same -S overrides as this run)"
     try:
@@ -89,13 +68,13 @@ def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool 
     problems = storage.index_problems(index, plans, read_labels(params.prepared_dir(dataset)), layout)
     if problems:
         raise CacheCorrupt(f"{root / storage.INDEX}: does not agree with the manifests and the cache's files, "
-                           f"never trusted: {_listed(problems)}. Rebuild the cache with {fix}.")
+                           f"never trusted: {storage.listed(problems)}. Rebuild the cache with {fix}.")
     if verify:
         units = [u for plan in plans.values() for u in plan.units(index["layout"]["shard_size"])]
         problems = storage.file_problems(root, units, index["files"], index["layout"], full)
         if problems:
             raise CacheCorrupt(f"the feature cache at {root} has damaged files, never read as data: "
-                               f"{_listed([f'{rel}: {p}' for rel, p in problems.items()])}. "
+                               f"{storage.listed([f'{rel}: {p}' for rel, p in problems.items()])}. "
                                f"Rebuild them with {fix} (it redoes only those).", list(problems))
     return OpenCache(root, index)
 
@@ -144,10 +123,6 @@ class CachedSplit(Dataset):
         if self._text is None:
             self._text = [np.load(f, mmap_mode="r") for f in self.text_files]
             self._image = [np.load(f, mmap_mode="r") for f in self.image_files]
-
-    @property
-    def ids(self) -> list[str]:
-        return json.loads((self.root / self.split / "meta-ids.json").read_text())
 
     def __getitem__(self, indices) -> dict:
         self._open()

@@ -1,33 +1,18 @@
-"""On-disk layout of a feature cache: the units of work, their files and sizes, the index, the
-checks, the free-space estimate, the lock.
+"""On-disk layout of a feature cache: units of work, their files and sizes, the index, the
+checks, the free-space estimate, the lock (write and trust rules: docs/design.md).
 
 ``data/features/<dataset>/``::
 
     index.json                 fingerprint, layout, labels, per-split counts, every file's size +
-                               sha256; "complete": false while a build runs (rewritten after each unit)
+                               sha256; "complete": false while a build runs
     <split>/meta-labels.npy    (n,) int64 class indices, or (n, K) float32 multi-hot
     <split>/meta-image_index.npy  (n,) int64: row of each sample's image in the image shards
     <split>/meta-ids.json      the manifest ids, in manifest order
-    <split>/image-00000.npy    (rows, N_v, d_v) hidden states entering layer k, one row per
-                               unique image (``layout.shard_size`` rows a shard)
+    <split>/image-00000.npy    (rows, N_v, d_v) hidden states entering layer k, one row per unique image
     <split>/text-00000.npy     (rows, max_text_length, d_t) hidden states, padded
     <split>/mask-00000.npy     (rows, max_text_length) uint8 attention mask
 
-and beside it (outside the folder, so the folder's content - the cache stage's DVC output -
-changes only when the cache does) ``.<dataset>.lock``, held by a running build.
-
-Every file is written under a temp name (``.<name>.<random>.tmp``), fsynced, hashed and renamed
-into place (:mod:`mitp.atomic`), then recorded in the index. So a file under its final name is
-always complete; a killed build leaves at most temp files, which the next build deletes. The
-index holds only deterministic content (no times), so an interrupted-and-resumed build ends with
-the same bytes as an uninterrupted one. Trust (:func:`index_problems`, :func:`file_problems`):
-the index must agree with the manifests and the backbones; every file must have its recorded
-size and shard shape; the small files are hashed at every check, the float shards on a full one.
-
-Size: per unique image N_v x d_v values; per sample max_text_length x d_t values plus a uint8
-mask row; float16 is 2 bytes a value. For example UPMC-Food101 (90,704 pairs, one image each)
-with ViT-B/16 at 224 px (N_v = 197, d_v = 768) and BERT-base at max_text_length 128 (d_t = 768)
-at layer k: 90,704 x (197 x 768 + 128 x 768) x 2 B + masks = about 45.3 GB, whatever k is.
+and beside it ``.<dataset>.lock`` (outside the folder, the cache stage's DVC output).
 """
 
 from __future__ import annotations
@@ -130,6 +115,12 @@ def json_payload(obj) -> bytes:
     return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
 
 
+def listed(problems: list[str]) -> str:
+    """The first five problems, joined, and how many more there are."""
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return "; ".join(problems[:5]) + more
+
+
 def read_index(root: Path) -> dict | None:
     """The index, or None if there is none; a damaged index raises ValueError."""
     path = root / INDEX
@@ -149,14 +140,9 @@ def lock_path(root: Path) -> Path:
 
 
 def check_file(root: Path, rel: str, record: dict, shape: tuple[int, ...] | None, full: bool) -> str | None:
-    """None if ``rel`` holds what the index says, else what is wrong.
-
-    Always: it exists, has the recorded size and (``.npy`` with a ``shape``) the shape its unit
-    implies. The sha256 is checked for every file when ``full``, and always for the small files
-    (``shape`` None: labels, image index, ids, masks): they decide which rows and labels are read.
-    The float shards are only ever renamed into place complete, so size and shape suffice for them
-    unless ``full``: hashing tens of GB at every training start would cost more than it defends.
-    """
+    """None if ``rel`` has its recorded size, shard ``shape`` and (small files, or ``full``)
+    sha256, else what is wrong. Float shards reach their name complete: hashing tens of GB at
+    every start would cost more than it defends."""
     path = root / rel
     if not isinstance(record, dict):
         return "the index holds no record of it"
@@ -237,23 +223,19 @@ def wipe(root: Path, splits) -> None:
 def build_lock(root: Path) -> Iterator[None]:
     """One build at a time per cache folder (an OS file lock, released when the process dies)."""
     root.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_path(root), timeout=0)
     try:
-        lock.acquire()
+        held = FileLock(lock_path(root), timeout=0).acquire()
     except Timeout:
         raise CacheBusy(f"{root}: another cache run is building this cache (lock {lock_path(root)})") from None
-    try:
+    with held:
         yield
-    finally:
-        lock.release()
 
 
-def shapes_of(backbones_or_configs, max_text_length: int, dtype: str) -> dict:
+def shapes_of(models, max_text_length: int, dtype: str) -> dict:
     """The layout's shape fields from the backbone configs (``Backbones``, or a ``(vision, text)``
     pair of models): ``image_tokens`` N_v (patches + CLS), ``image_width`` d_v, ``text_length``,
     ``text_width`` d_t, ``dtype``."""
-    pair = backbones_or_configs
-    vision, text = pair if isinstance(pair, tuple) else (pair.vision, pair.text)
+    vision, text = models if isinstance(models, tuple) else (models.vision, models.text)
     v, t = vision.config, text.config
     return {"image_tokens": (v.image_size // v.patch_size) ** 2 + 1, "image_width": v.hidden_size,
             "text_length": max_text_length, "text_width": t.hidden_size, "dtype": dtype}
@@ -306,7 +288,7 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(p).free
 
 
-def check_space(target: Path, needed: int) -> int:
+def check_space(target: Path, needed: int) -> None:
     """Raise CacheSpaceError unless ``target``'s filesystem has ``needed`` bytes (+ a margin) free."""
     free = free_bytes(target)
     if needed + SPACE_MARGIN > free:
@@ -314,4 +296,3 @@ def check_space(target: Path, needed: int) -> int:
             f"not enough disk for the feature cache: {human(needed)} still to write at {target}, but only "
             f"{human(free)} free on that filesystem. Free some space, or point cache.dir at a larger disk "
             f"(-S cache.dir=/path/with/space).")
-    return free

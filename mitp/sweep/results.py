@@ -1,10 +1,8 @@
 """The sweep's outputs: one row per trial (config, final metrics, cost figures, MLflow run id),
-the best trial, and the CSV / JSON files the report reads (written atomically).
+the best trial and the ``sweep_best.json`` content, the CSV text (the runner writes both).
 
-Row status: ``COMPLETED`` (trained every epoch and evaluated on test), ``STOPPED`` (a scheduler
-ended it early; its metrics are those of its last epoch, no test metrics), ``ERROR`` (failed
-after its retries), or Tune's status for a trial that never ended (``PENDING``, ``RUNNING``,
-``PAUSED``: the sweep was interrupted; run it again to resume).
+Row status: ``COMPLETED`` (every epoch and test), ``STOPPED`` (by the scheduler; last epoch's
+metrics, no test), ``ERROR`` (after its retries), or Tune's status of a trial never ended.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import math
 from typing import Any
 
 from mitp import ablation_stats
-from mitp.atomic import write_json, write_text
 
 COMPLETED, STOPPED, ERROR = "COMPLETED", "STOPPED", "ERROR"
 
@@ -58,15 +55,16 @@ def make_row(trial_id: str, status: str, config: dict[str, Any], keys: list[str]
             "mlflow_run_id": run_id or last.get("mlflow_run_id") or "", "error": error}
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
+def is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def best_row(rows: list[dict[str, Any]], metric: str, mode: str, keys: list[str] | None = None) -> dict[str, Any] | None:
     """The best trial by ``metric`` (the best epoch's validation score); completed trials first.
     With the swept ``keys``, the trial comes from the configuration with the best mean of
     ``metric`` over its seeds (:func:`mitp.ablation_stats.select_best`), never from test scores."""
-    scored = [r for r in rows if _is_number(r.get(metric)) and r["status"] in (COMPLETED, STOPPED)]
+    scored = [r for r in rows if is_number(r.get(metric)) and not math.isnan(r[metric])
+              and r["status"] in (COMPLETED, STOPPED)]
     if not scored:
         return None
     completed = [r for r in scored if r["status"] == COMPLETED]
@@ -119,8 +117,3 @@ def best_summary(best: dict[str, Any] | None, *, dataset: str, sweep: str, metri
                                    f"{metric}_std": chosen.val_std, f"test_{metric[4:]}_mean": chosen.test_mean,
                                    f"test_{metric[4:]}_std": chosen.test_std, "test_n": chosen.test_n}
     return out
-
-
-def write_outputs(rows: list[dict[str, Any]], best: dict[str, Any], csv_path, best_path) -> None:
-    write_text(csv_path, to_csv(rows))
-    write_json(best_path, best)

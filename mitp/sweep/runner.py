@@ -1,15 +1,7 @@
 """Run a sweep: validate, connect to Ray, open the MLflow parent run, run or resume the Tuner,
-collect the trials, and log the best one on the parent.
-
-Ray: ``ray.address`` in params, else ``RAY_ADDRESS``, else a local Ray (``ray.num_cpus`` CPUs,
-default all); a Ray already initialised in this process is used as it is. The Ray experiment
-folder is ``<ray.storage_path>/<dataset>-<sweep.name>-<hash>`` (default ``<repo>/ray_results``;
-a shared path or a URI on clusters); the hash covers all that defines the trials (space,
-``num_samples``, scheduler, metric, ``sweep.train``, base configuration, and the code of
-:func:`result_code`), so the same command resumes the same sweep (``Tuner.restore``: finished
-trials kept, the others continue from their last checkpoint) and a changed sweep starts anew.
-The MLflow parent run is tagged with that folder (``ray.experiment_path``): a resumed sweep finds
-it there and reopens it.
+collect the trials, log the best one. The Ray folder ``<ray.storage_path>/<dataset>-<sweep.name>-
+<hash>`` (the hash covers all that defines the trials, :func:`result_code` too) tags the parent
+run (``ray.experiment_path``), so the same command resumes both (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -27,6 +19,7 @@ from typing import Any
 import yaml
 
 from mitp import tracking
+from mitp.atomic import write_json, write_text
 from mitp.config import REPO_ROOT, Params, to_flat_dict
 from mitp.errors import ConfigError
 from mitp.sweep import results as results_mod
@@ -70,8 +63,6 @@ class SweepOutcome:
         lines.append(f"Ray experiment: {self.experiment_path} (error.txt in each trial folder); run the same command "
                      "again to retry them from their last checkpoint.")
         return "\n".join(lines)
-
-
 
 
 def resolve_metric(params: Params, dataset: str) -> str:
@@ -129,8 +120,7 @@ def check_resources(params: Params) -> None:
 
 
 def ensure_cache(params: Params, dataset: str, say: Callable[[str], None]) -> str | None:
-    """Build (or verify) the feature cache every trial reads (trials only ever read it); returns
-    its fingerprint hash."""
+    """Build (or verify) the feature cache every trial reads; returns its fingerprint hash."""
     if not params.cache.enabled:
         return None
     from mitp import backbones
@@ -173,15 +163,13 @@ def _log_best(mlflow, outcome_best: dict[str, Any], metric: str) -> None:
     if not outcome_best.get("trial_id"):
         return
     metrics = {f"best_{k}": float(v) for k, v in outcome_best.get("metrics", {}).items()
-               if isinstance(v, int | float) and not isinstance(v, bool)}
+               if results_mod.is_number(v)}
     metrics[f"best_{metric}"] = float(outcome_best["value"])
     mlflow.log_metrics(metrics)
     tags = {"best.trial_id": outcome_best["trial_id"], "best.run_id": outcome_best["mlflow_run_id"],
             "best.config": json.dumps(outcome_best["config"], default=str)[:5000]}
     tags.update({f"best.{k}": str(v) for k, v in outcome_best["config"].items()})
     mlflow.set_tags(tags)
-
-
 
 
 def collect_rows(exp_path: str, grid, space: SweepSpace) -> list[dict[str, Any]]:
@@ -202,17 +190,13 @@ def collect_rows(exp_path: str, grid, space: SweepSpace) -> list[dict[str, Any]]
     return rows
 
 
-
-
 # Orchestration inside the sweep stage's code deps: it cannot change a trial's numbers.
 ORCHESTRATION = ("mitp/sweep/runner.py", "mitp/sweep/results.py")
 
 
 def result_code(repo: Path = REPO_ROOT) -> list[Path]:
-    """The code that computes a trial's result: the ``mitp/`` code deps of the sweep stage in
-    ``dvc.yaml`` (folders: their ``.py`` files), less :data:`ORCHESTRATION`; without a
-    ``dvc.yaml`` (an installed package), the whole ``mitp`` package. A change to any of it must
-    not resume an old sweep: its finished trials would be kept with stale results."""
+    """The code that computes a trial's result (a change must not resume an old sweep): the
+    ``mitp/`` deps of the sweep stage in ``dvc.yaml`` (else all of ``mitp``), less ORCHESTRATION."""
     dvc_file = repo / "dvc.yaml"
     if dvc_file.is_file():
         stage = yaml.safe_load(dvc_file.read_text())["stages"]["sweep"]
@@ -245,8 +229,7 @@ def _tuner(params: Params, space: SweepSpace, spec: TrialSpec, exp_name: str, st
            metric: str, say: Callable[[str], None]):
     from ray import tune
 
-    res = params.sweep.resources_per_trial
-    resources = {"cpu": res.cpu, "gpu": res.gpu}
+    resources = params.sweep.resources_per_trial.model_dump()  # {"cpu": ..., "gpu": ...}
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
     if tune.Tuner.can_restore(exp_path):
         say(f"resuming the sweep in {exp_path} (finished trials are kept, the others continue from their "
@@ -286,17 +269,12 @@ def run_sweep(
     model_out: str | Path | None = None,
     register: str | None = None,
 ) -> SweepOutcome:
-    """Run (or resume) the sweep ``params.sweep`` on ``dataset``; see the module docstring.
+    """Run (or resume) the sweep ``params.sweep`` on ``dataset``.
 
-    ``model_out``/``register``: copy the best trial's model folder there / register it under
-    that name (the parent run's tags ``best.model_uri``, ``best.registered_model`` point at it).
-    ``outputs``: (csv path, best-config JSON path), written atomically before returning, also
-    when trials failed. Does not raise for failed trials: check ``outcome.failed`` (the stage
-    exits non-zero, naming them); raises :class:`~mitp.errors.ConfigError` before anything
-    starts if a trial configuration is invalid.
-    """
+    ``outputs``: (csv path, best JSON path), written also when trials failed (``outcome.failed``;
+    never raised). ``model_out``/``register``: copy / register the best trial's model. A bad trial
+    configuration raises ConfigError before anything starts."""
     t0 = time.perf_counter()
-    params.dataset(dataset)
     space, metric, s = build_space(params), resolve_metric(params, dataset), params.sweep
     check_resources(params)
     uri = tracking.tracking_uri(params)
@@ -353,7 +331,8 @@ def run_sweep(
                                 "trials_completed": summary["completed"], "trials_stopped": summary["stopped"]})
             outcome = SweepOutcome(dataset, exp_path, parent_id, metric, rows, summary, resumed, 0.0, space, timings)
             if outputs is not None:
-                results_mod.write_outputs(rows, summary, *outputs)
+                write_text(outputs[0], results_mod.to_csv(rows))
+                write_json(outputs[1], summary)
             if outcome.failed or outcome.unfinished:
                 mlflow.set_tag("error", outcome.failure_message()[:5000] if outcome.failed else
                                f"{len(outcome.unfinished)} trials did not finish (interrupted); run the same "

@@ -1,30 +1,14 @@
-"""The search space of a sweep: ``sweep.space`` in params.yaml -> a Ray Tune ``param_space``.
+"""The search space of a sweep: ``sweep.space`` in params.yaml -> a Ray Tune ``param_space``
+(forms: docs/cluster.md, "The search space"; ``num_samples > 1`` without ``seed`` in the space
+becomes a seed grid ``seed, seed + 1, ...``; a key in the space wins over ``sweep.train``).
 
-A space maps dotted keys (or nested mappings) of ``seed``, ``model.*`` and ``train.*`` to values
-(the data, the backbones and the feature cache are built once, before the sweep)::
-
-    model.prompt_length: {grid: [4, 8, 16]}     # every value (Tune grid_search); a plain list too
-    model.interaction.start: {choice: [2, 3]}    # one value per trial, drawn at random
-    train.lr: {loguniform: [1.0e-4, 3.0e-3]}     # a range, sampled per trial
-    model.kind: mitp                             # a scalar: fixed for every trial
-
-Forms (as ``ray.tune`` names them): ``grid``/``grid_search``, ``choice``/``values``,
-``uniform``/``loguniform`` ``[low, high]``, ``quniform``/``qloguniform`` ``[low, high, q]``,
-``randint``/``lograndint`` ``[low, high)``, ``qrandint``/``qlograndint`` ``[low, high, q]``.
-There are ``num_samples`` times the grid size trials; with ``num_samples > 1`` and no ``seed``
-in the space, repeats get the seeds ``seed, seed + 1, ...`` as a grid. ``sweep.train`` holds
-``train.*`` overrides for every trial; a key in the space wins over it.
-
-This module is the one parser of the space and the one home of the rule "``cache.layer`` <=
-every interaction start in use" (:func:`starts_in_use`, :func:`check_cache_layer`): every stage
-runs :func:`check_params` after loading, the cache build runs :func:`check_cache_layer`, and the
-sweep validates every trial configuration (schema and backbone depth) before it starts
-(:func:`validate_trials`, errors name the key and the trial).
+The one parser of the space and the one home of the rule "``cache.layer`` <= every interaction
+start in use" (:func:`starts_in_use`, :func:`check_cache_layer`); :func:`validate_trials`
+checks every trial configuration before launch.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -33,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mitp.config import MODEL_KINDS, Params, TrainConfig, apply_overrides, to_flat_dict, validate
+from mitp.dotted_keys import flatten
 from mitp.errors import ConfigError
 
 GRID_FORMS = ("grid", "grid_search")
@@ -55,10 +40,6 @@ class Dim:
     key: str
     form: str
     args: tuple  # grid/choice values, range arguments, or (value,) for fixed
-
-    @property
-    def is_grid(self) -> bool:
-        return self.form == "grid"
 
     def candidates(self) -> list[Any]:
         """The values validation checks: every listed value, or both ends of a range."""
@@ -83,22 +64,6 @@ def _is_form(spec: Any) -> bool:
     return isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in FORMS
 
 
-def flatten(space: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings -> dotted keys; a ``{form: ...}`` mapping is a leaf."""
-    out: dict[str, Any] = {}
-    for key, spec in space.items():
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"sweep.space: keys must be non-empty strings, got {key!r}")
-        full = f"{prefix}{key}"
-        if isinstance(spec, dict) and not _is_form(spec):
-            if not spec:
-                raise ConfigError(f"sweep.space.{full}: empty mapping (expected a value, a list or one of {', '.join(FORMS)})")
-            out.update(flatten(spec, full + "."))
-        else:
-            out[full] = spec
-    return out
-
-
 def _check_key_path(key: str) -> None:
     """The key names a value of the schema (not a section, not a typo)."""
     model: type[BaseModel] | None = Params
@@ -118,6 +83,8 @@ def _check_key_path(key: str) -> None:
 
 def parse_dim(key: str, spec: Any) -> Dim:
     where = f"sweep.space.{key}"
+    if spec == {}:
+        raise ConfigError(f"{where}: empty mapping (expected a value, a list or one of {', '.join(FORMS)})")
     root = key.split(".")[0]
     if root not in SWEEPABLE_ROOTS:
         raise ConfigError(f"{where}: only seed, model.* and train.* can be swept (the data, the backbones and "
@@ -147,7 +114,7 @@ def parse_dim(key: str, spec: Any) -> Dim:
 
 def normalize_space(space: dict[str, Any]) -> dict[str, Dim]:
     """Parse ``sweep.space`` (shape and forms only; values are checked by :func:`validate_trials`)."""
-    return {key: parse_dim(key, spec) for key, spec in flatten(space).items()}
+    return {key: parse_dim(key, spec) for key, spec in flatten(space, is_leaf=_is_form).items()}
 
 
 def normalize_train(train: dict | None) -> dict[str, Any]:
@@ -162,8 +129,6 @@ def normalize_train(train: dict | None) -> dict[str, Any]:
     return out
 
 
-
-
 @dataclass
 class SweepSpace:
     """The parsed space of one sweep, ready for Tune."""
@@ -176,7 +141,7 @@ class SweepSpace:
 
     @property
     def grid_size(self) -> int:
-        return math.prod(len(d.args) for d in self.dims.values() if d.is_grid)
+        return math.prod(len(d.args) for d in self.dims.values() if d.form == "grid")
 
     @property
     def n_trials(self) -> int:
@@ -224,28 +189,25 @@ def describe_overrides(overrides: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "no overrides"
 
 
-
-
 def starts_in_use(params: Params) -> set[int]:
-    """Every first changed layer a configured run can use (``MODEL_KINDS`` in
-    :mod:`mitp.config`): ``model.interaction.start`` and every value ``sweep.space`` can give it
-    (both ends of a range stand for it) for the MITP kinds, depth - ``model.pmf.n_fusion_layers``
-    for PMF; empty when no kind in use (``model.kind`` and the kinds the space can give) changes
-    a layer that could be cached."""
+    """Every first changed layer a run can use, over the kinds in use (``MODEL_KINDS``): each
+    ``model.interaction.start`` the config and space give (a range by its ends) for MITP, depth -
+    ``model.pmf.n_fusion_layers`` for PMF; empty if no kind changes a cacheable layer."""
     dims = normalize_space(params.sweep.space)
-    kinds = {params.model.kind, *(dims["model.kind"].candidates() if "model.kind" in dims else [])}
-    changes = {MODEL_KINDS.get(kind, "interaction") for kind in kinds}
+
+    def in_use(key: str, configured: Any) -> list[Any]:  # the configured value and the space's candidates
+        return [configured, *(dims[key].candidates() if key in dims else [])]
+
+    changes = {MODEL_KINDS.get(kind, "interaction") for kind in in_use("model.kind", params.model.kind)}
     starts: set[int] = set()
     if "interaction" in changes:
-        starts.add(params.model.interaction.start)
-        for value in dims[START_KEY].candidates() if START_KEY in dims else []:
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"sweep.space.{START_KEY}: {value!r} is not a layer number")
-            starts.add(value)
+        values = in_use(START_KEY, params.model.interaction.start)
+        if bad := [v for v in values if not isinstance(v, int) or isinstance(v, bool)]:
+            raise ConfigError(f"sweep.space.{START_KEY}: {bad[0]!r} is not a layer number")
+        starts |= set(values)
     if "top" in changes:
         depth = min(_depths(params))
-        fusion = {params.model.pmf.n_fusion_layers}
-        fusion |= set(dims[FUSION_KEY].candidates()) if FUSION_KEY in dims else set()
+        fusion = in_use(FUSION_KEY, params.model.pmf.n_fusion_layers)
         starts |= {depth - f for f in fusion if isinstance(f, int)}
     return starts
 
@@ -266,7 +228,7 @@ def check_cache_layer(params: Params) -> None:
     if changes == "top" and (first := params.model.first_interaction_layer(min(_depths(params)))) < k:
         raise ConfigError(f"cache.layer: {k} is above the first PMF fusion layer {first} (the depth minus "
                           "model.pmf.n_fusion_layers); the cached layers must never see a prompt")
-    key = START_KEY if START_KEY in normalize_space(params.sweep.space) else "model.pmf.n_fusion_layers"
+    key = START_KEY if START_KEY in normalize_space(params.sweep.space) else FUSION_KEY
     raise ConfigError(f"sweep.space.{key}: value {min(starts)} is below cache.layer {k}; the cached layers "
                       f"must never see a prompt (the cache serves the sweep too: set cache.layer to at most "
                       f"{min(starts)} and rebuild the cache, or override sweep.space for a run that does not sweep)")
@@ -279,8 +241,7 @@ def _depths(params: Params) -> tuple[int, int]:
 
 
 def check_params(params: Params) -> None:
-    """The checks every stage runs after loading the params: the sweep settings parse, the
-    interaction layers fit the backbones, and the cache-layer rule."""
+    """What every stage checks after loading: sweep settings, backbone depth, cache layer."""
     from mitp.backbones import check_depth
 
     normalize_train(params.sweep.train)
@@ -289,8 +250,7 @@ def check_params(params: Params) -> None:
 
 
 def combinations(space: SweepSpace) -> list[dict[str, Any]]:
-    """Value combinations validation checks: the full product of every key's candidates if it is
-    small, else each key's candidates with the other keys at their first value."""
+    """The product of every key's candidates if small, else one key varied at a time."""
     keys = list(space.dims)
     values = [space.dims[k].candidates() for k in keys]
     if math.prod(map(len, values)) <= MAX_VALIDATED_COMBINATIONS:
@@ -303,10 +263,8 @@ def combinations(space: SweepSpace) -> list[dict[str, Any]]:
 
 
 def validate_trials(params: Params, space: SweepSpace, base_raw: dict) -> int:
-    """Validate every trial configuration the space can produce; returns how many were checked.
-
-    Raises :class:`~mitp.errors.ConfigError` naming the key and the trial's values.
-    """
+    """Validate every trial configuration the space can produce (ConfigError naming the key
+    and the trial); returns how many were checked."""
     from mitp.backbones import check_depth
 
     check_cache_layer(params)  # over every start the space can give: the clearest message first
@@ -323,4 +281,4 @@ def validate_trials(params: Params, space: SweepSpace, base_raw: dict) -> int:
 
 def base_raw_of(params: Params) -> dict:
     """The validated params as a plain dict, the base every trial's overrides apply to."""
-    return copy.deepcopy(params.model_dump(mode="json"))
+    return params.model_dump(mode="json")  # a fresh dict each call

@@ -1,18 +1,8 @@
 """One sweep trial: :func:`mitp.train.fit` with a Tune reporting hook (no second training loop).
 
-A trial takes its CPU share of torch threads, validates its configuration (base params +
-``sweep.train`` + its own values), restores ``tune.get_checkpoint()`` (a retry or a resumed
-sweep) into the folder ``fit`` resumes from, and reports every epoch to Tune with the checkpoint
-``fit`` just wrote; the last epoch goes out once, after the test evaluation, with the final
-metrics (a scheduler sees exactly ``epochs`` results, the last one complete).
-
-MLflow and Ray hold all the state. The child run is the one ``fit`` opens (parent: the sweep's
-run; tags: ``sweep_trial_id``, the Ray node, the resources); its id travels in the checkpoint, so
-a trial resumed from a checkpoint reopens its run and never repeats an epoch; one that failed
-before its first checkpoint starts a new run (the failed attempt's stays, FAILED). A trial that
-raises ends its run FAILED with the error as a tag; one a scheduler stops ends it KILLED; one
-whose loss diverges reports the error as its final result and ends (the same checkpoint and seed
-would diverge again, so Tune never retries it).
+Every epoch is reported with ``fit``'s checkpoint; the last one once, after the test
+evaluation. The child MLflow run's id travels in the checkpoint, so a resumed trial reopens it;
+a stopped trial ends KILLED, a diverged one reports its error and ends (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -30,6 +20,7 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from mitp.sweep.results import is_number
 from mitp.sweep.space import SweepSpace, describe_overrides, trial_params
 
 log = logging.getLogger(__name__)
@@ -52,10 +43,7 @@ class TrialInfo:
 
 
 class TrialHooks:
-    """Optional callbacks inside a trial (tests inject faults and barriers through them).
-
-    They run in the trial's process: a subclass must be picklable (module-level).
-    """
+    """Optional callbacks inside a trial (tests inject faults through them); picklable."""
 
     def on_start(self, info: TrialInfo) -> None:  # before fit
         pass
@@ -82,7 +70,7 @@ class TrialSpec:
 
 
 def _numeric(row: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {k: v for k, v in row.items() if is_number(v)}
 
 
 def _mark_stopped(spec: TrialSpec, run_id: str, epoch: int) -> None:

@@ -71,6 +71,7 @@ def test_trial_overrides_space_wins_over_sweep_train(make_params):
     ({"train.lr": {"loguniform": [0, 1]}}, "positive low end"),
     ({"train.lr": {"uniform": [1, 1]}}, "low < high"),
     ({"model.hub_size": {"grid": []}}, "non-empty list"),
+    ({"model": {"interaction": {}}}, "sweep.space.model.interaction: empty mapping"),
 ])
 def test_malformed_space_fails_at_load(make_params, space, message):
     from mitp.sweep.space import check_params
