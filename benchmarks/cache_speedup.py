@@ -201,6 +201,7 @@ def run_worker(path: str, cfg: dict) -> dict:
 
 
 def predicted(params, bb, start: int, mean_text: float, num_labels: int) -> dict:
+    from mitp.config import MODEL_KINDS
     from mitp.flops import Tower, step_flops, vit_tower
 
     v, t = bb.vision.config, bb.text.config
@@ -209,7 +210,7 @@ def predicted(params, bb, start: int, mean_text: float, num_labels: int) -> dict
     m = params.model
     return step_flops(vision, text, start=m.interaction.start, interval=m.interaction.interval,
                       cache_layer=start, prompt_length=m.prompt_length, hub_size=m.hub_size,
-                      num_labels=num_labels, prompted=m.kind != "late_fusion")
+                      num_labels=num_labels, prompted=MODEL_KINDS[m.kind] == "interaction")
 
 
 def spawn(path: str, cfg: dict) -> dict:

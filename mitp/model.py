@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mitp.config import MODEL_KINDS
 from mitp.errors import ConfigError
 
 
@@ -308,7 +309,7 @@ class MITP(TwoTowers):
         self.config = config
         d_v, d_t, M = self.vision.width, self.text.width, config.prompt_length
 
-        self.prompted = config.kind in ("mitp", "mitp_no_hub")
+        self.prompted = MODEL_KINDS[config.kind] == "interaction"
         if self.prompted:
             self.layers_i = interaction_layers(config.start, config.interval, self.depth)
             self.first_interaction = config.start

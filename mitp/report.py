@@ -20,9 +20,10 @@ import pandas as pd  # noqa: E402
 
 from mitp import ablation_stats  # noqa: E402
 from mitp.atomic import atomic_path, write_json, write_text  # noqa: E402
+from mitp.config import MODEL_KINDS  # noqa: E402
 from mitp.errors import UserError  # noqa: E402
 
-KINDS = ("mitp", "mitp_no_hub", "late_fusion", "pmf", "finetune")
+KINDS = tuple(MODEL_KINDS)
 KIND_LABELS = {"mitp": "MITP", "mitp_no_hub": "MITP, no hub (ablation)", "late_fusion": "Late fusion (frozen linear probe)",
                "pmf": "PMF (prompt-based baseline)", "finetune": "Full fine-tuning (upper bound)"}
 # The paper's metric per dataset, and its column label.

@@ -2,7 +2,8 @@
 
 Default store: ``sqlite:///<repo>/mlflow.db`` (absolute, so Ray workers in other folders write
 to the same database); ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` in params point at a
-server on clusters. Artifacts go to ``<repo>/mlartifacts`` for experiments this code creates.
+server on clusters. With a sqlite store, artifacts of the experiments this code creates go to
+``mlartifacts/`` beside the database file (``<repo>/mlartifacts`` for the default store).
 """
 
 from __future__ import annotations
@@ -137,9 +138,8 @@ def setup(params: Params):
     mlflow.set_tracking_uri(tracking_uri(params))
     name = params.mlflow.experiment
     if mlflow.get_experiment_by_name(name) is None:
-        artifacts = None
-        if tracking_uri(params).startswith("sqlite:"):
-            artifacts = (REPO_ROOT / "mlartifacts").as_uri()
+        db = sqlite_path(tracking_uri(params))
+        artifacts = (db.parent / "mlartifacts").as_uri() if db is not None else None
         try:
             mlflow.create_experiment(name, artifact_location=artifacts)
         except Exception:  # created concurrently by another process (sweep trials)
