@@ -144,7 +144,7 @@ def startup_seconds(timeout: float) -> float:
         params = load_params(overrides=sets)
         generate(params)
         prepare_dataset(params, "synthetic")
-        ensure_local(params)
+        ensure_local(params.backbone)
         flags = [x for k, v in sets.items() for x in ("-S", f"{k}={json.dumps(v) if isinstance(v, bool) else v}")]
         env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
         env.pop("MLFLOW_TRACKING_URI", None)

@@ -22,7 +22,7 @@ TINY = {
     "datasets": ["synthetic"],
     "data": {"synthetic": {"n_train": 96, "n_val": 48, "n_test": 48}},
     "train": {"epochs": 1, "batch_size": 32},
-    "sweep": {"space": {"model.prompt_length": {"grid": [4, 8]}}, "train": {"epochs": 1},
+    "sweep": {"space": {"model.prompt_length": {"grid": [4, 8]}}, "train": {"epochs": 1}, "num_samples": 1,
               "resources_per_trial": {"cpu": 1, "gpu": 0}, "max_concurrent_trials": 2},
 }
 

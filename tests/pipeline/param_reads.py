@@ -22,7 +22,8 @@ from pydantic import BaseModel
 
 ENV = "MITP_PARAM_READS"
 # (module file name, function): config checks that pipeline.cli.load runs for every stage
-FILE_CHECKS = {("backbones.py", "check_depth"), ("space.py", "check_params")}
+FILE_CHECKS = {("backbones.py", "check_depth"), ("space.py", "check_params"),
+               ("space.py", "check_cache_layer")}  # fit applies the cache-layer rule again
 
 
 def _in_file_check() -> bool:
