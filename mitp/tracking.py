@@ -35,12 +35,19 @@ def tracking_uri(params: Params) -> str:
     return f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
 
 
+# What the pipeline itself writes into the tree: a stage that rewrites them (dvc.lock after the
+# first stage of a repro) does not make the code the run used any less the commit's.
+PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "reports")
+
+
 def git_commit() -> str:
+    """HEAD's commit, ``-dirty`` when tracked files other than the pipeline's outputs differ."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         commit = out.stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        excluded = [f":(exclude){p}" for p in PIPELINE_OUTPUTS]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -13,3 +13,26 @@ def test_artifacts_live_beside_the_sqlite_database(make_params, tmp_path):
     location = mlflow.get_experiment_by_name("artifacts-here").artifact_location
     assert location == (tmp_path / "mlartifacts").as_uri()
     assert Path(tracking.sqlite_path(tracking.tracking_uri(params))).parent == tmp_path
+
+
+def test_the_commit_is_dirty_for_code_changes_not_for_the_pipelines_outputs(tmp_path, monkeypatch):
+    import subprocess
+
+    from mitp import tracking
+
+    repo = tmp_path / "repo"
+    (repo / "metrics").mkdir(parents=True)
+    for rel in ("dvc.lock", "metrics/m.json", "code.py"):
+        (repo / rel).write_text("a\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=repo, check=True)
+    monkeypatch.setattr(tracking, "REPO_ROOT", repo)
+    head = tracking.git_commit()
+    assert len(head) == 40
+    (repo / "dvc.lock").write_text("b\n")  # a repro rewrote its outputs
+    (repo / "metrics/m.json").write_text("b\n")
+    assert tracking.git_commit() == head
+    (repo / "code.py").write_text("b\n")  # the code differs from the commit
+    assert tracking.git_commit() == head + "-dirty"
