@@ -51,6 +51,7 @@ from mitp.model import MITPOutput, TwoTowers
 
 @dataclass
 class PMFConfig:
+    kind: str = "pmf"  # written into a trained model's card: what rebuilds it (mitp.model_kinds)
     num_labels: int = 3  # K
     multi_label: bool = False
     n_fusion_layers: int = 2  # F

@@ -104,3 +104,21 @@ def test_paper_setting_count_is_under_three_percent_of_the_backbones():
     heads = 2 * (d * K + K)
     assert s["trainable_by_part"] == {"prompts": prompts, "mappers": mappers, "head": heads}
     assert s["trainable_params"] / s["backbone_params"] < 0.03
+
+
+def test_a_saved_config_rebuilds_the_same_pmf(tiny_backbones):
+    """A trained model's card holds ``asdict(model.config)``; it must rebuild a PMF, not an MITP."""
+    import copy
+    import dataclasses
+
+    from mitp.model_kinds import from_config
+
+    model = build(tiny_backbones).eval()
+    again = from_config(dataclasses.asdict(model.config), copy.deepcopy(tiny_backbones.vision),
+                        copy.deepcopy(tiny_backbones.text)).eval()
+    again.load_state_dict(model.state_dict())
+    assert isinstance(again, PMF)
+    pixels, ids, mask = batch(tiny_backbones)
+    with torch.no_grad():
+        assert torch.equal(model(mask, pixel_values=pixels, input_ids=ids).logits,
+                           again(mask, pixel_values=pixels, input_ids=ids).logits)
