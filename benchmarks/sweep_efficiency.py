@@ -80,7 +80,7 @@ def make_params(root: Path, args, seed: int | None = None, sweep: bool = False):
     if seed is not None:
         overrides["seed"] = seed
     if sweep:
-        overrides.update({"sweep.space": {"seed": {"grid": list(range(args.trials))}}, "sweep.train": {},
+        overrides.update({"sweep.space": {"seed": {"grid": list(range(args.trials))}}, "sweep.train": {}, "sweep.num_samples": 1,
                           "sweep.max_concurrent_trials": args.concurrency, "sweep.max_failures": 0,
                           "sweep.resources_per_trial": {"cpu": 1, "gpu": 0}, "ray.num_cpus": args.concurrency,
                           "sweep.name": "bench"})
