@@ -310,20 +310,6 @@ def _truncated(archive: Path, exc: BaseException) -> TruncatedArchiveError:
     )
 
 
-def check_opens(archive: str | Path) -> None:
-    """Raise :class:`ArchiveError` unless ``archive`` is a complete tar or zip (reads its index only)."""
-    archive = Path(archive)
-    try:
-        if detect_kind(archive) == "zip":
-            with zipfile.ZipFile(archive) as zf:
-                zf.infolist()
-        else:
-            with tarfile.open(archive, "r:*") as tf:
-                tf.getmembers()
-    except (tarfile.ReadError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise _truncated(archive, exc) from exc
-
-
 def extract(archive: str | Path, target: str | Path, kind: str = "auto", limits: ExtractLimits | None = None) -> int:
     """Unpack ``archive`` into ``target`` (replaced whole on success); returns the member count."""
     archive, target = Path(archive), Path(target)
