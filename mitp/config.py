@@ -126,6 +126,9 @@ class TrainConfig(Strict):
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
+    patience: int | None = Field(
+        None, ge=1, description="early stopping: end the run after this many epochs without a better "
+                                "validation metric (the schedule still spans `epochs`); null: run every epoch")
     compile: Literal["auto"] | bool = Field(
         "auto", description="torch.compile the training forward/backward (auto: on CUDA with Triton; see mitp/compiled.py)")
     checkpoint_dir: str = "data/runs"
@@ -184,6 +187,10 @@ class Params(Strict):
     """Root of ``params.yaml``."""
 
     seed: int = 0
+    extra_seeds: list[int] = Field(
+        default_factory=lambda: [1], min_length=1,
+        description="the main table's kinds also train on these seeds (dvc stages train_seeds, "
+                    "train_finetune_seeds); the report gives mean ± std over seed and these")
     datasets: list[str] = Field(default_factory=lambda: ["synthetic"], min_length=1)
     backbone: BackboneConfig = BackboneConfig()
     model: ModelConfig = ModelConfig()
@@ -197,6 +204,9 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
+        if len(set(self.extra_seeds)) != len(self.extra_seeds) or self.seed in self.extra_seeds:
+            raise ValueError(f"extra_seeds: {self.extra_seeds} must be distinct and differ from seed ({self.seed}): "
+                             "a seed listed twice would count one run twice in the mean ± std")
         known = dataset_names()
         for name in self.datasets:
             if name not in known:

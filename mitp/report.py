@@ -1,7 +1,8 @@
 """The report: the paper's tables and ablations, from the train and sweep outputs.
 
 Inputs (per dataset, under ``metrics/<dataset>/``): ``train_<kind>.json`` and
-``train_<kind>_history.json`` for each model variant, ``sweep.csv`` and ``sweep_best.json``.
+``train_<kind>_history.json`` for each model variant, ``train_<kind>_seed<N>.json`` for its runs
+on the other seeds, ``sweep.csv`` and ``sweep_best.json``.
 Outputs (under ``reports/``): ``report.md`` (main table, ablation tables, cost per trial,
 lineage), PNG plots, and ``summary.json`` (a DVC metric).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -83,6 +85,7 @@ def check_inputs(metrics_dir: Path, datasets: list[str]) -> None:
     for ds in datasets:
         load_runs(metrics_dir, ds)
         for kind in KINDS:
+            seed_runs(metrics_dir, ds, kind)
             if (f := metrics_dir / ds / f"train_{kind}_history.json").exists():
                 read_json(f, list)
         if (f := metrics_dir / ds / "sweep_best.json").exists():
@@ -100,44 +103,49 @@ def load_runs(metrics_dir: Path, dataset: str) -> dict[str, dict]:
     return runs
 
 
-def main_table(dataset: str, runs: dict[str, dict]) -> str:
-    cols = DATASET_METRICS.get(dataset, [("test_accuracy", "Accuracy")])
-    header = ["Model"] + [f"{label} (%)" for _, label in cols] + [
-        "Trainable params", "Trainable (%)", "Peak memory (MB)", "Train throughput (samples/s)"]
-    rows = []
-    for kind in KINDS:
-        r = runs.get(kind)
-        if r is None:
-            continue
-        rows.append([KIND_LABELS[kind]] + [_pct(r.get(k)) for k, _ in cols] + [
-            _num(r.get("trainable_params")), _num(100 * r.get("trainable_ratio", float("nan")), "{:.2f}"),
-            _num(r.get("peak_memory_mb")), _num(r.get("train_samples_per_s"), "{:,.1f}")])
-    return md_table(header, rows)
-
-
 def seed_runs(metrics_dir: Path, dataset: str, kind: str) -> list[dict]:
-    """Every seed's metrics of one variant: ``train_<kind>.json`` and ``train_<kind>_seed<N>.json``."""
+    """Every seed's metrics of one variant: ``train_<kind>.json`` (the run at ``seed``), then
+    ``train_<kind>_seed<N>.json`` (``extra_seeds``) by N."""
     d = metrics_dir / dataset
-    files = [d / f"train_{kind}.json", *sorted(d.glob(f"train_{kind}_seed*.json"))]
-    return [json.loads(f.read_text()) for f in files if f.exists()]
+    extra = sorted((int(m.group(1)), f) for f in d.glob(f"train_{kind}_seed*.json")
+                   if (m := re.fullmatch(rf"train_{kind}_seed(\d+)\.json", f.name)))
+    files = [d / f"train_{kind}.json", *(f for _, f in extra)]
+    return [read_json(f, dict) for f in files if f.exists()]
 
 
-def seed_table(dataset: str, metrics_dir: Path) -> str | None:
-    """Main metrics as mean ± std over seeds, for variants with more than one seed's run (else None)."""
+def main_table(dataset: str, metrics_dir: Path) -> tuple[str, dict[str, dict]]:
+    """The main table: each variant's metrics as mean ± std over its seeds (when it has more than
+    one run), a mark when a variant is within the seed noise of the best one, and the cost
+    figures of the run at ``seed``. Also returns the statistics per variant (for summary.json)."""
     cols = DATASET_METRICS.get(dataset, [("test_accuracy", "Accuracy")])
+    runs = {kind: rs for kind in KINDS if (rs := seed_runs(metrics_dir, dataset, kind))}
+    over_seeds = any(len(rs) > 1 for rs in runs.values())
+    flat = [{"kind": kind, **r} for kind, rs in runs.items() for r in rs]
+    # the first metric decides which variant is best and which are within the seed noise of it
+    marks = {s.config[0]: s.within_noise for s in ablation_stats.table(flat, ["kind"], cols[0][0])}
+    stats: dict[str, dict] = {}
     rows = []
-    for kind in KINDS:
-        runs = seed_runs(metrics_dir, dataset, kind)
-        if len(runs) < 2:
-            continue
+    for kind, rs in runs.items():
         cells = []
         for k, _ in cols:
-            mean, std, _n = ablation_stats.mean_std(r.get(k) for r in runs)
-            cells.append(_pm(mean, std))
-        rows.append([KIND_LABELS[kind], *cells, str(len(runs))])
-    if not rows:
-        return None
-    return md_table(["Model", *[f"{label} (%), mean ± std" for _, label in cols], "seeds"], rows)
+            mean, std, n = ablation_stats.mean_std(r.get(k) for r in rs)
+            stats.setdefault(kind, {}).update({f"{k}_mean": mean, f"{k}_std": std, "seeds": n})
+            cells.append(_pm(mean, std) if over_seeds else _pct(mean))
+        first = rs[0]
+        seeds = ", ".join(str(r["seed"]) if "seed" in r else "?" for r in rs)
+        rows.append([KIND_LABELS[kind], *cells] + ([seeds, "≈ (within seed noise)" if marks.get(kind) else ""]
+                                                   if over_seeds else []) + [
+            _num(first.get("trainable_params")), _num(100 * first.get("trainable_ratio", float("nan")), "{:.2f}"),
+            _num(first.get("peak_memory_mb")), _num(first.get("train_samples_per_s"), "{:,.1f}")])
+    header = (["Model"] + [f"{label} (%)" + (", mean ± std" if over_seeds else "") for _, label in cols]
+              + (["seeds", "vs best"] if over_seeds else [])
+              + ["Trainable params", "Trainable (%)", "Peak memory (MB)", "Train throughput (samples/s)"])
+    text = md_table(header, rows)
+    if over_seeds:
+        noise = ablation_stats.seed_noise(ablation_stats.table(flat, ["kind"], cols[0][0]))
+        text = (f"Seed noise (pooled std over seeds of one variant): {_pct(noise)} points; ≈ marks a mean within "
+                f"that of the best variant's. Cost columns: the run at the first seed listed.\n\n{text}")
+    return text, stats
 
 
 def plot_curves(dataset: str, metrics_dir: Path, out: Path) -> Path | None:
@@ -275,12 +283,11 @@ def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict
     summary: dict = {}
     for ds in datasets:
         runs = load_runs(metrics_dir, ds)
+        seed_stats: dict[str, dict] = {}
         md.append(f"## {ds}\n")
         if runs:
-            md += ["### Main table\n", main_table(ds, runs), ""]
-            over_seeds = seed_table(ds, metrics_dir)
-            if over_seeds:
-                md += ["Over seeds:\n", over_seeds, ""]
+            table, seed_stats = main_table(ds, metrics_dir)
+            md += ["### Main table\n", table, ""]
             curves = plot_curves(ds, metrics_dir, figures / f"{ds}_curves.png")
             if curves:
                 md.append(f"![validation curves](figures/{curves.name})\n")
@@ -288,7 +295,8 @@ def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict
             md.append(f"_No training results for {ds}._\n")
         sweep_lines, sweep_summary = sweep_section(ds, metrics_dir, figures)
         md += ["### Sweep\n", *sweep_lines]
-        ds_sum = {kind: {k: v for k, v in r.items() if k.startswith("test_") or k in ("trainable_params", "trainable_ratio")}
+        ds_sum = {kind: {**{k: v for k, v in r.items() if k.startswith("test_") or k in ("trainable_params", "trainable_ratio")},
+                         **seed_stats.get(kind, {})}
                   for kind, r in runs.items()}
         if "mitp" in runs:
             key = DATASET_METRICS.get(ds, [("test_accuracy", "")])[0][0]

@@ -112,6 +112,12 @@ def check_finite(loss_sum: torch.Tensor, epoch: int, step: int, scheduler) -> No
                                f"(lr {scheduler.get_last_lr()[0]:.2e}); lower train.lr or check the data")
 
 
+def stops_early(epochs_done: int, best_epoch: int, patience: int | None) -> bool:
+    """Early stopping: ``patience`` epochs have ended since the best one (epochs count from 1).
+    Read from the history alone, so a resumed run that had already stopped trains no further."""
+    return patience is not None and epochs_done - best_epoch >= patience
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -250,6 +256,10 @@ def _fit(
 
 
         for epoch in range(start_epoch, t.epochs):
+            if stops_early(epoch, best_epoch, t.patience):
+                log.info("stopping early after epoch %d: no better val_%s for %d epochs (best: epoch %d)",
+                         epoch, primary, t.patience, best_epoch)
+                break
             model.train()
             # the loss stays on the device: one host sync per FINITE_CHECK_EVERY steps, not per step
             t0, seen, loss_sum, step = time.perf_counter(), 0, torch.zeros((), device=device), 0
@@ -303,6 +313,7 @@ def _fit(
             **{k: v for k, v in best_row.items() if k.startswith("val_")},
             "best_epoch": best_epoch,
             "epochs": t.epochs,
+            "epochs_run": len(history),  # fewer than epochs when early stopping ended the run
             "trainable_params": n_trainable,
             "total_params": n_total,
             "trainable_ratio": n_trainable / n_total,

@@ -43,7 +43,7 @@ def main() -> int:
                      weights_out=paths.weights, model_out=args.model_out or paths.weights.parent / "model",
                      register=args.register or params.mlflow.register_model)
         lineage = {k: v for k, v in result.tags.items() if k in ("git_commit", "backbone", "cache_fingerprint")}
-        write_json(paths.metrics, {"dataset": dataset, "model_kind": params.model.kind,
+        write_json(paths.metrics, {"dataset": dataset, "model_kind": params.model.kind, "seed": params.seed,
                                    "run_id": result.run_id, **lineage, **result.metrics})
         write_json(paths.history, result.history)
         paths.clear_checkpoint()  # finished: only an interrupted run leaves a checkpoint to resume

@@ -19,7 +19,7 @@ COMPLETED, STOPPED, ERROR = "COMPLETED", "STOPPED", "ERROR"
 # Columns after the config: the metrics a report reads, then cost figures, then bookkeeping.
 COST_KEYS = ("train_time_s", "trial_wall_s", "train_samples_per_s", "peak_memory_mb", "gpu_memory_fraction_peak",
              "gpu_total_memory_mb", "trainable_params", "total_params", "trainable_ratio")
-EPOCH_KEYS = ("best_epoch", "epoch", "epochs")
+EPOCH_KEYS = ("best_epoch", "epoch", "epochs", "epochs_run")
 TAIL_KEYS = ("failures", "node_id", "mlflow_run_id", "error")
 
 

@@ -125,8 +125,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             active = mlflow.active_run()
             state["run_id"] = active.info.run_id if active else state["run_id"]
             state["epoch"] = epoch
+            state["last_row"] = row  # the last epoch's train loss goes out with the final metrics
             if epoch >= params.train.epochs:  # the last one goes out with the final metrics
-                state["last_row"] = row
                 return
             metrics = {**_numeric(row), DONE_KEY: 0, "mlflow_run_id": state["run_id"], **extra}
             checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
@@ -149,7 +149,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             return
 
         final = {**_numeric(state["last_row"] or {}), **_numeric(result.metrics)}
-        final.update({"epoch": params.train.epochs, DONE_KEY: 1, "mlflow_run_id": result.run_id,
+        final.update({"epoch": len(result.history), DONE_KEY: 1,  # fewer than epochs: stopped early "mlflow_run_id": result.run_id,
                       "trial_wall_s": time.perf_counter() - t_start, **extra})
         cost = {"trial_wall_s": final["trial_wall_s"]}
         if torch.cuda.is_available() and params.train.device != "cpu":

@@ -57,3 +57,29 @@ def test_report_without_results_says_so(tmp_path):
     build(load_params(), ["synthetic"], tmp_path / "metrics", out)
     md = (out / "report.md").read_text()
     assert "_No training results for synthetic._" in md and "sweep.csv` missing" in md
+
+
+def test_main_table_over_seeds(tmp_path):
+    """Each variant's mean ± std over its seed files (histories of other seeds are not runs), the
+    seeds listed, and a mark on the variants within the pooled seed noise of the best one."""
+    metrics = tmp_path / "metrics"
+    accs = {"mitp": (0.70, 0.74), "pmf": (0.69, 0.71), "late_fusion": (0.50, 0.52)}
+    for kind, (a0, a1) in accs.items():
+        _write(metrics, "synthetic", kind, a0, 100)
+        d = metrics / "synthetic"
+        (d / f"train_{kind}.json").write_text(json.dumps({**json.loads((d / f"train_{kind}.json").read_text()),
+                                                          "seed": 0}))
+        (d / f"train_{kind}_seed1.json").write_text(json.dumps({"test_accuracy": a1, "seed": 1}))
+        (d / f"train_{kind}_seed1_history.json").write_text(json.dumps([{"epoch": 1, "val_accuracy": 0.1}]))
+
+    out = tmp_path / "reports"
+    summary = build(load_params(), ["synthetic"], metrics, out)
+    md = (out / "report.md").read_text()
+    # mitp 72.0 ± 2.8; pmf 70.0 ± 1.4 is 2 points below: within the pooled noise (sqrt((8+2+2)/3) = 2.0 points)
+    assert "| MITP | 72.0 ± 2.8 | 0, 1 |  | 100 |" in md
+    assert "| PMF (prompt-based baseline) | 70.0 ± 1.4 | 0, 1 | ≈ (within seed noise) | 100 |" in md
+    assert "| Late fusion (frozen linear probe) | 51.0 ± 1.4 | 0, 1 |  | 100 |" in md
+    assert "Seed noise (pooled std over seeds of one variant): 2.0 points" in md
+    mitp = summary["synthetic"]["mitp"]
+    assert mitp["seeds"] == 2 and abs(mitp["test_accuracy_mean"] - 0.72) < 1e-9
+    assert abs(mitp["test_accuracy_std"] - 0.0282842712) < 1e-9
