@@ -110,7 +110,15 @@ def seed_runs(metrics_dir: Path, dataset: str, kind: str) -> list[dict]:
     extra = sorted((int(m.group(1)), f) for f in d.glob(f"train_{kind}_seed*.json")
                    if (m := re.fullmatch(rf"train_{kind}_seed(\d+)\.json", f.name)))
     files = [d / f"train_{kind}.json", *(f for _, f in extra)]
-    return [read_json(f, dict) for f in files if f.exists()]
+    runs, seeds = [], set()
+    for f in files:
+        if f.exists():
+            run = read_json(f, dict)
+            if run.get("seed") is not None and run["seed"] in seeds:  # `seed` set to one of extra_seeds
+                continue  # the same run twice: count it once
+            seeds.add(run.get("seed"))
+            runs.append(run)
+    return runs
 
 
 def main_table(dataset: str, metrics_dir: Path) -> tuple[str, dict[str, dict]]:

@@ -165,3 +165,12 @@ def test_quoted_override_values_stay_strings():
         "train.lr": {"loguniform": [1e-4, 3e-3]}}
     assert parse_override("mlflow.experiment=mitp_no_hub") == ("mlflow.experiment", "mitp_no_hub")
     assert parse_override("model.hub_size=64") == ("model.hub_size", 64)
+
+
+def test_extra_seeds_listed_twice_is_an_error():
+    from mitp.config import load_params
+    from mitp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="extra_seeds: .*lists a seed twice"):
+        load_params(overrides={"extra_seeds": [1, 1]})
+    assert load_params(overrides={"seed": 1}).extra_seeds == [1]  # a stage of train_seeds sets seed to one of them

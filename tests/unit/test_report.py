@@ -72,6 +72,9 @@ def test_main_table_over_seeds(tmp_path):
         (d / f"train_{kind}_seed1.json").write_text(json.dumps({"test_accuracy": a1, "seed": 1}))
         (d / f"train_{kind}_seed1_history.json").write_text(json.dumps([{"epoch": 1, "val_accuracy": 0.1}]))
 
+    # `seed` set to one of extra_seeds: the same seed's run twice counts once
+    (metrics / "synthetic" / "train_mitp_seed7.json").write_text(json.dumps({"test_accuracy": 0.99, "seed": 1}))
+
     out = tmp_path / "reports"
     summary = build(load_params(), ["synthetic"], metrics, out)
     md = (out / "report.md").read_text()
