@@ -68,6 +68,9 @@ class MITPOutput:
     prompts_t: list[Tensor] | None = None
 
 
+CLS_ROW = slice(0, 1)  # the rows of a last plain layer the readout reads
+
+
 def interaction_layers(start: int, interval: int, depth: int) -> list[int]:
     """I = {s, s+D, ...} below the depth L; validated so a bad config names its key."""
     if start >= depth:
@@ -78,6 +81,16 @@ def interaction_layers(start: int, interval: int, depth: int) -> list[int]:
 # --------------------------------------------------------------------------------------------
 # Frozen towers: a uniform layer-by-layer view of HF ViT and BERT
 # --------------------------------------------------------------------------------------------
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, heads: int, scale: float, mask: Tensor | None,
+           dropout: float) -> Tensor:
+    """Multi-head attention of projected queries (B, R, d) over keys/values (B, N, d) -> (B, R, d);
+    ``mask``: additive, broadcastable to (B, heads, R, N)."""
+    B, R, d = q.shape
+    split = lambda t: t.view(B, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask, dropout_p=dropout, scale=scale)
+    return out.transpose(1, 2).reshape(B, R, d)
 
 
 class VisionTower(nn.Module):
@@ -100,6 +113,21 @@ class VisionTower(nn.Module):
 
     def layer(self, i: int, x: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.layers[i](x)
+
+    def layer_rows(self, i: int, x: Tensor, rows: slice | list[int], mask: Tensor | None = None) -> Tensor:
+        """``layer(i, x)[:, rows]`` without computing the other rows: their queries, attention
+        outputs and MLP are skipped (keys and values still come from every token). The last layer
+        only needs CLS and the prompts' outputs."""
+        layer = self.layers[i]
+        att = getattr(layer, "attention", None)
+        if not all(hasattr(att, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):  # another ViT layout
+            return layer(x)[:, rows]
+        h = layer.layernorm_before(x)  # pre-LN: y = x + attn(LN(x)); out = y + MLP(LN(y))
+        # the rows as fresh (aligned) tensors: a matmul on a view at an offset may round differently
+        a = attend(att.q_proj(h[:, rows].contiguous()), att.k_proj(h), att.v_proj(h), att.num_attention_heads,
+                   att.scaling, None, att.attention_dropout if att.training else 0.0)
+        y = x[:, rows].contiguous() + layer.dropout(att.o_proj(a))
+        return y + layer.dropout(layer.mlp(layer.layernorm_after(y)))
 
     def cls(self, x: Tensor) -> Tensor:
         """CLS_v after the ViT's final layernorm."""
@@ -133,6 +161,18 @@ class TextTower(nn.Module):
     def layer(self, i: int, x: Tensor, mask: Tensor | None = None) -> Tensor:
         # BertLayer does not build its mask: it wants a 4-D additive (B, 1, 1, N) mask.
         return self.layers[i](x, attention_mask=mask)
+
+    def layer_rows(self, i: int, x: Tensor, rows: slice | list[int], mask: Tensor | None = None) -> Tensor:
+        """``layer(i, x, mask)[:, rows]`` without computing the other rows (see VisionTower)."""
+        layer = self.layers[i]
+        att = getattr(getattr(layer, "attention", None), "self", None)
+        if not all(hasattr(att, n) for n in ("query", "key", "value")):  # another BERT layout
+            return layer(x, attention_mask=mask)[:, rows]
+        x_r = x[:, rows].contiguous()  # post-LN: a = LN(x + attn(x)); out = LN(a + FFN(a))
+        a = attend(att.query(x_r), att.key(x), att.value(x), att.num_attention_heads, att.scaling, mask,
+                   att.dropout.p if att.training else 0.0)
+        a = layer.attention.output(a, x_r)
+        return layer.output(layer.intermediate(a), a)
 
     @staticmethod
     def additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -329,6 +369,11 @@ class MITP(TwoTowers):
         self.head = nn.Sequential(nn.LayerNorm(readout_dim), nn.Dropout(config.dropout),
                                   nn.Linear(readout_dim, config.num_labels))
 
+    def read_rows(self, n: int) -> list[int]:
+        """The rows of the last (prompted) layer the readout reads: CLS, and the M prompts after
+        the ``n`` tokens."""
+        return [0, *range(n, n + self.config.prompt_length)]
+
     # -- the forward pass ------------------------------------------------------------------------
     def forward(
         self,
@@ -359,19 +404,25 @@ class MITP(TwoTowers):
             p_t = self.prompt_t.expand(B, -1, -1).to(x_t.dtype)
         seen_v, seen_t = [], []
         step = 0
+        last = self.depth - 1
         for l in range(start_layer, self.depth):
             lv, lt = l + self.offset_v, l + self.offset_t
-            if l not in self.layers_i:  # plain frozen layer
-                x_v = self.vision.layer(lv, x_v)
-                x_t = self.text.layer(lt, x_t, mask_t)
+            if l not in self.layers_i:  # plain frozen layer (the last one: only CLS is read)
+                x_v = self.vision.layer(lv, x_v) if l < last else self.vision.layer_rows(lv, x_v, CLS_ROW)
+                x_t = self.text.layer(lt, x_t, mask_t) if l < last else self.text.layer_rows(lt, x_t, CLS_ROW, mask_t)
                 continue
             # acquire: append the prompts, run the frozen layer on both, split again
             if return_prompts:
                 seen_v.append(p_v)
                 seen_t.append(p_t)
             n_v, n_t = x_v.shape[1], x_t.shape[1]
-            y_v = self.vision.layer(lv, torch.cat([x_v, p_v], dim=1))
-            y_t = self.text.layer(lt, torch.cat([x_t, p_t], dim=1), mask_tp)
+            if l < last:
+                y_v = self.vision.layer(lv, torch.cat([x_v, p_v], dim=1))
+                y_t = self.text.layer(lt, torch.cat([x_t, p_t], dim=1), mask_tp)
+            else:  # the readout reads CLS and O only: the other rows of the last layer are never computed
+                y_v = self.vision.layer_rows(lv, torch.cat([x_v, p_v], dim=1), self.read_rows(n_v))
+                y_t = self.text.layer_rows(lt, torch.cat([x_t, p_t], dim=1), self.read_rows(n_t), mask_tp)
+                n_v = n_t = 1
             x_v, o_v = y_v[:, :n_v], y_v[:, n_v:]
             x_t, o_t = y_t[:, :n_t], y_t[:, n_t:]
             if l != self.layers_i[-1]:  # hub: next layer's prompts from what these acquired

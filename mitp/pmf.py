@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from mitp.errors import ConfigError
-from mitp.model import MITPOutput, TwoTowers
+from mitp.model import CLS_ROW, MITPOutput, TwoTowers
 
 
 @dataclass
@@ -131,18 +131,20 @@ class PMF(TwoTowers):
         for j, l in enumerate(self.layers_i):
             lv, lt = l + self.offset_v, l + self.offset_t
             n_v, n_t = x_v.shape[1], x_t.shape[1]
-            # query: each tower reads itself through its query prompts
-            q_v = self.vision.layer(lv, torch.cat([x_v, batch(self.prompt_context_v2t[j], x_v),
-                                                   batch(self.prompt_query_v2t[j], x_v)], 1))[:, -c.n_qp:]
-            q_t = self.text.layer(lt, torch.cat([x_t, batch(self.prompt_context_t2v[j], x_t),
-                                                 batch(self.prompt_query_t2v[j], x_t)], 1), mask_query)[:, -c.n_qp:]
+            # query: each tower reads itself through its query prompts (only their rows are computed)
+            seq_v = torch.cat([x_v, batch(self.prompt_context_v2t[j], x_v), batch(self.prompt_query_v2t[j], x_v)], 1)
+            seq_t = torch.cat([x_t, batch(self.prompt_context_t2v[j], x_t), batch(self.prompt_query_t2v[j], x_t)], 1)
+            q_v = self.vision.layer_rows(lv, seq_v, slice(seq_v.shape[1] - c.n_qp, None))
+            q_t = self.text.layer_rows(lt, seq_t, slice(seq_t.shape[1] - c.n_qp, None), mask_query)
             # map: the queries cross to the other tower's width
             g_v2t = self.mappers["v2t"][j](q_v)  # (B, n_qp, d_t)
             g_t2v = self.mappers["t2v"][j](q_t)  # (B, n_qp, d_v)
-            # fusion: the same layer again, with the other modality's queries appended
-            x_v = self.vision.layer(lv, torch.cat([x_v, batch(self.prompt_fusion_v[j], x_v), g_t2v], 1))[:, :n_v]
-            x_t = self.text.layer(lt, torch.cat([x_t, batch(self.prompt_fusion_t[j], x_t), g_v2t], 1),
-                                  mask_fusion)[:, :n_t]
+            # fusion: the same layer again, with the other modality's queries appended (the last
+            # layer computes CLS alone: the heads read nothing else)
+            rows_v, rows_t = (CLS_ROW, CLS_ROW) if l == self.depth - 1 else (slice(0, n_v), slice(0, n_t))
+            x_v = self.vision.layer_rows(lv, torch.cat([x_v, batch(self.prompt_fusion_v[j], x_v), g_t2v], 1), rows_v)
+            x_t = self.text.layer_rows(lt, torch.cat([x_t, batch(self.prompt_fusion_t[j], x_t), g_v2t], 1), rows_t,
+                                       mask_fusion)
 
         logits = (self.head["v"](self.vision.cls(x_v).float()) + self.head["t"](self.text.cls(x_t).float())) / 2
         loss = None if labels is None else self.loss(logits, labels)

@@ -58,6 +58,49 @@ def test_layer_loop_reproduces_hf_bert_with_padding(tiny_backbones):
     torch.testing.assert_close(x, ref, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("tower_kind", ["vision", "text"])
+def test_layer_rows_are_the_full_layers_rows(tiny_backbones, tower_kind, monkeypatch):
+    """The last layer computes only the rows the readout reads; those rows equal the full
+    layer's, with text padding masked, and gradients reach every input token as before."""
+    pixels, ids, mask = batch(tiny_backbones)
+    if tower_kind == "vision":
+        tower = VisionTower(tiny_backbones.vision)
+        x0, m = tower.embed(pixels), None
+    else:
+        tower = TextTower(tiny_backbones.text)
+        x0 = tower.embed(ids)
+        m = tower.additive_mask(mask, x0.dtype)
+    rows = [0, 2, 3]
+    grads = []
+    for part in ("full", "rows"):
+        x = x0.detach().clone().requires_grad_(True)
+        if part == "full":
+            out = tower.layer(3, x, m)[:, rows]
+        else:
+            with monkeypatch.context() as mp:  # the saving is real: the full layer is never called
+                mp.setattr(tower.layers[3], "forward", lambda *a, **k: pytest.fail("ran the full layer"))
+                out = tower.layer_rows(3, x, rows, m)
+        out.sum().backward()
+        grads.append((out.detach(), x.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=1e-5)
+    assert grads[0][1][:, 1].abs().sum() > 0  # a row not read still gets a gradient (through keys and values)
+
+
+@pytest.mark.parametrize("kind", ["mitp", "mitp_no_hub", "late_fusion"])
+def test_last_layer_rows_give_the_full_models_logits(tiny_backbones, kind, monkeypatch):
+    model = build(tiny_backbones, kind=kind, start=0)
+    if model.hub is not None:
+        randomize_hub(model)
+    pixels, ids, mask = batch(tiny_backbones)
+    with torch.no_grad():
+        fast = model(mask, pixel_values=pixels, input_ids=ids).logits
+        for tower in (VisionTower, TextTower):  # every row of the last layer computed, then the rows picked
+            monkeypatch.setattr(tower, "layer_rows", lambda self, i, x, rows, m=None: self.layer(i, x, m)[:, rows])
+        full = model(mask, pixel_values=pixels, input_ids=ids).logits
+    torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["mitp", "mitp_no_hub", "late_fusion"])
 @pytest.mark.parametrize("k", [0, 1])
 def test_cached_start_matches_embedding_start(tiny_backbones, kind, k):

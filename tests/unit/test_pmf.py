@@ -122,3 +122,25 @@ def test_a_saved_config_rebuilds_the_same_pmf(tiny_backbones):
     with torch.no_grad():
         assert torch.equal(model(mask, pixel_values=pixels, input_ids=ids).logits,
                            again(mask, pixel_values=pixels, input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("n_fcp", [4, 0])
+def test_computing_only_the_rows_read_gives_the_full_layers_logits(tiny_backbones, monkeypatch, n_fcp):
+    """The query passes compute the query rows alone and the last fusion pass CLS alone: the
+    logits and the prompts' gradients are those of running every row."""
+    from mitp.model import TextTower, VisionTower
+
+    pixels, ids, mask = batch(tiny_backbones)
+    outs = []
+    for full in (False, True):
+        model = build(tiny_backbones, n_fcp=n_fcp).train()
+        if full:
+            for tower in (VisionTower, TextTower):
+                monkeypatch.setattr(tower, "layer_rows", lambda self, i, x, rows, m=None: self.layer(i, x, m)[:, rows])
+        out = model(mask, pixel_values=pixels, input_ids=ids, labels=torch.tensor([0, 2]))
+        out.loss.backward()
+        outs.append((out.logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=1e-5)
+    assert outs[0][1].keys() == outs[1][1].keys() and any(k.startswith("prompt_query") for k in outs[0][1])
+    for name, g in outs[0][1].items():
+        torch.testing.assert_close(g, outs[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
