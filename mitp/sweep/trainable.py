@@ -149,7 +149,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             return
 
         final = {**_numeric(state["last_row"] or {}), **_numeric(result.metrics)}
-        final.update({"epoch": len(result.history), DONE_KEY: 1,  # fewer than epochs: stopped early "mlflow_run_id": result.run_id,
+        # epoch: the epochs run (fewer than train.epochs when early stopping ended the trial)
+        final.update({"epoch": len(result.history), DONE_KEY: 1, "mlflow_run_id": result.run_id,
                       "trial_wall_s": time.perf_counter() - t_start, **extra})
         cost = {"trial_wall_s": final["trial_wall_s"]}
         if torch.cuda.is_available() and params.train.device != "cpu":

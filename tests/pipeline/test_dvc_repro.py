@@ -1,6 +1,6 @@
 """`dvc repro` end to end on a copy of the repository: every stage runs, the report holds real
-numbers, a second repro runs nothing, and a change of model.hub_size re-runs only
-train / sweep / report.
+numbers (each kind over two seeds), a second repro runs nothing, and a change of model.hub_size
+re-runs only train / train_seeds / sweep / report.
 
 The copy's params.yaml is the offline default shrunk in size (fewer samples, epochs and sweep
 trials) so the test fits in CI; the full default is what `make repro` runs.
@@ -39,16 +39,21 @@ def test_dvc_repro_end_to_end(tmp_path):
 
     ran = repro(repo)
     kinds = ("mitp", "mitp_no_hub", "late_fusion", "pmf")
+    trainings = {"train_finetune@synthetic", "train_finetune_seeds@synthetic-1",
+                 *(f"train@synthetic-{k}" for k in kinds), *(f"train_seeds@synthetic-{k}-1" for k in kinds)}
     expected = {"download@synthetic", "prepare@synthetic", "backbone", "cache@synthetic", "sweep@synthetic",
-                "report", "train_finetune@synthetic", *(f"train@synthetic-{k}" for k in kinds)}
+                "report", *trainings}
     assert set(ran) == expected
 
     report = (repo / "reports" / "report.md").read_text()
-    assert "### Main table" in report and "| MITP |" in report
+    assert "### Main table" in report and "| MITP | " in report and "mean ± std" in report
     summary = json.loads((repo / "reports" / "summary.json").read_text())
     for kind in (*kinds, "finetune"):
         acc = summary["synthetic"][kind]["test_accuracy"]
         assert 0.0 < acc <= 1.0
+        assert summary["synthetic"][kind]["seeds"] == 2  # seed and extra_seeds, each run once
+        seed1 = json.loads((repo / "metrics" / "synthetic" / f"train_{kind}_seed1.json").read_text())
+        assert seed1["seed"] == 1 and seed1["model_kind"] == kind
     assert summary["synthetic"]["sweep"]["trials"] == 2
     pngs = list((repo / "reports" / "figures").glob("*.png"))
     assert any(p.name == "synthetic_curves.png" for p in pngs)
@@ -59,4 +64,5 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert repro(repo) == [], "a second repro must run nothing"
 
     _shrink(repo, hub_size=32)
-    assert set(repro(repo)) == {"sweep@synthetic", "report", *(f"train@synthetic-{k}" for k in kinds)}
+    assert set(repro(repo)) == {"sweep@synthetic", "report", *(f"train@synthetic-{k}" for k in kinds),
+                                *(f"train_seeds@synthetic-{k}-1" for k in kinds)}

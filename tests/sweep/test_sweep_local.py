@@ -141,3 +141,26 @@ def test_asha_stops_trials_early(ray_local, sweep_params, tmp_path):
         assert status[r["mlflow_run_id"]] == ("FINISHED" if r["status"] == "COMPLETED" else "KILLED")
         if r["status"] == "STOPPED":
             assert r["test_accuracy"] == "" and r["epoch"] == "1"
+
+
+@pytest.mark.slow
+def test_early_stopped_trials_complete_with_their_best_epoch(ray_local, sweep_params, tmp_path):
+    """train.patience inside the trials: a trial whose validation score stops improving ends
+    COMPLETED after fewer epochs, with its test figures, its MLflow run and its epochs run."""
+    from mitp.sweep.runner import run_sweep
+
+    # lr so small the weights never move: epoch 1 is never beaten, so every trial stops after epoch 2
+    params = sweep_params({"sweep.space": {"model.prompt_length": {"grid": [4, 8]}},
+                           "sweep.train": {"epochs": 5, "patience": 1, "lr": 1e-12}})
+    csv_path, best_path = tmp_path / "metrics" / "sweep.csv", tmp_path / "metrics" / "sweep_best.json"
+    outcome = run_sweep(params, "synthetic", outputs=(csv_path, best_path))
+    rows = read_csv(csv_path)
+    assert len(rows) == 2 and not outcome.failed and not outcome.unfinished
+    for r in rows:
+        assert r["status"] == "COMPLETED" and r["epochs"] == "5"
+        assert r["epoch"] == "2" and r["epochs_run"] == "2" and r["best_epoch"] == "1"
+        assert r["mlflow_run_id"] and 0.0 <= float(r["test_accuracy"]) <= 1.0
+    _, children = mlflow_runs(params)
+    assert {c.info.run_id for c in children} == {r["mlflow_run_id"] for r in rows}
+    assert all(c.info.status == "FINISHED" and c.data.metrics["epochs_run"] == 2 for c in children)
+    assert json.loads(best_path.read_text())["mlflow_run_id"] in {r["mlflow_run_id"] for r in rows}
