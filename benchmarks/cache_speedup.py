@@ -26,11 +26,8 @@ The last output line is one JSON object (``measured_speedup``, ``predicted_speed
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -104,39 +101,6 @@ def make_backbones(params, cfg: dict, device):
     return bb_mod.Backbones(vision, text, processor, tokenizer, bb_mod.spec_from_config(params.backbone))
 
 
-def _status_mb(field: str) -> float | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
-    return int(m.group(1)) / 1024 if m else None
-
-
-def reset_peak_memory(device) -> float:
-    """Start measuring the peak here; returns the memory in use now (MB)."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    gc.collect()
-    try:  # Linux: "5" resets the peak resident set size (VmHWM) of this process
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _status_mb("VmRSS") or 0.0
-
-
-def peak_memory_mb(device) -> float:
-    """CUDA max allocated, or the peak RSS since :func:`reset_peak_memory` (process peak if not resettable)."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def sync(device) -> None:
     import torch
 
@@ -153,6 +117,7 @@ def run_worker(path: str, cfg: dict) -> dict:
     import torch
 
     from mitp.data.loaders import raw_loaders
+    from mitp.memory import peak_memory_mb, reset_peak_memory
     from mitp.train import build_model, make_optimizer, pick_device, seed_everything, to_device, train_step
 
     if cfg.get("threads"):

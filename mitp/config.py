@@ -28,6 +28,16 @@ from mitp.dotted_keys import flatten
 from mitp.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as outputs record it: relative to the repository root when inside it, so committed
+    files and DVC hashes do not depend on where the repository is checked out; else as given."""
+    text = str(path)
+    p = Path(text)
+    if "://" in text or not p.is_absolute() or not p.is_relative_to(REPO_ROOT):
+        return text
+    return p.relative_to(REPO_ROOT).as_posix()
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
 
 # Every model kind, once: kind -> which layers it changes, which decides where the feature cache

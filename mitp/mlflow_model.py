@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from mitp import figures, inference, metrics, trained_model
-from mitp.config import REPO_ROOT, Params
+from mitp.config import Params, shown_path
 from mitp.inference import Prediction
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def _log_input(params: Params, dataset: str, card: dict[str, Any]) -> None:
 
     prepared = params.prepared_dir(dataset)
     frame = read_split(prepared, "train").frame
-    source = os.path.relpath(prepared, REPO_ROOT) if prepared.is_relative_to(REPO_ROOT) else str(prepared)
+    source = shown_path(prepared)
     digest = card["dataset"]["manifest_sha256"]
     with warnings.catch_warnings():  # MLflow registers its local-path source twice and warns about it
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")

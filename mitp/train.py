@@ -11,7 +11,6 @@ import contextlib
 import logging
 import math
 import random
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from mitp.config import Params
 from mitp.data import loaders as loaders_mod
 from mitp.data.manifests import manifest_hash
 from mitp.errors import UserError
+from mitp.memory import peak_memory_mb, reset_peak_memory
 from mitp.model import TwoTowers
 from mitp.model_kinds import build_model as build_kind
 from mitp.sweep.space import check_cache_layer
@@ -68,13 +68,6 @@ def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA max allocated on GPU; peak resident set size of this process on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def build_model(params: Params, backbones, num_labels: int, multi_label: bool,
@@ -230,6 +223,10 @@ def _fit(
         run_id = tracking.resumable_run(params, meta.get("run_id"), ckpt)
         log.info("resuming %s from epoch %d (checkpoint %s)", dataset, start_epoch, ckpt)
 
+    # training memory from here on: loading the backbones whole (the cached path then releases the
+    # layers below k) is its own figure
+    load_peak_mb = peak_memory_mb(device)
+    reset_peak_memory(device)
     n_trainable = sum(p.numel() for p in model.trainable_parameters())
     # the model as the paper counts it (whole backbones), whatever the cached path left out of memory
     n_total = n_backbones + sum(p.numel() for name, p in model.named_parameters()
@@ -320,7 +317,8 @@ def _fit(
             "materialised_params": sum(p.numel() for p in model.parameters()),  # held in memory
             "train_samples_per_s": train_samples / max(train_time, 1e-9),
             "train_time_s": train_time,
-            "peak_memory_mb": peak_memory_mb(device),
+            "peak_memory_mb": peak_memory_mb(device),  # from the first step on (mitp.memory)
+            "load_peak_memory_mb": load_peak_mb,  # loading and building, before the first step
         }
         mlflow.log_metrics(tracking.summary_metrics(final))
         weights_path = None

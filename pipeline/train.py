@@ -29,7 +29,7 @@ def main() -> int:
     # override answer at once
     from mitp import checkpoint
     from mitp.atomic import write_json
-    from mitp.config import REPO_ROOT
+    from mitp.config import shown_path
     from mitp.run_layout import train_paths
     from mitp.train import fit
 
@@ -51,7 +51,7 @@ def main() -> int:
     print(json.dumps(shown, indent=2))
     if result.tags.get("registered_model"):
         print(f"registered model: {result.tags['registered_model']}")
-    print(f"metrics: {paths.metrics.relative_to(REPO_ROOT) if paths.metrics.is_relative_to(REPO_ROOT) else paths.metrics}")
+    print(f"metrics: {shown_path(paths.metrics)}")
     return 0
 
 

@@ -32,6 +32,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from mitp.config import shown_path
 from mitp.data.layout import LayoutError, find_root
 from mitp.data.records import (
     DUPLICATE_ID,
@@ -160,7 +161,7 @@ def read(base: str | Path, log: SkipLog, val_fraction: float = 0.1, seed: int = 
     source = {s: read_titles(_csv_path(root, s), s, images, classes, log) for s in SOURCE_SPLITS}
     train, val = carve_val(source["train"], val_fraction, seed)
     info = {
-        "root": str(root),
+        "root": shown_path(root),
         "text": "titles",
         "val_from_train": {"fraction": val_fraction, "seed": seed, "stratified": True},
     }

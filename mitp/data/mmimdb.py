@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mitp.config import shown_path
 from mitp.data.layout import LayoutError, find_root
 from mitp.data.records import (
     DUPLICATE_ID,
@@ -141,7 +142,7 @@ def read(base: str | Path, log: SkipLog) -> tuple[dict, list[str], dict]:
             if rec is not None:
                 splits[split].append(rec)
     info = {
-        "root": str(root),
+        "root": shown_path(root),
         "text": "longest string of plot",
         "genres": "the 23 of MM-IMDB; others ignored, movies left with none dropped (no_label)",
     }

@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from mitp.atomic import atomic_dir, write_json
+from mitp.config import shown_path
 from mitp.data.images import verify_images
 from mitp.data.manifests import COLUMNS, DIGEST_COLUMN, SPLITS, relative_image_path, write_labels, write_split
 from mitp.data.records import IN_TWO_SPLITS, BadRecordError, Record, SkipLog
@@ -150,7 +151,7 @@ def prepare_dataset(params, name: str) -> dict:
     report = {
         "dataset": name,
         "reader": READERS[name],
-        "source": str(base),
+        "source": shown_path(base),
         "bad_records": cfg.bad_records,
         "max_skip_fraction": cfg.max_skip_fraction,
         "labels": len(labels),

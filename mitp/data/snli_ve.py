@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mitp.config import shown_path
 from mitp.data.layout import LayoutError, find_dir, find_root
 from mitp.data.records import (
     DUPLICATE_ID,
@@ -139,5 +140,5 @@ def read(base: str | Path, log: SkipLog, images_path: str | Path | None = None) 
     root = locate(base)
     images = image_dir(root, images_path)
     splits = {split: read_split(root / fname, split, images, log) for split, fname in SPLIT_FILES.items()}
-    info = {"root": str(root), "images": str(images), "text": "sentence2 (hypothesis)"}
+    info = {"root": shown_path(root), "images": shown_path(images), "text": "sentence2 (hypothesis)"}
     return splits, list(LABELS), info

@@ -20,7 +20,7 @@ import yaml
 
 from mitp import tracking
 from mitp.atomic import write_json, write_text
-from mitp.config import REPO_ROOT, Params, to_flat_dict
+from mitp.config import REPO_ROOT, Params, shown_path, to_flat_dict
 from mitp.errors import ConfigError
 from mitp.sweep import results as results_mod
 from mitp.sweep.space import SweepSpace, base_raw_of, build_space, validate_trials
@@ -142,12 +142,6 @@ def _parent_params(params: Params, dataset: str, space: SweepSpace, metric: str)
     flat.update({f"space.{key}": json.dumps(spec) for key, spec in space.describe().items()})
     flat.update({f"sweep.{key}": value for key, value in space.train_overrides.items()})
     return flat
-
-
-def _shown(path: str) -> str:
-    """A path as committed outputs show it: relative to the repository when inside it."""
-    inside = "://" not in path and Path(path).is_relative_to(REPO_ROOT)
-    return Path(path).relative_to(REPO_ROOT).as_posix() if inside else path
 
 
 def find_parent(params: Params, exp_path: str) -> str | None:
@@ -321,7 +315,7 @@ def run_sweep(
             summary = results_mod.best_summary(best, dataset=dataset, sweep=s.name, metric=metric, mode=s.mode,
                                                swept_keys=space.swept_keys, rows=rows, parent_run_id=parent_id,
                                                overrides=space.trial_overrides(best) if best else {},
-                                               experiment_path=_shown(exp_path))
+                                               experiment_path=shown_path(exp_path))
             _log_best(mlflow, summary, metric)
             if summary.get("mlflow_run_id"):  # the best trial's model: tagged, copied, registered
                 from mitp.mlflow_model import publish_best

@@ -43,7 +43,7 @@ def test_train_entry_point_writes_metrics_and_mlflow_run(synthetic_prepared, tmp
 
     m = json.loads(metrics_out.read_text())
     for key in ("test_accuracy", "val_accuracy", "trainable_params", "total_params", "trainable_ratio",
-                "train_samples_per_s", "peak_memory_mb", "run_id"):
+                "train_samples_per_s", "peak_memory_mb", "load_peak_memory_mb", "run_id"):
         assert key in m, key
     assert 0.0 <= m["test_accuracy"] <= 1.0 and m["trainable_params"] < m["total_params"]
     history = json.loads((tmp_path / "history.json").read_text())

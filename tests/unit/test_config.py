@@ -174,3 +174,14 @@ def test_extra_seeds_listed_twice_is_an_error():
     with pytest.raises(ConfigError, match="extra_seeds: .*lists a seed twice"):
         load_params(overrides={"extra_seeds": [1, 1]})
     assert load_params(overrides={"seed": 1}).extra_seeds == [1]  # a stage of train_seeds sets seed to one of them
+
+
+def test_shown_paths_do_not_depend_on_the_checkout():
+    """What outputs record (prepare reports, the sweep's experiment path, MLflow dataset sources):
+    a path inside the repository relative to it, so DVC hashes match in every clone."""
+    from mitp.config import REPO_ROOT, shown_path
+
+    assert shown_path(REPO_ROOT / "data" / "raw" / "synthetic") == "data/raw/synthetic"
+    assert shown_path(str(REPO_ROOT / "ray_results" / "x")) == "ray_results/x"
+    assert shown_path("/elsewhere/data") == "/elsewhere/data"  # outside: as given
+    assert shown_path("data/raw") == "data/raw" and shown_path("s3://bucket/ray") == "s3://bucket/ray"

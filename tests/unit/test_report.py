@@ -10,13 +10,13 @@ from mitp.config import load_params
 from mitp.report import build
 
 
-def _write(metrics_dir, ds, kind, acc, trainable):
+def _write(metrics_dir, ds, kind, acc, trainable, **extra):
     d = metrics_dir / ds
     d.mkdir(parents=True, exist_ok=True)
     (d / f"train_{kind}.json").write_text(json.dumps({
         "test_accuracy": acc, "val_accuracy": acc + 0.01, "trainable_params": trainable, "total_params": 500_000,
         "trainable_ratio": trainable / 500_000, "peak_memory_mb": 812.0, "train_samples_per_s": 1234.5,
-        "cache_fingerprint": "abc123"}))
+        "cache_fingerprint": "abc123", **extra}))
     (d / f"train_{kind}_history.json").write_text(json.dumps(
         [{"epoch": e, "val_accuracy": acc - 0.1 / e, "train_loss": 1.0 / e} for e in (1, 2, 3)]))
 
@@ -65,10 +65,8 @@ def test_main_table_over_seeds(tmp_path):
     metrics = tmp_path / "metrics"
     accs = {"mitp": (0.70, 0.74), "pmf": (0.69, 0.71), "late_fusion": (0.50, 0.52)}
     for kind, (a0, a1) in accs.items():
-        _write(metrics, "synthetic", kind, a0, 100)
+        _write(metrics, "synthetic", kind, a0, 100, seed=0)
         d = metrics / "synthetic"
-        (d / f"train_{kind}.json").write_text(json.dumps({**json.loads((d / f"train_{kind}.json").read_text()),
-                                                          "seed": 0}))
         (d / f"train_{kind}_seed1.json").write_text(json.dumps({"test_accuracy": a1, "seed": 1}))
         (d / f"train_{kind}_seed1_history.json").write_text(json.dumps([{"epoch": 1, "val_accuracy": 0.1}]))
 

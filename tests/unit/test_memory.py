@@ -1,0 +1,25 @@
+"""Peak memory of a phase: what was freed before the reset does not count in the peak after it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from mitp.memory import peak_memory_mb, reset_peak_memory
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the peak RSS is resettable on Linux only")
+def test_the_peak_after_a_reset_leaves_out_what_was_freed_before():
+    big = torch.ones(300 * 2**20 // 4)  # 300 MB, touched
+    with_big = peak_memory_mb(CPU)
+    del big
+    in_use = reset_peak_memory(CPU)
+    small = torch.ones(20 * 2**20 // 4)  # 20 MB after the reset
+    after = peak_memory_mb(CPU)
+    assert with_big - after > 200, (with_big, after)  # the 300 MB load is not in the new peak
+    assert after >= in_use + 15  # the 20 MB allocated after the reset is
+    del small
