@@ -29,10 +29,11 @@ def test_every_kind_and_every_swept_key_has_its_plot():
     assert scatters == set(normalize_space(params.sweep.space)), "a sweep scatter per swept key, no stale one"
 
 
-def test_dvc_plots_show_renders_without_warnings():
+def test_dvc_plots_show_renders_without_warnings(tmp_path):
     dvc = Path(sys.executable).with_name("dvc")
-    out = subprocess.run([str(dvc), "plots", "show", "--json"], cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=300)
+    # -o: the rendered images go to the test's folder, never into the repository
+    out = subprocess.run([str(dvc), "plots", "show", "--json", "-o", str(tmp_path / "plots")], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "WARNING" not in out.stderr.upper(), out.stderr[-2000:]
     data = json.loads(out.stdout)["data"]
