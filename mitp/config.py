@@ -28,6 +28,7 @@ from mitp.dotted_keys import flatten
 from mitp.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
 
 
 def shown_path(path: str | Path) -> str:
@@ -38,7 +39,7 @@ def shown_path(path: str | Path) -> str:
     if "://" in text or not p.is_absolute() or not p.is_relative_to(REPO_ROOT):
         return text
     return p.relative_to(REPO_ROOT).as_posix()
-DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
+
 
 # Every model kind, once: kind -> which layers it changes, which decides where the feature cache
 # may stop (hidden states entering layer k are cached, so nothing below k may change):

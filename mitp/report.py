@@ -130,7 +130,8 @@ def main_table(dataset: str, metrics_dir: Path) -> tuple[str, dict[str, dict]]:
     over_seeds = any(len(rs) > 1 for rs in runs.values())
     flat = [{"kind": kind, **r} for kind, rs in runs.items() for r in rs]
     # the first metric decides which variant is best and which are within the seed noise of it
-    marks = {s.config[0]: s.within_noise for s in ablation_stats.table(flat, ["kind"], cols[0][0])}
+    by_kind = ablation_stats.table(flat, ["kind"], cols[0][0])
+    marks = {s.config[0]: s.within_noise for s in by_kind}
     stats: dict[str, dict] = {}
     rows = []
     for kind, rs in runs.items():
@@ -150,7 +151,7 @@ def main_table(dataset: str, metrics_dir: Path) -> tuple[str, dict[str, dict]]:
               + ["Trainable params", "Trainable (%)", "Peak memory (MB)", "Train throughput (samples/s)"])
     text = md_table(header, rows)
     if over_seeds:
-        noise = ablation_stats.seed_noise(ablation_stats.table(flat, ["kind"], cols[0][0]))
+        noise = ablation_stats.seed_noise(by_kind)
         text = (f"Seed noise (pooled std over seeds of one variant): {_pct(noise)} points; ≈ marks a mean within "
                 f"that of the best variant's. Cost columns: the run at the first seed listed.\n\n{text}")
     return text, stats
