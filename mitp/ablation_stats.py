@@ -1,6 +1,7 @@
-"""Statistics over seeds for sweep results: group trials by configuration, mean / std / n per
-group, mark differences smaller than the seed noise, and pick the best configuration on the
-validation mean alone (its test figures are that configuration's, never a maximum over tests).
+"""Statistics over seeds for training and sweep results: group runs by configuration (or model
+kind), mean / sample std (ddof = 1) / n per group, the difference of two groups' means with
+Welch's t interval, and the best configuration picked on the validation mean alone (its test
+figures are that configuration's, never a maximum over tests).
 
 Pure functions over trial rows: a list of dicts (the sweep's rows) or a pandas DataFrame (the
 report's ``sweep.csv``). A row is one trial: the swept keys, ``seed`` when several seeds ran,
@@ -20,13 +21,13 @@ SEED_KEY = "seed"
 
 @dataclass(frozen=True)
 class GroupStats:
-    """One configuration's figures over its seeds (``std`` is the sample std; 0 when n = 1)."""
+    """One configuration's figures over its seeds (``std`` is the sample std, ddof = 1; 0 when
+    n = 1, where it is undefined: read ``n`` before ``std``)."""
 
     config: tuple  # the configuration's values, in the order of the keys it was grouped by
     mean: float
     std: float
     n: int
-    within_noise: bool = False  # its difference to the best group is within the seed noise
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ def _key(value: Any) -> Any:
     return float(value) if is_number(value) else value
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two values of a swept key name the same setting (4 and 4.0 do)."""
+    return _key(a) == _key(b)
+
+
 def group(rows: Any, keys: Sequence[str]) -> dict[tuple, list[dict[str, Any]]]:
     """Trials by configuration (``keys``: the configuration keys), in first-seen order."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -83,34 +89,68 @@ def mean_std(values: Iterable[Any]) -> tuple[float, float, int]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0), len(xs)
 
 
-def seed_noise(stats: Iterable[GroupStats]) -> float:
-    """The seed noise: the pooled std over groups with at least two seeds (nan when none)."""
-    num = den = 0.0
-    for s in stats:
-        if s.n > 1 and is_number(s.std):
-            num += (s.n - 1) * s.std**2
-            den += s.n - 1
-    return math.sqrt(num / den) if den else math.nan
-
-
-def table(rows: Any, keys: Sequence[str], metric: str, mode: str = "max",
-          noise: float | None = None) -> list[GroupStats]:
-    """Mean / std / n of ``metric`` per configuration; each group's ``within_noise`` says whether
-    its mean is within the seed noise of the best group's (the best group is never marked).
-    ``noise``: the seed noise to compare with (default: the pooled std of these groups; pass the
-    full configurations' :func:`seed_noise` when ``keys`` is one axis of a larger grid)."""
-    raw = []
+def table(rows: Any, keys: Sequence[str], metric: str) -> list[GroupStats]:
+    """Mean / sample std / n of ``metric`` per configuration, in first-seen order (groups without
+    a number for ``metric`` left out)."""
+    out = []
     for cfg, members in group(rows, keys).items():
         mean, std, n = mean_std(r.get(metric) for r in members)
         if n:
-            raw.append(GroupStats(cfg, mean, std, n))
-    if not raw:
-        return []
-    noise = seed_noise(raw) if noise is None else noise
-    best = _best(raw, mode)
-    return [GroupStats(s.config, s.mean, s.std, s.n,
-                       within_noise=s is not best and is_number(noise) and abs(s.mean - best.mean) <= noise)
-            for s in raw]
+            out.append(GroupStats(cfg, mean, std, n))
+    return out
+
+
+CI_LEVEL = 0.95
+CI_METHOD = "Welch's t interval with Welch–Satterthwaite degrees of freedom"
+NOT_DISTINGUISHABLE = "not distinguishable"
+NO_INTERVAL = "n < 2: no interval"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``mean`` = mean of A − mean of B over their seeds, with its ``CI_LEVEL`` Welch t interval
+    (``ci``; None when either side has n < 2, where a sample std does not exist) and the
+    Welch–Satterthwaite degrees of freedom (``df``; None without an interval, or when neither
+    side has any spread and the interval is the point ``mean``)."""
+
+    mean: float
+    ci: tuple[float, float] | None
+    df: float | None
+    n: tuple[int, int]
+
+    def verdict(self, name: str) -> str:
+        """``"<name> higher"`` / ``"<name> lower"`` when the interval excludes 0 (``name``: side A),
+        ``"not distinguishable"`` when it includes 0, ``"n < 2: no interval"`` without one."""
+        if self.ci is None:
+            return NO_INTERVAL
+        lo, hi = self.ci
+        if lo > 0:
+            return f"{name} higher"
+        if hi < 0:
+            return f"{name} lower"
+        return NOT_DISTINGUISHABLE
+
+
+def welch(a: GroupStats, b: GroupStats, level: float = CI_LEVEL) -> Difference:
+    """A − B: the difference of the means over seeds and Welch's t interval for it.
+
+    With s the sample std (ddof = 1): se² = s_A²/n_A + s_B²/n_B,
+    df = se⁴ / ((s_A²/n_A)²/(n_A − 1) + (s_B²/n_B)²/(n_B − 1)) (Welch–Satterthwaite), and the
+    interval is (mean_A − mean_B) ± t_{(1 + level)/2}(df) · se. The t quantile with few degrees of
+    freedom is what keeps the interval honest with 2 or 3 seeds a side."""
+    diff = a.mean - b.mean
+    n = (a.n, b.n)
+    if a.n < 2 or b.n < 2:
+        return Difference(diff, None, None, n)
+    va, vb = a.std**2 / a.n, b.std**2 / b.n
+    se2 = va + vb
+    if se2 == 0:  # identical runs on both sides: nothing to widen the point by
+        return Difference(diff, (diff, diff), None, n)
+    from scipy import stats  # imported here: the sweep uses this module and needs no scipy
+
+    df = se2**2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    half = float(stats.t.ppf((1 + level) / 2, df)) * math.sqrt(se2)
+    return Difference(diff, (diff - half, diff + half), df, n)
 
 
 def _best(stats: list[GroupStats], mode: str) -> GroupStats:
@@ -127,7 +167,7 @@ def select_best(rows: Any, keys: Sequence[str], val_metric: str, test_metric: st
         raise ValueError(f"selection must use a validation metric, got {val_metric!r}")
     rows = records(rows)
     keys = config_keys(keys)
-    val = table(rows, keys, val_metric, mode)
+    val = table(rows, keys, val_metric)
     if not val:
         return None
     best = _best(val, mode)
@@ -141,6 +181,6 @@ def select_best(rows: Any, keys: Sequence[str], val_metric: str, test_metric: st
 
 def along_axis(rows: Any, key: str, anchor: dict[str, Any]) -> list[dict[str, Any]]:
     """The trials that differ from the ``anchor`` configuration in ``key`` alone (any seed): one
-    axis of the grid through the chosen configuration, so a row's spread is seed noise only."""
+    axis of the grid through the chosen configuration, so a row's spread is over seeds only."""
     others = {k: _key(v) for k, v in anchor.items() if k != key}
     return [r for r in records(rows) if all(_key(r.get(k)) == v for k, v in others.items())]

@@ -3,8 +3,13 @@
 Inputs (per dataset, under ``metrics/<dataset>/``): ``train_<kind>.json`` and
 ``train_<kind>_history.json`` for each model variant, ``train_<kind>_seed<N>.json`` for its runs
 on the other seeds, ``sweep.csv`` and ``sweep_best.json``.
-Outputs (under ``reports/``): ``report.md`` (main table, ablation tables, cost per trial,
-lineage), PNG plots, and ``summary.json`` (a DVC metric).
+Outputs (under ``reports/``): ``report.md`` (summary, main table, ablation tables, cost per
+trial, lineage), PNG plots, and ``summary.json`` (a DVC metric).
+
+Every compared figure is a mean over seeds with its sample std (ddof = 1); a difference of two
+means comes with Welch's 95% t interval and a verdict read off it
+(:func:`mitp.ablation_stats.welch`). The sentences that summarise the results are generated from
+``summary.json`` (:func:`readme_summary`), never written by hand.
 """
 
 from __future__ import annotations
@@ -43,12 +48,36 @@ ABLATION_KEYS = {
 }
 
 
+# Short names for the generated sentences and the summary table.
+KIND_NAMES = {"mitp": "MITP", "mitp_no_hub": "MITP without hub", "late_fusion": "late fusion", "pmf": "PMF",
+              "finetune": "full fine-tuning"}
+METRIC_NAMES = {"test_accuracy": "test accuracy", "test_f1_micro": "test F1-micro", "test_f1_macro": "test F1-macro"}
+REFERENCE = "mitp"  # the model of the paper: every other kind is compared with it
+STATS_NOTE = ("Over seeds: mean ± sample standard deviation (ddof = 1); with n = 1 the figure is that one "
+              "run's, with no std. A difference of two means comes with its 95% confidence interval "
+              f"({ablation_stats.CI_METHOD}, whose t quantile widens the interval when there are few seeds) "
+              "and a verdict: higher or lower when the interval excludes 0, "
+              f"{ablation_stats.NOT_DISTINGUISHABLE} when it includes 0, and no interval when a side has n < 2.")
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def _pct(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+    return "-" if _missing(x) else f"{100 * x:.1f}"
+
+
+def _pts(x) -> str:
+    """A fraction as signed points with one decimal (no "-0.0")."""
+    if _missing(x):
+        return "-"
+    text = f"{100 * x:.1f}"
+    return "0.0" if text == "-0.0" else text
 
 
 def _num(x, fmt="{:,.0f}") -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+    return "-" if _missing(x) else fmt.format(x)
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -121,40 +150,70 @@ def seed_runs(metrics_dir: Path, dataset: str, kind: str) -> list[dict]:
     return runs
 
 
-def main_table(dataset: str, metrics_dir: Path) -> tuple[str, dict[str, dict]]:
-    """The main table: each variant's metrics as mean ± std over its seeds (when it has more than
-    one run), a mark when a variant is within the seed noise of the best one, and the cost
-    figures of the run at ``seed``. Also returns the statistics per variant (for summary.json)."""
+def _mean_std(mean, std, n) -> str:
+    """``mean ± std`` in percent over n >= 2 seeds; the mean alone for one run."""
+    if _missing(mean):
+        return "-"
+    return _pct(mean) if n < 2 or _missing(std) else f"{_pct(mean)} ± {_pct(std)}"
+
+
+def _ci(ci) -> str:
+    """An interval in points, ``lo to hi``; "-" when there is none (a side with n < 2)."""
+    return "-" if ci is None else f"{_pts(ci[0])} to {_pts(ci[1])}"
+
+
+def gap_record(metric: str, d: ablation_stats.Difference) -> dict:
+    """summary.json's record of MITP − a kind: mean difference over seeds, its 95% interval
+    (null when a side has n < 2), the Welch–Satterthwaite df, n of each side and the verdict."""
+    return {"metric": metric, "mean": d.mean, "ci95": list(d.ci) if d.ci is not None else None, "df": d.df,
+            "n": list(d.n), "verdict": d.verdict(KIND_NAMES[REFERENCE])}
+
+
+def main_table(dataset: str, metrics_dir: Path) -> tuple[str, dict[str, dict], dict[str, dict]]:
+    """The main table: each variant's metrics as mean ± sample std over its seeds, the difference
+    MITP − variant of the first metric with its Welch 95% interval and verdict, and the cost
+    figures of the run at ``seed``. Also returns the statistics per variant and the gap records
+    per compared variant (for summary.json)."""
     cols = DATASET_METRICS.get(dataset, [("test_accuracy", "Accuracy")])
+    key = cols[0][0]
     runs = {kind: rs for kind in KINDS if (rs := seed_runs(metrics_dir, dataset, kind))}
-    over_seeds = any(len(rs) > 1 for rs in runs.values())
     flat = [{"kind": kind, **r} for kind, rs in runs.items() for r in rs]
-    # the first metric decides which variant is best and which are within the seed noise of it
-    by_kind = ablation_stats.table(flat, ["kind"], cols[0][0])
-    marks = {s.config[0]: s.within_noise for s in by_kind}
+    by_kind = {s.config[0]: s for s in ablation_stats.table(flat, ["kind"], key)}
+    ref = by_kind.get(REFERENCE)
     stats: dict[str, dict] = {}
+    gaps: dict[str, dict] = {}
     rows = []
     for kind, rs in runs.items():
         cells = []
         for k, _ in cols:
             mean, std, n = ablation_stats.mean_std(r.get(k) for r in rs)
-            stats.setdefault(kind, {}).update({f"{k}_mean": mean, f"{k}_std": std, "seeds": n})
-            cells.append(_pm(mean, std) if over_seeds else _pct(mean))
+            stats.setdefault(kind, {}).update({f"{k}_mean": mean if n else None,
+                                               f"{k}_std": std if n > 1 else None, "seeds": n})
+            cells.append(_mean_std(mean, std, n))
+        n_key = by_kind[kind].n if kind in by_kind else 0
+        compare = []
+        if ref is not None:
+            if kind == REFERENCE:
+                compare = ["(reference)", "", ""]
+            elif kind in by_kind:
+                d = ablation_stats.welch(ref, by_kind[kind])
+                gaps[kind] = gap_record(key, d)
+                compare = [_pts(d.mean), _ci(d.ci), gaps[kind]["verdict"]]
+            else:
+                compare = ["-", "", ""]
         first = rs[0]
         seeds = ", ".join(str(r["seed"]) if "seed" in r else "?" for r in rs)
-        rows.append([KIND_LABELS[kind], *cells] + ([seeds, "≈ (within seed noise)" if marks.get(kind) else ""]
-                                                   if over_seeds else []) + [
-            _num(first.get("trainable_params")), _num(100 * first.get("trainable_ratio", float("nan")), "{:.2f}"),
-            _num(first.get("peak_memory_mb")), _num(first.get("train_samples_per_s"), "{:,.1f}")])
-    header = (["Model"] + [f"{label} (%)" + (", mean ± std" if over_seeds else "") for _, label in cols]
-              + (["seeds", "vs best"] if over_seeds else [])
+        rows.append([KIND_LABELS[kind], *cells, str(n_key), seeds, *compare,
+                     _num(first.get("trainable_params")), _num(100 * first.get("trainable_ratio", float("nan")), "{:.2f}"),
+                     _num(first.get("peak_memory_mb")), _num(first.get("train_samples_per_s"), "{:,.1f}")])
+    header = (["Model"] + [f"{label} (%), mean ± std" for _, label in cols] + ["n", "seeds"]
+              + ([f"MITP − model ({cols[0][1]}, points)", "95% CI", "verdict"] if ref is not None else [])
               + ["Trainable params", "Trainable (%)", "Peak memory (MB)", "Train throughput (samples/s)"])
-    text = md_table(header, rows)
-    if over_seeds:
-        noise = ablation_stats.seed_noise(by_kind)
-        text = (f"Seed noise (pooled std over seeds of one variant): {_pct(noise)} points; ≈ marks a mean within "
-                f"that of the best variant's. Cost columns: the run at the first seed listed.\n\n{text}")
-    return text, stats
+    note = "Cost columns: the run at the first seed listed."
+    if ref is not None:
+        note = (f"MITP − model: the difference of the mean {cols[0][1].lower()} over seeds, in points, with its "
+                f"95% confidence interval ({ablation_stats.CI_METHOD}). " + note)
+    return f"{note}\n\n{md_table(header, rows)}", stats, gaps
 
 
 def plot_curves(dataset: str, metrics_dir: Path, out: Path) -> Path | None:
@@ -194,18 +253,29 @@ def sweep_metric(df: pd.DataFrame) -> str | None:
     return None
 
 
-def ablation(df: pd.DataFrame, key: str, metric: str, noise: float | None = None,
-             anchor: dict | None = None) -> pd.DataFrame:
-    """Metric by value of one swept key: mean and std over runs, number of runs, and whether the
-    mean is within ``noise`` (the seed noise) of the best value's. With ``anchor`` (the chosen
-    configuration), the other keys stay at the anchor's values (spread = seeds only); without
-    it, or when the grid has no such line, the trials of the other settings are pooled."""
+def ablation(df: pd.DataFrame, key: str, metric: str, anchor: dict | None = None) -> tuple[pd.DataFrame, bool]:
+    """Metric by value of one swept key: mean, sample std and number of runs, and each value
+    compared with the reference value (the chosen configuration's, else the best mean): the
+    difference reference − value with its Welch 95% interval and verdict. With ``anchor`` (the
+    chosen configuration), the other keys stay at the anchor's values (spread = seeds only);
+    without it, or when the grid has no such line, the trials of the other settings are pooled.
+    Also returns whether the rows were pooled."""
     line = ablation_stats.along_axis(df, key, anchor) if anchor else []
-    rows = line if len({r.get(key) for r in line}) >= 2 else df
-    stats = ablation_stats.table(rows, [key], metric, noise=noise)
-    return pd.DataFrame({"mean": [s.mean for s in stats], "std": [s.std for s in stats], "runs": [s.n for s in stats],
-                         "within_noise": [s.within_noise for s in stats]},
-                        index=pd.Index([s.config[0] for s in stats], name=key)).sort_index()
+    pooled = len({r.get(key) for r in line}) < 2
+    stats = ablation_stats.table(df if pooled else line, [key], metric)
+    ref = (next((s for s in stats if ablation_stats.same_value(s.config[0], anchor[key])), None)
+           if anchor and key in anchor else None)
+    name = "chosen"
+    if ref is None and stats:
+        ref, name = max(stats, key=lambda s: s.mean), "best"
+    diffs = [ablation_stats.welch(ref, s) if s is not ref else None for s in stats]
+    table = pd.DataFrame({"mean": [s.mean for s in stats], "std": [s.std for s in stats], "runs": [s.n for s in stats],
+                          "reference": [s is ref for s in stats],
+                          "diff": [d.mean if d else math.nan for d in diffs],
+                          "ci95": [_ci(d.ci) if d else "" for d in diffs],
+                          "verdict": [d.verdict(name) if d else f"({name})" for d in diffs]},
+                         index=pd.Index([s.config[0] for s in stats], name=key)).sort_index()
+    return table, pooled
 
 
 def plot_ablation(dataset: str, key: str, table: pd.DataFrame, metric: str, out: Path) -> Path:
@@ -220,10 +290,6 @@ def plot_ablation(dataset: str, key: str, table: pd.DataFrame, metric: str, out:
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, out)
-
-
-def _pm(mean, std) -> str:
-    return "-" if _pct(mean) == "-" else f"{_pct(mean)} ± {_pct(std)}"
 
 
 def sweep_section(dataset: str, metrics_dir: Path, out_dir: Path) -> tuple[list[str], dict]:
@@ -242,27 +308,31 @@ def sweep_section(dataset: str, metrics_dir: Path, out_dir: Path) -> tuple[list[
               if val_metric in done else None)
     if chosen is not None and chosen.test_mean is not None:  # the val-chosen configuration's own test score
         summary["best_" + metric] = chosen.test_mean
-        summary["best_" + metric + "_std"] = chosen.test_std
+        summary["best_" + metric + "_std"] = chosen.test_std if chosen.test_n > 1 else None
+        summary["best_" + metric + "_n"] = chosen.test_n
         summary["best_config"] = chosen.config
-    noise = ablation_stats.seed_noise(ablation_stats.table(done, swept, metric))
-    lines.append(f"### Ablations ({len(df)} trials; metric: {metric}; mean ± std over runs)\n")
-    if not math.isnan(noise):
-        lines.append(f"Seed noise (pooled std over seeds of one configuration): {_pct(noise)} points; "
-                     "≈ marks a mean within that of the best value's.\n")
+    lines.append(f"### Ablations ({len(df)} trials; metric: {metric}; mean ± sample std over runs)\n")
+    lines.append("Each value is compared with a reference, the value of the configuration chosen on validation "
+                 "(else the value with the best mean): the difference reference − value in points with its 95% "
+                 f"confidence interval ({ablation_stats.CI_METHOD}) and the verdict it supports.\n")
     for key in ABLATION_KEYS:
         if key not in done or done[key].nunique() < 2:
             continue
         anchor = chosen.config if chosen is not None else None
-        table = ablation(done, key, metric, noise=noise, anchor=anchor)
+        table, pooled = ablation(done, key, metric, anchor=anchor)
         others = {k: v for k, v in (anchor or {}).items() if k != key}
         fixed = (["Other keys at the configuration chosen on validation: "
                   + ", ".join(f"`{k}={v}`" for k, v in others.items()) + "\n"]
-                 if others and int(table["runs"].sum()) < len(done) else [])
+                 if others and not pooled else [])
+        if pooled and len(swept) > 1:
+            fixed.append("The other keys' settings are pooled here: a row's spread is not over seeds alone.\n")
         png = plot_ablation(dataset, key, table, metric, out_dir / f"{dataset}_ablation_{key.split('.')[-1]}.png")
-        rows = [[str(v), _pm(r["mean"], r["std"]), str(int(r["runs"])), "≈ (within seed noise)" if r["within_noise"] else ""]
+        rows = [[str(v), _mean_std(r["mean"], r["std"], r["runs"]), str(int(r["runs"])),
+                 "" if r["reference"] else _pts(r["diff"]), r["ci95"], r["verdict"]]
                 for v, r in table.iterrows()]
         lines += [f"**{ABLATION_KEYS[key]}** (`{key}`)\n", *fixed,
-                  md_table([ABLATION_KEYS[key], "mean ± std (%)", "runs", "vs best"], rows), "",
+                  md_table([ABLATION_KEYS[key], "mean ± std (%)", "runs", "reference − value (points)", "95% CI",
+                            "verdict"], rows), "",
                   f"![{key}](figures/{png.name})\n"]
     cost_cols = [c for c in ("train_time_s", "train_samples_per_s", "peak_memory_mb", "trainable_params") if c in done]
     if cost_cols:
@@ -288,14 +358,16 @@ def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict
     figures.mkdir(parents=True, exist_ok=True)
     md = ["# MITP results\n",
           "Produced by `python -m pipeline.report` from `metrics/` (train and sweep stages). "
-          "Metrics in percent, on the test split, at the epoch with the best validation score.\n"]
+          "Metrics in percent, on the test split, at the epoch with the best validation score.\n",
+          STATS_NOTE + "\n"]
     summary: dict = {}
     for ds in datasets:
         runs = load_runs(metrics_dir, ds)
         seed_stats: dict[str, dict] = {}
+        gaps: dict[str, dict] = {}
         md.append(f"## {ds}\n")
         if runs:
-            table, seed_stats = main_table(ds, metrics_dir)
+            table, seed_stats, gaps = main_table(ds, metrics_dir)
             md += ["### Main table\n", table, ""]
             curves = plot_curves(ds, metrics_dir, figures / f"{ds}_curves.png")
             if curves:
@@ -307,11 +379,8 @@ def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict
         ds_sum = {kind: {**{k: v for k, v in r.items() if k.startswith("test_") or k in ("trainable_params", "trainable_ratio")},
                          **seed_stats.get(kind, {})}
                   for kind, r in runs.items()}
-        if "mitp" in runs:
-            key = DATASET_METRICS.get(ds, [("test_accuracy", "")])[0][0]
-            for other in ("late_fusion", "mitp_no_hub"):
-                if other in runs and key in runs[other]:
-                    ds_sum[f"mitp_minus_{other}"] = runs["mitp"][key] - runs[other][key]
+        for other, gap in gaps.items():  # means over seeds, never the run at `seed` alone
+            ds_sum[f"{REFERENCE}_minus_{other}"] = gap
         ds_sum["sweep"] = sweep_summary
         summary[ds] = ds_sum
     fingerprints = {ds: r.get("cache_fingerprint") for ds in datasets for r in load_runs(metrics_dir, ds).values()
@@ -321,6 +390,71 @@ def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict
            "- params:\n", "```", *(f"{k}: {v}" for k, v in to_flat_dict(params).items()
                                     if k.split(".")[0] in ("seed", "backbone", "model", "cache", "train", "sweep")),
            "```", ""]
+    md[3:3] = ["## Summary\n", readme_summary(summary), ""]
     write_text(out_dir / "report.md", "\n".join(md))
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _seeds_phrase(n: list[int]) -> str:
+    a, b = n
+    if a == b:
+        return f"{a} seed{'s' if a != 1 else ''} each"
+    return f"{a} and {b} seeds"
+
+
+def gap_sentence(metric: str, other: str, gap: dict) -> str:
+    """One sentence that says what a gap record supports, and no more."""
+    mitp, name = KIND_NAMES[REFERENCE], KIND_NAMES.get(other, other)
+    what = f"{mitp}'s {METRIC_NAMES.get(metric, metric.replace('_', ' '))}"
+    seeds = _seeds_phrase(gap["n"])
+    verdict = gap["verdict"]
+    if gap["ci95"] is None:
+        return (f"{what} minus that of {name} is {_pts(gap['mean'])} points, with too few seeds for an "
+                f"interval ({seeds}): no verdict.")
+    ci = f"95% CI {_ci(gap['ci95'])}, {seeds}"
+    if verdict == f"{mitp} higher":
+        return f"{what} is higher than that of {name} by {_pts(gap['mean'])} points ({ci})."
+    if verdict == f"{mitp} lower":
+        return f"{what} is lower than that of {name} by {_pts(-gap['mean'])} points ({ci})."
+    return (f"{what} is not distinguishable from that of {name} (difference {_pts(gap['mean'])} points, "
+            f"{ci}).")
+
+
+def readme_summary(summary: dict) -> str:
+    """The results block of README.md and report.md, rendered from ``summary.json``'s content
+    alone: per dataset, each kind's mean ± sample std over seeds and n, MITP − kind with its 95%
+    Welch interval and verdict, and one generated sentence per comparison."""
+    out = ["Mean ± sample standard deviation (ddof = 1) over seeds; n = 1 shows the one run. "
+           f"MITP − model: difference of the means in points, 95% CI by {ablation_stats.CI_METHOD}; "
+           "the verdict is \"MITP higher\" or \"MITP lower\" when the interval excludes 0, "
+           f"\"{ablation_stats.NOT_DISTINGUISHABLE}\" when it includes 0, "
+           f"\"{ablation_stats.NO_INTERVAL}\" when a side has a single seed. "
+           "Generated from `reports/summary.json` by `mitp.report.readme_summary`."]
+    for ds, ds_sum in summary.items():
+        kinds = [k for k in KINDS if isinstance(ds_sum.get(k), dict)]
+        if not kinds:
+            out += ["", f"**{ds}**: no training results."]
+            continue
+        gaps = {k: ds_sum[f"{REFERENCE}_minus_{k}"] for k in kinds
+                if isinstance(ds_sum.get(f"{REFERENCE}_minus_{k}"), dict)}
+        metric = next((g["metric"] for g in gaps.values()), DATASET_METRICS.get(ds, [("test_accuracy", "")])[0][0])
+        label = METRIC_NAMES.get(metric, metric.replace("_", " "))
+        rows = []
+        for k in kinds:
+            st = ds_sum[k]
+            n = st.get("seeds", 0)
+            row = [KIND_NAMES.get(k, k), _mean_std(st.get(f"{metric}_mean"), st.get(f"{metric}_std"), n), str(n)]
+            if k == REFERENCE:
+                row += ["(reference)", "", ""]
+            elif k in gaps:
+                g = gaps[k]
+                row += [_pts(g["mean"]), _ci(g["ci95"]), g["verdict"]]
+            else:
+                row += ["-", "", ""]
+            rows.append(row)
+        out += ["", f"**{ds}**", "",
+                md_table(["model", f"{label} (%)", "n", "MITP − model (points)", "95% CI", "verdict"], rows)]
+        if gaps:
+            out += ["", *(f"- {gap_sentence(metric, k, g)}" for k, g in gaps.items())]
+    return "\n".join(out)

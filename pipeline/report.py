@@ -19,7 +19,7 @@ def main() -> int:
     summary = build(params, datasets, params.resolve(args.metrics_dir), out)
     print(f"wrote {out / 'report.md'}")
     for ds, s in summary.items():
-        gaps = {k: round(v, 4) for k, v in s.items() if k.startswith("mitp_minus_")}
+        gaps = {k: (round(v["mean"], 4), v["verdict"]) for k, v in s.items() if k.startswith("mitp_minus_")}
         print(ds, gaps)
     return 0
 
