@@ -1,7 +1,8 @@
 """Training throughput from raw images/text vs from the feature cache, side by side in one run.
 
     python benchmarks/cache_speedup.py [--smoke] [--preset vit-base|tiny-random] [--start N]
-                                       [--steps N] [--batch-size B] [-S key=value ...]
+                                       [--steps N] [--warmup N] [--batch-size B] [--threads T]
+                                       [--repeats R] [-S key=value ...]
 
 Both paths train the same model (same initial weights, same optimizer, the training step of
 ``mitp.train.fit``, :func:`mitp.train.train_step`) on the same synthetic data for the same number of steps:
@@ -19,8 +20,12 @@ both, the measured ratio, the ratio a FLOP count predicts (``mitp.flops``: layer
 forward vs backward) and the fraction of that ceiling reached. ``vit-base`` builds ViT-B/16 and
 BERT-base with random weights from the configs shipped in ``mitp/backbone_configs`` (no
 download; timing does not depend on the weights); ``tiny-random`` uses the project's tiny pair.
+The backbones can also be named as ``params.yaml`` spells them, ``-S backbone.preset=vit-base+bert-base``
+(= ``--preset vit-base``) or ``-S backbone.preset=tiny-random``; no other ``backbone.*`` key applies
+(the benchmark builds its own backbones).
 The last output line is one JSON object (``measured_speedup``, ``predicted_speedup``, ``start``,
-``preset``, ...). ``--smoke`` (tiny-random, a few steps) takes well under a minute.
+``preset``, ...). ``--smoke`` (tiny-random, a few steps) takes well under a minute and runs the
+same code as the full run, the JSON line included.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ PRESETS = {
     "tiny-random": dict(start=2, image_size=32, max_text_length=16, steps=40, warmup=5, batch=32),
 }
 SMOKE = dict(steps=6, warmup=2, batch=16)
+# `-S backbone.preset=...` as params.yaml spells it -> the preset of this benchmark
+PARAMS_PRESETS = {"vit-base+bert-base": "vit-base", "tiny-random": "tiny-random"}
 VIT_BASE = "google/vit-base-patch16-224-in21k"
 BERT_BASE = "bert-base-uncased"
 
@@ -148,6 +155,7 @@ def run_worker(path: str, cfg: dict) -> dict:
         batch = to_device(batch, device)
         data_s += time.perf_counter() - td
         text_tokens.append(batch["attention_mask"].shape[1])
+        # the step's loss stays a tensor on the device (no host sync inside the timed loop)
         losses.append(train_step(model, batch, optimizer, scheduler, start_layer=loaders.start_layer,
                                  grad_clip=params.train.grad_clip, device=device))
     sync(device)
@@ -156,8 +164,8 @@ def run_worker(path: str, cfg: dict) -> dict:
     return {"path": path, "steps": steps, "seconds": seconds, "steps_per_s": steps / seconds,
             "samples_per_s": steps * cfg["batch"] / seconds, "data_seconds": data_s,
             "peak_memory_mb": peak_memory_mb(device), "memory_before_mb": memory_before, "start_layer": loaders.start_layer,
-            "mean_text_tokens": sum(text_tokens) / len(text_tokens), "loss_first": losses[0],
-            "loss_last": losses[-1], "device": str(device), "torch_threads": torch.get_num_threads()}
+            "mean_text_tokens": sum(text_tokens) / len(text_tokens), "loss_first": float(losses[0]),
+            "loss_last": float(losses[-1]), "device": str(device), "torch_threads": torch.get_num_threads()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +196,7 @@ def spawn(path: str, cfg: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="a quick run (tiny-random unless --preset, few steps)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="default: vit-base (tiny-random with --smoke)")
@@ -207,7 +215,28 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="where data and cache go (default: a temp folder, removed after)")
     ap.add_argument("--worker", choices=["raw", "cache"], help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def resolve_preset(args: argparse.Namespace, overrides: dict) -> str:
+    """The benchmark's preset from ``--preset`` or ``-S backbone.preset`` (removed from
+    ``overrides``); they must agree, and no other ``backbone.*`` override is taken."""
+    chosen = {args.preset} if args.preset else set()
+    if "backbone.preset" in overrides:
+        value = overrides.pop("backbone.preset")
+        if value not in PARAMS_PRESETS:
+            raise SystemExit(f"-S backbone.preset={value}: this benchmark builds its own backbones, one of "
+                             f"{', '.join(PARAMS_PRESETS)} (or --preset {'|'.join(sorted(PRESETS))})")
+        chosen.add(PARAMS_PRESETS[value])
+    if others := sorted(k for k in overrides if k.startswith("backbone.")):
+        raise SystemExit(f"-S {others[0]}: this benchmark builds its own backbones; choose them with --preset")
+    if len(chosen) > 1:
+        raise SystemExit(f"--preset and -S backbone.preset disagree ({' vs '.join(sorted(chosen))})")
+    return chosen.pop() if chosen else ("tiny-random" if args.smoke else "vit-base")
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
     if args.worker:
@@ -216,7 +245,8 @@ def main() -> int:
 
     from mitp.config import parse_override
 
-    preset_name = args.preset or ("tiny-random" if args.smoke else "vit-base")
+    overrides = dict(parse_override(o) for o in args.overrides)
+    preset_name = resolve_preset(args, overrides)
     preset = PRESETS[preset_name]
     size = SMOKE if args.smoke else preset
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cache_speedup-"))
@@ -224,7 +254,7 @@ def main() -> int:
            "start": preset["start"] if args.start is None else args.start,
            "steps": args.steps or size["steps"], "warmup": size["warmup"] if args.warmup is None else args.warmup,
            "batch": args.batch_size or size["batch"],
-           "threads": args.threads or (1 if preset_name == "tiny-random" else None), "overrides": dict(parse_override(o) for o in args.overrides)}
+           "threads": args.threads or (1 if preset_name == "tiny-random" else None), "overrides": overrides}
     try:
         return run_parent(cfg, args.repeats or (1 if args.smoke else 2))
     finally:

@@ -184,7 +184,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny-random shapes, a few seconds a row")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 8 (paper setting), 4 (smoke)")
@@ -193,7 +193,11 @@ def main() -> int:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     if args.worker:
         Path(args.out).write_text(json.dumps(run_worker(json.loads(args.worker))))
         return 0

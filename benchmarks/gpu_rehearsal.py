@@ -152,11 +152,15 @@ def step_cache_bench(ws: Path, device: str, out: dict) -> bool:
     return rc == 0
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu", action="store_true", help="without CUDA, run steps 2-4 on the CPU anyway")
     ap.add_argument("--keep", default=None, help="workspace folder to keep (default: a temp folder, removed)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = build_parser().parse_args()
 
     import torch
 

@@ -111,7 +111,7 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="4 tiny trainings (about two minutes)")
     p.add_argument("--trials", type=int, default=None, help="N trainings (default 8; smoke 4)")
@@ -122,7 +122,11 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the work dir (data, MLflow store, Ray results)")
     p.add_argument("--pool", action=argparse.BooleanOptionalAction, default=True,
                    help="also time a plain multiprocessing pool (the machine's parallel ceiling)")
-    args = p.parse_args()
+    return p
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     args.trials = args.trials or (4 if args.smoke else 8)
     args.epochs = args.epochs or (1 if args.smoke else 5)
     args.n_train = args.n_train or (192 if args.smoke else 3000)

@@ -171,14 +171,18 @@ def startup_seconds(timeout: float) -> float:
         return float(found.group(1)) - launched
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="a few steps: checks the machinery, not the speed")
     ap.add_argument("--steps", type=int, default=60, help="timed steps per path (split in rounds)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compile", default="true", help="the fast path's train.compile: auto | true | false")
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up measurement")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     torch.set_num_threads(1)
     steps, rounds, warmup = (4, 1, 2) if args.smoke else (args.steps, args.rounds, 5)
 

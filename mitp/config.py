@@ -143,6 +143,13 @@ class TrainConfig(Strict):
     compile: Literal["auto"] | bool = Field(
         "auto", description="torch.compile the training forward/backward (auto: on CUDA with Triton; see mitp/compiled.py)")
     checkpoint_dir: str = "data/runs"
+    threads: int = Field(1, ge=1, le=1024, description="torch CPU threads of one run: the numbers depend on it "
+                                                         "(float sums split otherwise), so trials and standalone runs "
+                                                         "use the same (mitp/determinism.py)")
+    cpu_kernels: Literal["native", "portable"] = Field(
+        "native", description="native: this CPU's fastest kernels (numbers repeat on the same CPU model); portable: "
+                              "the same numbers on any x86-64 CPU with AVX2, slower (mitp/determinism.py)")
+    deterministic: bool = Field(True, description="CUDA: deterministic algorithms (cuBLAS workspace, no cuDNN autotune)")
 
 
 class MlflowConfig(Strict):
@@ -199,9 +206,9 @@ class Params(Strict):
 
     seed: int = 0
     extra_seeds: list[int] = Field(
-        default_factory=lambda: [1], min_length=1,
-        description="the main table's kinds also train on these seeds (dvc stages train_seeds, "
-                    "train_finetune_seeds); the report gives mean ± std over seed and these")
+        default_factory=lambda: [1, 2], min_length=1,
+        description="the main table (stage train, mitp/table.py) trains every kind on seed and on each of "
+                    "these; the report gives mean ± std and intervals over all of them")
     datasets: list[str] = Field(default_factory=lambda: ["synthetic"], min_length=1)
     backbone: BackboneConfig = BackboneConfig()
     model: ModelConfig = ModelConfig()

@@ -134,9 +134,9 @@ def load_runs(metrics_dir: Path, dataset: str) -> dict[str, dict]:
 
 def seed_runs(metrics_dir: Path, dataset: str, kind: str) -> list[dict]:
     """Every seed's metrics of one variant: ``train_<kind>.json`` (the run at ``seed``), then
-    ``train_<kind>_seed<N>.json`` (``extra_seeds``) by N."""
+    ``seeds/train_<kind>_seed<N>.json`` (``extra_seeds``, the main table's stage) by N."""
     d = metrics_dir / dataset
-    extra = sorted((int(m.group(1)), f) for f in d.glob(f"train_{kind}_seed*.json")
+    extra = sorted((int(m.group(1)), f) for f in (d / "seeds").glob(f"train_{kind}_seed*.json")
                    if (m := re.fullmatch(rf"train_{kind}_seed(\d+)\.json", f.name)))
     files = [d / f"train_{kind}.json", *(f for _, f in extra)]
     runs, seeds = [], set()

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from mitp import backbones as backbones_mod
-from mitp import checkpoint, metrics, mlflow_model, tracking, trained_model
+from mitp import checkpoint, metrics, mlflow_model, runtime, tracking, trained_model
 from mitp.compiled import StepRunner, wants_compile
 from mitp.config import Params
 from mitp.data import loaders as loaders_mod
@@ -31,6 +31,7 @@ from mitp.errors import UserError
 from mitp.memory import peak_memory_mb, reset_peak_memory
 from mitp.model import TwoTowers
 from mitp.model_kinds import build_model as build_kind
+from mitp.runtime import pick_device  # noqa: F401  (benchmarks import it from here)
 from mitp.sweep.space import check_cache_layer
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class TrainResult:
     run_id: str | None = None
     weights_path: Path | None = None
     tags: dict[str, str] = field(default_factory=dict)  # lineage: git commit, backbone, cache fingerprint
+    metrics_path: Path | None = None  # where fit_and_record wrote the metrics JSON
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,14 +62,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device: cuda requested but no CUDA device is available")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 def build_model(params: Params, backbones, num_labels: int, multi_label: bool,
@@ -197,8 +191,11 @@ def _fit(
     registry as ``register`` when a name is given.
     """
     check_cache_layer(params)  # also refuses the cache for finetune
-    device = pick_device(params.train.device)
-    bb = backbones_mod.load(params.backbone, device)  # may build the tiny-random pair, which draws random numbers
+    # device, threads, kernels, CUDA determinism: before anything computes (mitp.runtime)
+    device, run_tags = runtime.setup(params.train)
+    # on the CPU: the model's layers run where they were loaded; on CUDA only the layers that run
+    # move to the GPU (with the model, below), never the layers below k the cached path drops
+    bb = backbones_mod.load(params.backbone, torch.device("cpu"))  # may build the tiny-random pair (random numbers)
     loaders = loaders_mod.build(params, dataset, bb, device)
     # Seeded here, after everything that may or may not draw random numbers depending on what is
     # already on disk: prompt init, dropout and shuffling are the same on a first run and a re-run.
@@ -231,7 +228,7 @@ def _fit(
     # the model as the paper counts it (whole backbones), whatever the cached path left out of memory
     n_total = n_backbones + sum(p.numel() for name, p in model.named_parameters()
                                 if not name.startswith(("vision.", "text.")))
-    tags = {**tracking.lineage_tags(params, dataset), "data_source": loaders.source, **(extra_tags or {})}
+    tags = {**tracking.lineage_tags(params, dataset), **run_tags, "data_source": loaders.source, **(extra_tags or {})}
     tags.update({k: str(v) for k, v in loaders.info.items()})
 
     with tracking.start_run(params, run_name=run_name or f"{dataset}-{params.model.kind}", tags=tags,
@@ -339,3 +336,29 @@ def _fit(
         if registered:
             tags["registered_model"] = registered
     return TrainResult(final, history, best_epoch, run_id, weights_path, tags)
+
+
+def fit_and_record(params: Params, dataset: str, *, run_name: str | None = None, metrics_out: str | Path | None = None,
+                   history_out: str | Path | None = None, model_out: str | Path | None = None,
+                   register: str | None = None, fresh: bool = False) -> TrainResult:
+    """One training as ``python -m pipeline.train`` runs it (and each run of the main table,
+    :mod:`mitp.table`): :func:`fit` on the run's checkpoint folder, then its metrics and history
+    JSON. ``fresh`` drops an interrupted run's checkpoint first; otherwise the run resumes it."""
+    from mitp.atomic import write_json
+    from mitp.run_layout import train_paths
+
+    paths = train_paths(params, dataset, metrics_out=metrics_out, history_out=history_out)
+    # held from --fresh to the final clean-up, so a second identical training touches nothing
+    with checkpoint.locked(paths.checkpoint):
+        if fresh:
+            paths.clear_checkpoint()
+        result = fit(params, dataset, run_name=run_name, checkpoint_dir=paths.checkpoint, weights_out=paths.weights,
+                     model_out=model_out or paths.weights.parent / "model", register=register)
+        lineage = {k: v for k, v in result.tags.items()
+                   if k in ("git_commit", "backbone", "cache_fingerprint") or k.startswith("run.")}
+        write_json(paths.metrics, {"dataset": dataset, "model_kind": params.model.kind, "seed": params.seed,
+                                   "run_id": result.run_id, **lineage, **result.metrics})
+        write_json(paths.history, result.history)
+        paths.clear_checkpoint()  # finished: only an interrupted run leaves a checkpoint to resume
+    result.metrics_path = paths.metrics
+    return result

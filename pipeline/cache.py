@@ -49,9 +49,9 @@ def main() -> int:
         print(est.describe())
         print(f"free at {params.features_dir(dataset)}: {human(free_bytes(params.features_dir(dataset)))}")
         return 0
-    from mitp.train import pick_device
+    from mitp import runtime
 
-    device = pick_device(params.train.device)
+    device, _ = runtime.setup(params.train)  # the features depend on threads and kernels too
     bb = backbones.load(params.backbone, device)
     print(f"caching {dataset}: hidden states entering layer {params.cache.layer} on {device}")
     summary = build_cache(params, dataset, bb, device, force=args.force, full_verify=args.verify, say=print)

@@ -28,9 +28,15 @@ def parser(description: str, dataset: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def load(args: argparse.Namespace) -> tuple[Params, str | None]:
+def load(args: argparse.Namespace, sweep_space: bool = True) -> tuple[Params, str | None]:
+    """Load and check the params. ``sweep_space=False`` checks the configured model alone: the
+    cache-layer rule then applies to its own start, not to every start ``sweep.space`` can give
+    (``pipeline.info`` counts the parameters of one model and reads no cache)."""
     params = load_params(args.params, args.overrides)
-    check_params(params)
+    if sweep_space:
+        check_params(params)
+    else:
+        check_params(params.model_copy(update={"sweep": params.sweep.model_copy(update={"space": {}})}))
     name = getattr(args, "dataset", None)
     if hasattr(args, "dataset"):
         name = name or params.datasets[0]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from mitp import inference, trained_model
 from mitp.atomic import write_json
+from mitp.runtime import pick_device
 from mitp.tracking import tracking_uri
-from mitp.train import pick_device
 from pipeline import cli
 
 

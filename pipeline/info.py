@@ -2,7 +2,8 @@
 
 Prints one JSON object: trainable/total parameter counts, their ratio, and the trainable count
 by part (prompts, hub, head; PMF: prompts, mappers, head). Builds the backbones from configs:
-no download, no weights.
+no download, no weights. The cache-layer rule is checked against this model's own start only,
+not against the starts ``sweep.space`` can give (the sweep's stage checks those).
 """
 
 import json
@@ -13,7 +14,7 @@ from pipeline import cli
 
 def main() -> int:
     args = cli.parser(__doc__.splitlines()[0]).parse_args()
-    params, dataset = cli.load(args)
+    params, dataset = cli.load(args, sweep_space=False)  # one model: its own start, not the sweep's
     print(json.dumps(model_summary(params, dataset), indent=2))
     return 0
 

@@ -27,8 +27,8 @@ from mitp import inference, trained_model
 from mitp.atomic import atomic_path
 from mitp.errors import UserError
 from mitp.mlflow_model import prediction_record
+from mitp.runtime import pick_device
 from mitp.tracking import tracking_uri
-from mitp.train import pick_device
 from pipeline import cli
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}

@@ -27,31 +27,18 @@ def main() -> int:
     args = p.parse_args()
     # torch, transformers and MLflow load only once the arguments parse: `--help` and a bad
     # override answer at once
-    from mitp import checkpoint
-    from mitp.atomic import write_json
     from mitp.config import shown_path
-    from mitp.run_layout import train_paths
-    from mitp.train import fit
+    from mitp.train import fit_and_record
 
     params, dataset = cli.load(args)
-    paths = train_paths(params, dataset, metrics_out=args.metrics_out, history_out=args.history_out)
-    # held from --fresh to the final clean-up, so a second identical training touches nothing
-    with checkpoint.locked(paths.checkpoint):
-        if args.fresh:
-            paths.clear_checkpoint()
-        result = fit(params, dataset, run_name=args.run_name, checkpoint_dir=paths.checkpoint,
-                     weights_out=paths.weights, model_out=args.model_out or paths.weights.parent / "model",
-                     register=args.register or params.mlflow.register_model)
-        lineage = {k: v for k, v in result.tags.items() if k in ("git_commit", "backbone", "cache_fingerprint")}
-        write_json(paths.metrics, {"dataset": dataset, "model_kind": params.model.kind, "seed": params.seed,
-                                   "run_id": result.run_id, **lineage, **result.metrics})
-        write_json(paths.history, result.history)
-        paths.clear_checkpoint()  # finished: only an interrupted run leaves a checkpoint to resume
+    result = fit_and_record(params, dataset, run_name=args.run_name, metrics_out=args.metrics_out,
+                            history_out=args.history_out, model_out=args.model_out,
+                            register=args.register or params.mlflow.register_model, fresh=args.fresh)
     shown = {k: v for k, v in result.metrics.items() if k.startswith(("test_", "val_")) or k.endswith("params")}
     print(json.dumps(shown, indent=2))
     if result.tags.get("registered_model"):
         print(f"registered model: {result.tags['registered_model']}")
-    print(f"metrics: {shown_path(paths.metrics)}")
+    print(f"metrics: {shown_path(result.metrics_path)}")
     return 0
 
 

@@ -3,6 +3,7 @@ own data/, metrics/ or dvc.lock)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -43,12 +44,25 @@ def edit_params(repo: Path, values: dict[tuple[str, ...], object]) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def repro(repo: Path, *targets: str) -> list[str]:
-    """Run ``dvc repro [targets]`` in the copy; return the names of the stages that ran."""
+def workspace_env(repo: Path) -> dict[str, str]:
+    """The environment a user's shell has in the copy: its venv first, no tracking/Ray overrides."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(repo)
-    out = subprocess.run(["dvc", "repro", *targets], cwd=repo, env=env, capture_output=True, text=True,
-                         timeout=1500)
+    return env
+
+
+def repro(repo: Path, *targets: str) -> list[str]:
+    """Run ``dvc repro [targets]`` in the copy; return the names of the stages that ran."""
+    out = subprocess.run(["dvc", "repro", *targets], cwd=repo, env=workspace_env(repo), capture_output=True,
+                         text=True, timeout=1500)
     assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-4000:])
     return sorted(set(re.findall(r"Running stage '([^']+)'", out.stdout)))
+
+
+def changed_stages(repo: Path) -> set[str]:
+    """The stages ``dvc status`` lists as changed in the copy."""
+    out = subprocess.run(["dvc", "status", "--json"], cwd=repo, env=workspace_env(repo), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return set(json.loads(out.stdout or "{}"))

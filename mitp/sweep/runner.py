@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mitp import tracking
 from mitp.atomic import write_json, write_text
+from mitp.code_closure import closure
 from mitp.config import REPO_ROOT, Params, shown_path, to_flat_dict
 from mitp.errors import ConfigError
 from mitp.sweep import results as results_mod
@@ -111,6 +110,10 @@ def connect_ray(params: Params) -> bool:
 
 def check_resources(params: Params) -> None:
     res = params.sweep.resources_per_trial
+    if res.cpu < params.train.threads:
+        raise ConfigError(f"sweep.resources_per_trial.cpu: {res.cpu:g} is below train.threads {params.train.threads}: a "
+                          "trial runs train.threads torch threads, as a standalone run does (so their numbers agree); "
+                          "give each trial at least that many CPUs or lower train.threads")
     if params.train.device == "cuda" and res.gpu == 0:
         raise ConfigError("sweep.resources_per_trial.gpu: 0, but train.device is cuda: give each trial a GPU "
                           "share (e.g. 0.5) or set train.device=auto")
@@ -123,11 +126,10 @@ def ensure_cache(params: Params, dataset: str, say: Callable[[str], None]) -> st
     """Build (or verify) the feature cache every trial reads; returns its fingerprint hash."""
     if not params.cache.enabled:
         return None
-    from mitp import backbones
+    from mitp import backbones, runtime
     from mitp.cache import build_cache
-    from mitp.train import pick_device
 
-    device = pick_device(params.train.device)
+    device, _ = runtime.setup(params.train)  # the features depend on threads and kernels too
     summary = build_cache(params, dataset, backbones.load(params.backbone, device), device, progress=False,
                           say=lambda m: log.info("%s", m))
     say(f"feature cache of {dataset} ready (layer {params.cache.layer}, fingerprint {summary.fingerprint_hash})")
@@ -184,21 +186,20 @@ def collect_rows(exp_path: str, grid, space: SweepSpace) -> list[dict[str, Any]]
     return rows
 
 
-# Orchestration inside the sweep stage's code deps: it cannot change a trial's numbers.
-ORCHESTRATION = ("mitp/sweep/runner.py", "mitp/sweep/results.py")
+# The sweep's entry module: its import closure is the code behind a trial's numbers.
+SWEEP_ENTRY = "pipeline.sweep"
+
+# Orchestration in that closure: it starts trials, resumes them and collects their rows, but
+# cannot change a trial's numbers, so editing it must resume (not restart) an existing sweep.
+# Keep this list explicit and short: a file wrongly here lets a code change reuse stale trials.
+ORCHESTRATION = ("mitp/sweep/runner.py", "mitp/sweep/results.py", "pipeline/sweep.py")
 
 
 def result_code(repo: Path = REPO_ROOT) -> list[Path]:
-    """The code that computes a trial's result (a change must not resume an old sweep): the
-    ``mitp/`` deps of the sweep stage in ``dvc.yaml`` (else all of ``mitp``), less ORCHESTRATION."""
-    dvc_file = repo / "dvc.yaml"
-    if dvc_file.is_file():
-        stage = yaml.safe_load(dvc_file.read_text())["stages"]["sweep"]
-        deps = [d for d in stage.get("do", stage)["deps"] if d.startswith("mitp/")]
-    else:
-        deps = ["mitp"]
-    files = {f for d in deps for f in ((repo / d).rglob("*.py") if (repo / d).is_dir() else [repo / d])}
-    return sorted(f for f in files if f.relative_to(repo).as_posix() not in ORCHESTRATION)
+    """The code that computes a trial's result (a change must not resume an old sweep): every
+    project file importing ``pipeline.sweep`` can load (:func:`mitp.code_closure.closure`, the
+    same closure the sweep stage's ``deps`` in ``dvc.yaml`` must cover), less ORCHESTRATION."""
+    return [repo / f for f in closure([SWEEP_ENTRY], repo) if f not in ORCHESTRATION]
 
 
 def code_fingerprint(repo: Path = REPO_ROOT) -> str:

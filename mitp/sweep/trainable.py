@@ -97,7 +97,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     from mitp.train import TrainingDiverged, fit
 
     t_start = time.perf_counter()  # trial_wall_s: the trial's own work, after the imports a fresh process pays once
-    torch.set_num_threads(max(1, int(spec.cpus)))
+    # threads and kernels come from train.* inside fit (mitp.determinism), as in a standalone run:
+    # a trial's numbers equal those of `pipeline.train` with the same configuration and seed
     os.environ["MLFLOW_TRACKING_URI"] = spec.tracking_uri
     overrides = spec.space.trial_overrides(config)
     params = trial_params(spec.base_raw, overrides, f"sweep trial ({describe_overrides(overrides)})")

@@ -43,3 +43,22 @@ def hold_checkpoint() -> None:
 
 if __name__ == "__main__":
     hold_checkpoint()
+
+
+def train_killed_at_step(params, dataset: str, kill_at: int, outputs: dict) -> None:
+    """``fit_and_record`` that dies by SIGKILL (no clean-up, as a killed node) as training step
+    ``kill_at`` (counted over the whole run, from 1) begins: mid-epoch."""
+    import signal
+
+    from mitp import train
+
+    step_fn, calls = train.train_step, [0]
+
+    def dying_step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return step_fn(*args, **kwargs)
+
+    train.train_step = dying_step
+    train.fit_and_record(params, dataset, fresh=True, **outputs)

@@ -1,9 +1,11 @@
 """`dvc repro` end to end on a copy of the repository: every stage runs, the report holds real
-numbers (each kind over two seeds), a second repro runs nothing, and a change of model.hub_size
-re-runs only train / train_seeds / sweep / report.
+numbers (each kind over its seeds), a sweep trial equals the standalone training of the same
+configuration and seed, a second repro runs nothing, a change of model.hub_size re-runs only
+train / sweep / report, and an edit of a module re-runs exactly the stages that import it.
 
-The copy's params.yaml is the offline default shrunk in size (fewer samples, epochs and sweep
-trials) so the test fits in CI; the full default is what `make repro` runs.
+The copy's params.yaml is the offline default shrunk in size (fewer samples and epochs, a
+two-configuration sweep of one seed each) so the test fits in CI; the full default is what
+`make repro` runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import json
 from pathlib import Path
 
 import pytest
-from dvc_workspace import copy_repo, edit_params, repro
+from documented_commands import run_needs_outputs
+from dvc_workspace import changed_stages, copy_repo, edit_params, repro
+
+from mitp.code_closure import closure, stage_modules
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +28,27 @@ SMOKE = {
     ("train", "epochs"): 2,
     ("train", "compile"): False,  # compiling costs more than these tiny runs train
 }
+KINDS = ("mitp", "mitp_no_hub", "late_fusion", "pmf", "finetune")
 
 
-def _shrink(repo: Path, hub_size: int | None = None) -> None:
-    values = {**SMOKE, ("sweep", "space"): {"model.prompt_length": {"grid": [4, 8]}},
-              ("sweep", "num_samples"): 1, ("sweep", "train", "epochs"): 1}
-    if hub_size is not None:
-        values[("model", "hub_size")] = hub_size
+def _shrink(repo: Path, hub_size: int = 64) -> None:
+    # the sweep's h = 64 configuration is the main table's MITP: same params, same seed
+    values = {**SMOKE, ("sweep", "space"): {"model.hub_size": {"grid": [hub_size, 16]}},
+              ("sweep", "num_samples"): 1, ("sweep", "train"): {}, ("model", "hub_size"): hub_size}
     edit_params(repo, values)
+
+
+def _stages_importing(repo: Path, module_file: str) -> set[str]:
+    """The dvc stages (as `dvc status` names them) whose command's import closure holds the file."""
+    import yaml
+
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    out = set()
+    for name, spec in stages.items():
+        body = spec.get("do", spec)
+        if module_file in closure(stage_modules(body["cmd"]), repo):
+            out |= {f"{name}@synthetic"} if "foreach" in spec else {name}
+    return out
 
 
 def test_dvc_repro_end_to_end(tmp_path):
@@ -38,31 +56,60 @@ def test_dvc_repro_end_to_end(tmp_path):
     _shrink(repo)
 
     ran = repro(repo)
-    kinds = ("mitp", "mitp_no_hub", "late_fusion", "pmf")
-    trainings = {"train_finetune@synthetic", "train_finetune_seeds@synthetic-1",
-                 *(f"train@synthetic-{k}" for k in kinds), *(f"train_seeds@synthetic-{k}-1" for k in kinds)}
-    expected = {"download@synthetic", "prepare@synthetic", "backbone", "cache@synthetic", "sweep@synthetic",
-                "report", *trainings}
+    expected = {"download@synthetic", "prepare@synthetic", "backbone", "cache@synthetic", "train@synthetic",
+                "sweep@synthetic", "report"}
     assert set(ran) == expected
 
     report = (repo / "reports" / "report.md").read_text()
     assert "### Main table" in report and "| MITP | " in report and "mean ± std" in report
     summary = json.loads((repo / "reports" / "summary.json").read_text())
-    for kind in (*kinds, "finetune"):
+    for kind in KINDS:
         acc = summary["synthetic"][kind]["test_accuracy"]
         assert 0.0 < acc <= 1.0
-        assert summary["synthetic"][kind]["seeds"] == 2  # seed and extra_seeds, each run once
-        seed1 = json.loads((repo / "metrics" / "synthetic" / f"train_{kind}_seed1.json").read_text())
-        assert seed1["seed"] == 1 and seed1["model_kind"] == kind
+        assert summary["synthetic"][kind]["seeds"] == 3  # seed and extra_seeds, each run once
+        for seed in (1, 2):
+            extra = json.loads((repo / "metrics" / "synthetic" / "seeds" / f"train_{kind}_seed{seed}.json").read_text())
+            assert extra["seed"] == seed and extra["model_kind"] == kind
     assert summary["synthetic"]["sweep"]["trials"] == 2
     pngs = list((repo / "reports" / "figures").glob("*.png"))
     assert any(p.name == "synthetic_curves.png" for p in pngs)
-    assert any("prompt_length" in p.name for p in pngs)
+    assert any("hub_size" in p.name for p in pngs)
     for p in pngs:
         assert p.read_bytes()[:4] == b"\x89PNG"
 
+    # the README's and docs' commands that use the demo's outputs (evaluate, predict) run as written
+    run_needs_outputs(repo)
+
+    # the same configuration and seed, as a sweep trial (one thread in a Ray worker) and as a
+    # run of the main table (a pool worker beside another training): the same numbers
+    import pandas as pd
+
+    trials = pd.read_csv(repo / "metrics" / "synthetic" / "sweep.csv")
+    trial = trials[(trials["model.hub_size"] == 64) & (trials["seed"] == 0)].iloc[0]
+    standalone = json.loads((repo / "metrics" / "synthetic" / "train_mitp.json").read_text())
+    assert trial["test_accuracy"] == standalone["test_accuracy"]
+    assert trial["test_loss"] == standalone["test_loss"]
+    assert trial["best_epoch"] == standalone["best_epoch"]
+
     assert repro(repo) == [], "a second repro must run nothing"
+    assert changed_stages(repo) == set()
+
+    # an edit of a module re-runs exactly the stages whose commands import it
+    cases = {"mitp/compiled.py": {"train@synthetic", "sweep@synthetic"},  # StepRunner
+             "mitp/data/safe_names.py": {"prepare@synthetic"},  # unsafe_reason
+             "mitp/model_kinds.py": {"train@synthetic", "sweep@synthetic"},  # build_model
+             "mitp/config.py": set(expected)}  # ModelConfig: every stage loads the params
+    for module_file, must in cases.items():
+        path = repo / module_file
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# a comment\n")
+        try:
+            listed = changed_stages(repo)
+        finally:
+            path.write_bytes(original)
+        assert must <= listed, (module_file, listed)
+        assert listed == _stages_importing(repo, module_file), (module_file, listed)
+    assert changed_stages(repo) == set()
 
     _shrink(repo, hub_size=32)
-    assert set(repro(repo)) == {"sweep@synthetic", "report", *(f"train@synthetic-{k}" for k in kinds),
-                                *(f"train_seeds@synthetic-{k}-1" for k in kinds)}
+    assert set(repro(repo)) == {"sweep@synthetic", "report", "train@synthetic"}

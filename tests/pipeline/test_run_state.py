@@ -136,3 +136,35 @@ def test_run_summary_shows_the_selected_epoch_not_the_last(synthetic_prepared, m
     assert summary["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"])
     assert summary["best_epoch"] == 2
     assert summary["val_accuracy"] == pytest.approx(0.60), "val_* stays the per-epoch curve"
+
+
+def test_a_run_killed_mid_epoch_and_resumed_ends_as_one_never_interrupted(synthetic_prepared, tmp_path):
+    """SIGKILL in the middle of epoch 2 (no clean-up), then the same training again: it resumes
+    from the epoch-1 checkpoint and ends with exactly the metrics of an uninterrupted run."""
+    from run_state_workers import train_killed_at_step
+
+    params = synthetic_prepared.model_copy(deep=True)
+    params.cache.enabled = False
+    params.train.epochs, params.train.patience = 3, None
+    steps_per_epoch = -(-params.data.synthetic.n_train // params.train.batch_size)
+
+    outputs = {"metrics_out": tmp_path / "m.json", "history_out": tmp_path / "h.json", "model_out": tmp_path / "model"}
+    whole = train.fit_and_record(params, "synthetic", fresh=True, **outputs)
+    uninterrupted = json.loads(whole.metrics_path.read_text())
+
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=train_killed_at_step, args=(params, "synthetic", steps_per_epoch + 2, outputs))
+    child.start()
+    child.join(timeout=600)
+    assert child.exitcode == -9, "the training was not killed mid-epoch"
+    from mitp.run_layout import train_paths
+
+    ckpt = train_paths(params, "synthetic").checkpoint
+    assert json.loads((ckpt / checkpoint.META).read_text())["epoch"] == 0, "epoch 1's checkpoint must be the last"
+
+    resumed = train.fit_and_record(params, "synthetic", **outputs)  # no fresh: resume
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    after = json.loads(resumed.metrics_path.read_text())
+    for key in ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_epoch"):
+        assert after[key] == uninterrupted[key], key
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]

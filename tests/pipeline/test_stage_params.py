@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mitp.code_closure import stage_modules
 from mitp.config import REPO_ROOT
 from tests.conftest import tmp_overrides
 from tests.pipeline.param_reads import env_for, read_keys, sitecustomize_source
@@ -46,11 +47,14 @@ def _overrides(root: Path) -> list[str]:
 
 
 def run_stage(root: Path, stage: str, *args: str) -> set[str]:
+    """Run the dvc stage ``stage`` (its module: the ``python -m`` of its command in dvc.yaml)."""
     site = root / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(sitecustomize_source())
     record = root / f"reads-{stage}.txt"
-    cmd = [sys.executable, "-m", f"pipeline.{stage}", *args, *_overrides(root)]
+    spec = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]
+    module = stage_modules(spec.get("do", spec)["cmd"])[0]
+    cmd = [sys.executable, "-m", module, *args, *_overrides(root)]
     out = subprocess.run(cmd, cwd=REPO_ROOT, env=env_for(record, site, REPO_ROOT), capture_output=True,
                          text=True, timeout=900)
     assert out.returncode == 0, f"{stage}: {out.stderr[-3000:]}"
@@ -68,10 +72,11 @@ def pipeline_run(tmp_path_factory):
         "prepare": run_stage(root, "prepare", *ds),
         "backbone": run_stage(root, "backbone"),
         "cache": run_stage(root, "cache", *ds),
-        "train": run_stage(root, "train", *ds, "-S", "model.kind=mitp", "--fresh", "--run-name", "t",
-                           "--metrics-out", str(metrics / "train_mitp.json"),
-                           "--history-out", str(metrics / "train_mitp_history.json")),
+        # the main table, cut to one kind on the cache and fine-tuning (raw inputs), on seed and extra_seeds
+        "train": run_stage(root, "train", *ds, "--kinds", "mitp,finetune", "--metrics-dir", str(root / "metrics"),
+                           "--models-dir", str(root / "models")),
     }
+    assert (metrics / "train_mitp.json").is_file() and (metrics / "seeds" / "train_finetune_seed1.json").is_file()
     reads["report"] = run_stage(root, "report", "--metrics-dir", str(root / "metrics"))
     return root, reads
 

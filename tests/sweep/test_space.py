@@ -109,7 +109,8 @@ def test_starts_in_use(make_params):
 
 def test_every_check_of_the_cache_layer_rule_is_reached(make_params, tmp_path):
     """Loading no longer applies the rule, so each place that checks it is reached and refuses:
-    a stage's entry (the train config and the sweep space), the cache build, the sweep."""
+    a stage's entry (the train config and the sweep space), the cache build, the sweep.
+    ``pipeline.info`` counts one model, so it applies the rule to that model's start only."""
     import re
     import subprocess
     import sys
@@ -124,9 +125,11 @@ def test_every_check_of_the_cache_layer_rule_is_reached(make_params, tmp_path):
     sweep_bad = {"cache.layer": 2, "model.interaction.start": 2, "sweep.space": {"model.interaction.start": [1, 2]}}
     train_msg = r"cache\.layer: 2 is above model\.interaction\.start 1"
     sweep_msg = r"sweep\.space\.model\.interaction\.start: value 1 is below cache\.layer 2"
-    for overrides, message in ((train_bad, train_msg), (sweep_bad, sweep_msg)):
+    # the sweep's rule at the entry of a stage that serves the sweep (--estimate-only: it would write nothing)
+    stages = (["pipeline.info"], ["pipeline.cache", "--estimate-only"])
+    for overrides, message, stage in ((train_bad, train_msg, stages[0]), (sweep_bad, sweep_msg, stages[1])):
         params = make_params(overrides)  # loads: the schema alone does not know the rule
-        out = subprocess.run([sys.executable, "-m", "pipeline.info", "--dataset", "synthetic", *set_args(overrides)],
+        out = subprocess.run([sys.executable, "-m", *stage, "--dataset", "synthetic", *set_args(overrides)],
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert len([ln for ln in out.stderr.splitlines() if ln.startswith("error:")]) == 1
@@ -136,6 +139,9 @@ def test_every_check_of_the_cache_layer_rule_is_reached(make_params, tmp_path):
         assert not params.features_dir("synthetic").exists()
         with pytest.raises(ConfigError, match=message):
             validate_trials(params, build_space(params), base_raw_of(params))
+    info = subprocess.run([sys.executable, "-m", "pipeline.info", "--dataset", "synthetic", *set_args(sweep_bad)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert info.returncode == 0, info.stderr[-2000:]  # its own start 2 is at the cache layer
 
 
 def test_bad_trial_value_fails_before_launch_naming_key_and_trial(make_params):
@@ -213,17 +219,16 @@ def test_experiment_name_identifies_the_sweep(make_params):
 
 
 def test_a_change_to_the_trials_code_starts_a_new_sweep(make_params, monkeypatch, tmp_path):
-    """The fingerprinted code is what dvc.yaml's sweep stage lists under mitp/, less the runner."""
+    """The experiment folder's name follows the code a trial runs (the import closure of
+    pipeline.sweep, tests/pipeline/test_code_deps.py), so an edit never resumes an old sweep."""
+    import shutil
+
+    from mitp.config import REPO_ROOT
     from mitp.sweep import runner
     from mitp.sweep.space import build_space
 
-    for rel, text in {"mitp/model.py": "A = 1\n", "mitp/cache/build.py": "B = 1\n", "mitp/sweep/trainable.py": "C = 1\n",
-                      "mitp/sweep/runner.py": "D = 1\n", "mitp/report.py": "E = 1\n"}.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(text)
-    (tmp_path / "dvc.yaml").write_text("stages:\n  sweep:\n    foreach: ${datasets}\n    do:\n      cmd: x\n"
-                                       "      deps:\n        - data/features/${item}\n        - mitp/model.py\n"
-                                       "        - mitp/cache\n        - mitp/sweep\n")
+    for pkg in ("mitp", "pipeline"):
+        shutil.copytree(REPO_ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     code = runner.code_fingerprint
     monkeypatch.setattr(runner, "code_fingerprint", lambda: code(tmp_path))
     params = _params(make_params)
@@ -233,10 +238,10 @@ def test_a_change_to_the_trials_code_starts_a_new_sweep(make_params, monkeypatch
 
     seen = [name()]
     assert name() == seen[0]  # unchanged code: the same folder, so a rerun resumes
-    for rel, text, changes in [("mitp/sweep/runner.py", "D = 2\n", False), ("mitp/report.py", "E = 2\n", False),
-                               ("mitp/cache/build.py", "B = 2\n", True), ("mitp/model.py", "A = 2\n", True),
-                               ("mitp/sweep/trainable.py", "C = 2\n", True)]:
-        (tmp_path / rel).write_text(text)
+    for rel, changes in [("mitp/sweep/runner.py", False), ("mitp/report.py", False), ("mitp/cache/build.py", True),
+                         ("mitp/model_kinds.py", True), ("mitp/compiled.py", True), ("mitp/sweep/trainable.py", True)]:
+        with (tmp_path / rel).open("a") as f:
+            f.write("# edited\n")
         assert (name() not in seen) is changes, rel
         seen.append(name())
 

@@ -173,7 +173,7 @@ def test_extra_seeds_listed_twice_is_an_error():
 
     with pytest.raises(ConfigError, match="extra_seeds: .*lists a seed twice"):
         load_params(overrides={"extra_seeds": [1, 1]})
-    assert load_params(overrides={"seed": 1}).extra_seeds == [1]  # a stage of train_seeds sets seed to one of them
+    assert load_params(overrides={"seed": 1}).extra_seeds == [1, 2]  # a table run sets seed to one of them
 
 
 def test_shown_paths_do_not_depend_on_the_checkout():

@@ -68,8 +68,9 @@ def test_report_without_results_says_so(tmp_path):
 
 
 def _seeds(metrics, accs: dict[str, tuple]):
-    """Metrics of each kind at seed 0 (train_<kind>.json) and at seeds 1, 2, ... (seed files)."""
-    d = metrics / "synthetic"
+    """Metrics of each kind at seed 0 (train_<kind>.json) and at seeds 1, 2, ... (seeds/ files)."""
+    d = metrics / "synthetic" / "seeds"
+    d.mkdir(parents=True, exist_ok=True)
     for kind, values in accs.items():
         _write(metrics, "synthetic", kind, values[0], 100, seed=0)
         for seed, acc in enumerate(values[1:], start=1):
@@ -88,7 +89,7 @@ def test_main_table_over_seeds(tmp_path):
                      "late_fusion": (0.77, 0.75, 0.79),  # mean 77.0: 5.0 points, 0.5 to 9.5: MITP higher
                      "finetune": (0.66,)})  # one run: no std, no interval
     # `seed` set to one of extra_seeds: the same seed's run twice counts once
-    (metrics / "synthetic" / "train_mitp_seed7.json").write_text(json.dumps({"test_accuracy": 0.99, "seed": 1}))
+    (metrics / "synthetic" / "seeds" / "train_mitp_seed7.json").write_text(json.dumps({"test_accuracy": 0.99, "seed": 1}))
 
     out = tmp_path / "reports"
     summary = build(load_params(), ["synthetic"], metrics, out)

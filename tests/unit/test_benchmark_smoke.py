@@ -1,0 +1,100 @@
+"""Each benchmark's ``--smoke`` run goes through the code of its full run, down to the JSON line
+it prints last (a value that JSON cannot hold fails here, not after a long run); the CUDA
+rehearsal without a GPU runs its test step and prints its JSON line. train_speed's smoke run is
+in test_train_speed.py."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mitp.config import REPO_ROOT
+
+
+def _run(*args: str, timeout: float = 900, env: dict | None = None) -> dict:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}, **(env or {})}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cache_speedup_smoke_prints_its_json_line():
+    result = _run("benchmarks/cache_speedup.py", "--smoke")
+    assert result["preset"] == "tiny-random" and result["repeats"] == 1
+    assert result["measured_speedup"] > 0 and result["predicted_speedup"] > 1
+    assert result["fraction_of_predicted"] == pytest.approx(result["measured_speedup"] / result["predicted_speedup"],
+                                                            rel=1e-3)
+    assert result["raw_samples_per_s"] > 0 and result["cache_samples_per_s"] > 0
+
+
+@pytest.mark.parametrize("argv, preset, left", [
+    ([], "vit-base", {}),
+    (["--smoke"], "tiny-random", {}),
+    (["--preset", "tiny-random"], "tiny-random", {}),
+    (["-S", "backbone.preset=vit-base+bert-base", "-S", "model.hub_size=32"], "vit-base", {"model.hub_size": 32}),
+    (["--smoke", "-S", "backbone.preset=vit-base+bert-base"], "vit-base", {}),
+    (["--preset", "tiny-random", "-S", "backbone.preset=tiny-random"], "tiny-random", {}),
+])
+def test_cache_speedup_takes_the_backbones_as_params_yaml_names_them(argv, preset, left):
+    from mitp.config import parse_override
+
+    bench = _module("cache_speedup")
+    args = bench.build_parser().parse_args(argv)
+    overrides = dict(parse_override(o) for o in args.overrides)
+    assert bench.resolve_preset(args, overrides) == preset
+    assert overrides == left
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "tiny-random", "-S", "backbone.preset=vit-base+bert-base"], "disagree"),
+    (["-S", "backbone.preset=custom"], "builds its own backbones"),
+    (["-S", "backbone.vision=google/vit-base-patch16-224"], "builds its own backbones"),
+])
+def test_cache_speedup_refuses_backbones_it_does_not_build(argv, message):
+    from mitp.config import parse_override
+
+    bench = _module("cache_speedup")
+    args = bench.build_parser().parse_args(argv)
+    with pytest.raises(SystemExit, match=message):
+        bench.resolve_preset(args, dict(parse_override(o) for o in args.overrides))
+
+
+def test_every_benchmark_has_a_parser():
+    for script in sorted((REPO_ROOT / "benchmarks").glob("*.py")):
+        assert isinstance(_module(script.stem).build_parser(), argparse.ArgumentParser), script.name
+
+
+def test_gpu_rehearsal_without_a_gpu_prints_its_json_line():
+    result = _run("benchmarks/gpu_rehearsal.py", env={"CUDA_VISIBLE_DEVICES": ""}, timeout=600)
+    assert result["cuda"] is False and result["ok"] is True
+    assert result["cuda_tests"]["exit"] == 0 and result["skipped"] == ["train", "sweep", "cache_speedup"]
+
+
+@pytest.mark.slow
+def test_cost_smoke_prints_its_json_line():
+    result = _run("benchmarks/cost.py", "--smoke", "--threads", "1")
+    kinds = [(r["kind"], r["path"]) for r in result["rows"]]
+    assert kinds == [("finetune", "raw"), ("pmf", "raw"), ("mitp", "raw"), ("mitp", "cache"),
+                     ("late_fusion", "cache"), ("pmf", "cache")]
+    assert all(r["step_s"] > 0 and r["peak_memory_mb"] > 0 for r in result["rows"])
+
+
+@pytest.mark.slow
+def test_sweep_efficiency_smoke_prints_its_json_line():
+    result = _run("benchmarks/sweep_efficiency.py", "--smoke", timeout=1200)
+    assert result["smoke"] is True and result["trials"] == 4
+    assert result["parallel_efficiency"] > 0 and "overhead_s_per_trial" in result
