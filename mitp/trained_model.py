@@ -148,6 +148,8 @@ def save(folder: str | Path, state: dict[str, torch.Tensor], card: dict[str, Any
             for part in ("vision", "text"):
                 shutil.copytree(src / part, tmp / packed / part, symlinks=False,
                                 ignore=shutil.ignore_patterns(".cache"))
+            # with its spec the pack is a complete copy: loading reads it, never rebuilds it into the folder
+            shutil.copy2(src / backbones_mod.SPEC_FILE, tmp / packed / backbones_mod.SPEC_FILE)
         (tmp / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
     return folder
 

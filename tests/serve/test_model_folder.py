@@ -81,3 +81,22 @@ def test_multi_label_decision_uses_the_card_threshold():
     record = prediction_record(tm.labels, pred)
     assert record["label"] == "drama|comedy" and record["error"] is None
     assert record["prob_horror"] == pytest.approx(torch.sigmoid(torch.tensor(-3.0)).item())
+
+
+def test_loading_and_predicting_change_no_byte_of_the_folder(trained_run, tmp_path):
+    """A DVC-tracked model folder stays unmodified by predict: the packed backbones carry their
+    spec, so loading reads them instead of rebuilding the tiny-random pair into the folder."""
+    import hashlib
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained_run.folder, folder)
+
+    def snapshot():
+        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    tm = trained_model.load(folder)
+    inference.predict_rows(tm, _first_rows(trained_run.params, 4), progress=False)
+    assert snapshot() == before
