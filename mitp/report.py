@@ -348,6 +348,28 @@ def sweep_section(dataset: str, metrics_dir: Path, out_dir: Path) -> tuple[list[
     return lines, summary
 
 
+def compute_note(metrics_dir: Path, datasets: list[str]) -> list[str]:
+    """Where the numbers were computed (the ``run.*`` fields each training records) and how far
+    they carry to another machine (mitp/runtime.py, docs/reproducibility.md)."""
+    seen = sorted({(r.get("run.cpu_kernels"), r.get("run.cpu_capability"), r.get("run.threads"), r.get("run.cpu_model"),
+                    r.get("run.torch"))
+                   for ds in datasets for kind in KINDS for r in seed_runs(metrics_dir, ds, kind)
+                   if r.get("run.cpu_kernels")}, key=str)
+    if not seen:
+        return []
+    lines = ["- computed with: " + "; ".join(f"`train.cpu_kernels={k}` ({cap} kernels, {t} thread(s)) on {model}, "
+                                            f"torch {torch}" for k, cap, t, model, torch in seen)]
+    if all(k == "portable" for k, *_ in seen):
+        lines.append("- reproducibility: portable kernels, so these numbers are the same on any x86-64 CPU with AVX2 "
+                     "and the same software (docs/reproducibility.md)")
+    else:
+        lines.append("- reproducibility: the same numbers on the same CPU model and software; another CPU model runs "
+                     "other native kernels, which moves a run's test metric by up to a few tenths of a point (more "
+                     "where early stopping then picks another epoch): docs/reproducibility.md gives the measured "
+                     "tolerance; `train.cpu_kernels=portable` removes it")
+    return lines
+
+
 def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict:
     """Write report.md, the PNGs and summary.json; returns the summary."""
     from mitp.config import to_flat_dict
@@ -387,6 +409,7 @@ def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict
                     if r.get("cache_fingerprint")}
     md += ["## Lineage\n", f"- git commit: `{git_commit()}`",
            f"- cache fingerprints: `{json.dumps(fingerprints) if fingerprints else 'n/a (uncached runs)'}`",
+           *compute_note(metrics_dir, datasets),
            "- params:\n", "```", *(f"{k}: {v}" for k, v in to_flat_dict(params).items()
                                     if k.split(".")[0] in ("seed", "backbone", "model", "cache", "train", "sweep")),
            "```", ""]

@@ -113,7 +113,7 @@ def _quiet_worker() -> None:
     # parallel runs' epoch bars would interleave: the table prints one line per finished run
     os.environ["TQDM_DISABLE"] = "1"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its per-run INFO lines, times the table's runs
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its per-run INFO lines, times the table's runs
 
 
 def run_table(params: Params, dataset: str, runs: list[TableRun], *, params_path: str | None = None,

@@ -1,0 +1,1 @@
+"""The stage entry points: ``python -m pipeline.<stage>``, thin commands over ``mitp``."""

@@ -28,7 +28,7 @@ def main() -> int:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
     runs = table.plan(params, dataset, kinds, metrics_dir=args.metrics_dir, models_dir=args.models_dir)
     outcome = table.run_table(params, dataset, runs, params_path=args.params, cli_overrides=args.overrides,
-                              jobs=args.jobs or table.default_jobs(params))
+                              jobs=args.jobs or table.default_jobs(params), say=lambda m: print(m, flush=True))
     print(f"{len(outcome.done)} of {len(runs)} trainings done in {outcome.wall_s:.0f} s")
     if outcome.failed:
         raise UserError(table.failure_message(outcome))

@@ -1,0 +1,1 @@
+"""The data path: download, archives, dataset readers, prepared manifests, loaders."""

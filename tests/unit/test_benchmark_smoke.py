@@ -98,3 +98,14 @@ def test_sweep_efficiency_smoke_prints_its_json_line():
     result = _run("benchmarks/sweep_efficiency.py", "--smoke", timeout=1200)
     assert result["smoke"] is True and result["trials"] == 4
     assert result["parallel_efficiency"] > 0 and "overhead_s_per_trial" in result
+
+
+def test_cpu_kernels_smoke_compares_the_two_settings():
+    """Each setting in its own processes: each repeats bit for bit; portable runs AVX2 kernels."""
+    result = _run("benchmarks/cpu_kernels.py", "--smoke")
+    assert result["native_repeats_exactly"] and result["portable_repeats_exactly"]
+    assert result["portable_capability"] in ("AVX2", "DEFAULT")
+    assert result["native_step_ms"] > 0 and result["portable_step_ms"] > 0
+    assert result["portable_speed_ratio"] == pytest.approx(result["native_step_ms"] / result["portable_step_ms"], rel=0.01)
+    if result["native_capability"] == "AVX512":  # other kernels sum in another order
+        assert not result["settings_agree"]
