@@ -273,6 +273,7 @@ def ablation(df: pd.DataFrame, key: str, metric: str, anchor: dict | None = None
                           "reference": [s is ref for s in stats],
                           "diff": [d.mean if d else math.nan for d in diffs],
                           "ci95": [_ci(d.ci) if d else "" for d in diffs],
+                          "ci": [list(d.ci) if d and d.ci is not None else None for d in diffs],
                           "verdict": [d.verdict(name) if d else f"({name})" for d in diffs]},
                          index=pd.Index([s.config[0] for s in stats], name=key)).sort_index()
     return table, pooled
@@ -330,6 +331,12 @@ def sweep_section(dataset: str, metrics_dir: Path, out_dir: Path) -> tuple[list[
         rows = [[str(v), _mean_std(r["mean"], r["std"], r["runs"]), str(int(r["runs"])),
                  "" if r["reference"] else _pts(r["diff"]), r["ci95"], r["verdict"]]
                 for v, r in table.iterrows()]
+        summary.setdefault("ablations", {})[key] = {
+            "pooled": bool(pooled), "fixed": others if not pooled else {},
+            "rows": [{"value": _plain(v), "mean": float(r["mean"]), "std": None if r["runs"] < 2 else float(r["std"]),
+                      "n": int(r["runs"]), "reference": bool(r["reference"]),
+                      "diff": None if r["reference"] else float(r["diff"]), "ci95": r["ci"],
+                      "verdict": None if r["reference"] else r["verdict"]} for v, r in table.iterrows()]}
         lines += [f"**{ABLATION_KEYS[key]}** (`{key}`)\n", *fixed,
                   md_table([ABLATION_KEYS[key], "mean ± std (%)", "runs", "reference − value (points)", "95% CI",
                             "verdict"], rows), "",
@@ -480,4 +487,32 @@ def readme_summary(summary: dict) -> str:
                 md_table(["model", f"{label} (%)", "n", "MITP − model (points)", "95% CI", "verdict"], rows)]
         if gaps:
             out += ["", *(f"- {gap_sentence(metric, k, g)}" for k, g in gaps.items())]
+        out += sweep_sentences(ds_sum.get("sweep") or {})
     return "\n".join(out)
+
+
+def _plain(value):
+    """A swept value as JSON holds it (numpy scalars become Python numbers)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def sweep_sentences(sweep: dict) -> list[str]:
+    """One generated sentence per swept value compared with the configuration chosen on
+    validation (``summary.json``'s ``sweep.ablations``)."""
+    out = []
+    for key, ab in (sweep.get("ablations") or {}).items():
+        ref = next((r for r in ab["rows"] if r["reference"]), None)
+        if ref is None:
+            continue
+        name = ABLATION_KEYS.get(key, key)
+        where = (" (" + ", ".join(f"{k} = {v}" for k, v in ab["fixed"].items()) + ")") if ab.get("fixed") else \
+            (" (other keys pooled)" if ab.get("pooled") else "")
+        for r in ab["rows"]:
+            if r["reference"]:
+                continue
+            ci = "no interval" if r["ci95"] is None else f"95% CI {_ci(r['ci95'])}"
+            out.append(f"- Sweep, {name}{where}: {_mean_std(r['mean'], r['std'], r['n'])}% at {r['value']} "
+                       f"({r['n']} seeds) against {_mean_std(ref['mean'], ref['std'], ref['n'])}% at the chosen "
+                       f"{ref['value']} ({ref['n']} seeds): chosen − this {_pts(r['diff'])} points ({ci}), "
+                       f"{r['verdict']}.")
+    return [""] + out if out else []

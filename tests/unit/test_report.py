@@ -164,3 +164,18 @@ def test_ablation_compares_each_value_with_the_chosen_one():
     # 72 - 72 = 0 points: s = 2.83 and 1.41, interval wide around 0
     assert table.loc[32, "diff"] == pytest.approx(0.0, abs=1e-12) and table.loc[32, "verdict"] == "not distinguishable"
     assert math.isnan(table.loc[64, "diff"])
+
+
+def test_sweep_sentences_come_from_the_ablation_records():
+    from mitp.report import sweep_sentences
+
+    sweep = {"ablations": {"model.hub_size": {"pooled": False, "fixed": {"model.interaction.start": 0}, "rows": [
+        {"value": 16, "mean": 0.70, "std": 0.02, "n": 3, "reference": False, "diff": 0.06, "ci95": [0.01, 0.11],
+         "verdict": "chosen higher"},
+        {"value": 64, "mean": 0.76, "std": 0.02, "n": 3, "reference": True, "diff": None, "ci95": None,
+         "verdict": None}]}}}
+    lines = [ln for ln in sweep_sentences(sweep) if ln]
+    assert lines == ["- Sweep, hub size h (model.interaction.start = 0): 70.0 ± 2.0% at 16 (3 seeds) against "
+                     "76.0 ± 2.0% at the chosen 64 (3 seeds): chosen − this 6.0 points (95% CI 1.0 to 11.0), "
+                     "chosen higher."]
+    assert sweep_sentences({}) == []
