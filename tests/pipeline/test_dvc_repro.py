@@ -11,11 +11,13 @@ two-configuration sweep of one seed each) so the test fits in CI; the full defau
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from documented_commands import run_needs_outputs
-from dvc_workspace import changed_stages, copy_repo, edit_params, repro
+from dvc_workspace import changed_stages, copy_repo, edit_params, repro, workspace_env
 
 from mitp.code_closure import closure, stage_modules
 
@@ -91,6 +93,14 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert trial["test_accuracy"] == standalone["test_accuracy"]
     assert trial["test_loss"] == standalone["test_loss"]
     assert trial["best_epoch"] == standalone["best_epoch"]
+    # ... and as the documented standalone command, in a process of its own
+    out = subprocess.run([sys.executable, "-m", "pipeline.train", "--dataset", "synthetic", "-S", "model.kind=mitp",
+                          "--fresh", "--metrics-out", str(tmp_path / "alone.json"),
+                          "--history-out", str(tmp_path / "alone_history.json"), "--model-out", str(tmp_path / "model")],
+                         cwd=repo, env=workspace_env(repo), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    alone = json.loads((tmp_path / "alone.json").read_text())
+    assert (alone["test_accuracy"], alone["test_loss"]) == (trial["test_accuracy"], trial["test_loss"])
 
     assert repro(repo) == [], "a second repro must run nothing"
     assert changed_stages(repo) == set()
