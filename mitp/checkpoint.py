@@ -110,10 +110,13 @@ def save(
         save_file(trainable_state(model), str(tmp / WEIGHTS))
         if best_state is not None:
             save_file(best_state, str(tmp / "best.safetensors"))
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        # only tensors, numbers, strings and containers: read back with weights_only=True (no code runs)
         torch.save({
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                    "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]},
         }, tmp / STATE)
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
 
@@ -123,15 +126,58 @@ def exists(directory: str | Path) -> bool:
     return all((d / f).exists() for f in (WEIGHTS, STATE, META))
 
 
+class CheckpointError(UserError):
+    """A checkpoint folder that this code did not write, or that was edited since."""
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """``meta.json`` of a checkpoint, checked against itself: ``epoch`` (0-based, the last one
+    done) matches the history's length, and the best epoch is one of those epochs."""
+    path = Path(directory) / META
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not readable JSON ({exc}); start over with --fresh") from None
+    problems = []
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not a JSON object; start over with --fresh")
+    epoch, history, best = meta.get("epoch"), meta.get("history"), meta.get("best_epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        problems.append(f"epoch {epoch!r} is not a count")
+    elif not isinstance(history, list) or len(history) != epoch + 1 or any(
+            not isinstance(h, dict) or h.get("epoch") != i + 1 for i, h in enumerate(history)):
+        problems.append(f"epoch {epoch} does not match the history of {len(history) if isinstance(history, list) else '?'} "
+                        "epochs")
+    if not problems and (not isinstance(best, int) or isinstance(best, bool) or not 0 <= best <= epoch + 1):
+        problems.append(f"best_epoch {best!r} is not one of the epochs done")
+    if not isinstance(meta.get("best_val"), int | float):
+        problems.append(f"best_val {meta.get('best_val')!r} is not a number")
+    if problems:
+        raise CheckpointError(f"{path}: {'; '.join(problems)}: edited or not written by this code; start over "
+                              "with --fresh")
+    return meta
+
+
 def restore(directory: str | Path, model: torch.nn.Module, optimizer, scheduler) -> tuple[dict, dict | None]:
-    """Load a checkpoint folder into model/optimizer/scheduler; returns (meta, best_state)."""
+    """Load a checkpoint folder into model/optimizer/scheduler; returns (meta, best_state).
+
+    ``state.pt`` is read with ``weights_only=True``: tensors, numbers and containers only, so a
+    replaced file cannot run code (a shared checkpoint folder is input like any other)."""
     d = Path(directory)
+    meta = read_meta(d)
     load_weights(model, d / WEIGHTS)
-    state = torch.load(d / STATE, map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    torch.set_rng_state(state["rng"]["torch"])
+    try:
+        state = torch.load(d / STATE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in rng["python"]))
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(rng["torch"])
+    except Exception as exc:  # refused to unpickle, or not the state this code writes
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise CheckpointError(f"{d / STATE}: not a training state this code wrote ({type(exc).__name__}: {first}); "
+                              "start over with --fresh") from None
     best = load_file(str(d / "best.safetensors")) if (d / "best.safetensors").exists() else None
-    return json.loads((d / META).read_text()), best
+    return meta, best

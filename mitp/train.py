@@ -216,6 +216,9 @@ def _fit(
     if ckpt is not None and checkpoint.exists(ckpt):
         meta, best_state = checkpoint.restore(ckpt, model, optimizer, scheduler)
         start_epoch, history = meta["epoch"] + 1, meta["history"]
+        if start_epoch > t.epochs:
+            raise checkpoint.CheckpointError(f"{ckpt}: {start_epoch} epochs done, more than train.epochs {t.epochs}: "
+                                             "not this run's checkpoint; start over with --fresh")
         best_val, best_epoch = meta["best_val"], meta["best_epoch"]
         run_id = tracking.resumable_run(params, meta.get("run_id"), ckpt)
         log.info("resuming %s from epoch %d (checkpoint %s)", dataset, start_epoch, ckpt)

@@ -168,3 +168,61 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_as_one_never_interrupted(synthe
     for key in ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_epoch"):
         assert after[key] == uninterrupted[key], key
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
+
+
+class _Payload:
+    """What a hostile ``state.pt`` holds: unpickling it would create ``marker``."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _one_epoch_checkpoint(params, tmp_path) -> Path:
+    params.cache.enabled = False
+    params.train.epochs, params.train.patience = 2, None
+    ckpt = tmp_path / "ckpt"
+
+    def stop(epoch, row, _):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.fit(params, "synthetic", checkpoint_dir=ckpt, on_epoch=stop)
+    assert checkpoint.exists(ckpt)
+    return ckpt
+
+
+def test_a_replaced_training_state_is_refused_without_running_its_code(synthetic_prepared, tmp_path):
+    """A checkpoint folder is read back like any input (sweep trials restore theirs from shared
+    storage): a state.pt whose pickle would run code is refused with one error, and nothing runs."""
+    import torch
+
+    params = synthetic_prepared.model_copy(deep=True)
+    ckpt = _one_epoch_checkpoint(params, tmp_path)
+    marker = tmp_path / "payload-ran"
+    torch.save({"optimizer": _Payload(str(marker))}, ckpt / checkpoint.STATE)
+    with pytest.raises(checkpoint.CheckpointError, match=r"state\.pt: not a training state this code wrote"):
+        train.fit(params, "synthetic", checkpoint_dir=ckpt)
+    assert not marker.exists(), "the checkpoint's payload ran"
+
+
+@pytest.mark.parametrize("edit", [{"epoch": 99}, {"best_epoch": 7}, {"epoch": "0"}, {"best_val": "x"}])
+def test_an_edited_checkpoint_meta_is_refused(synthetic_prepared, tmp_path, edit):
+    """An edited meta.json (epoch 99 once made a 2-epoch run 'finish' after one) stops the run."""
+    params = synthetic_prepared.model_copy(deep=True)
+    ckpt = _one_epoch_checkpoint(params, tmp_path)
+    meta = json.loads((ckpt / checkpoint.META).read_text())
+    (ckpt / checkpoint.META).write_text(json.dumps({**meta, **edit}))
+    with pytest.raises(checkpoint.CheckpointError, match=r"meta\.json: .*start over with --fresh"):
+        train.fit(params, "synthetic", checkpoint_dir=ckpt)
+
+
+def test_an_untouched_checkpoint_resumes(synthetic_prepared, tmp_path):
+    """The twin of the refusals above: the same folder, not edited, resumes at epoch 2."""
+    params = synthetic_prepared.model_copy(deep=True)
+    ckpt = _one_epoch_checkpoint(params, tmp_path)
+    seen = []
+    train.fit(params, "synthetic", checkpoint_dir=ckpt, on_epoch=lambda e, r, _: seen.append(e))
+    assert seen == [2]
