@@ -1,5 +1,5 @@
-"""The cluster commands the README documents, read from the README itself, so the tests run
-what a reader copies."""
+"""The cluster commands the docs document, read from README.md and docs/ themselves, so the tests
+run what a reader copies."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def readme_section(title: str) -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index(f"## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
+    """The section ``## title`` of README.md or of a page in docs/ (reference moved there)."""
+    for page in (REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))):
+        text = page.read_text()
+        start = text.find(f"## {title}\n")
+        if start >= 0:
+            end = text.find("\n## ", start + 1)
+            return text[start:end if end > 0 else None]
+    raise AssertionError(f"README.md and docs/: no section '## {title}'")
 
 
 def bash_blocks(section: str) -> list[str]:
