@@ -5,7 +5,7 @@
                                        [--repeats R] [-S key=value ...]
 
 Both paths train the same model (same initial weights, same optimizer, the training step of
-``mitp.train.fit``, :func:`mitp.train.train_step`) on the same synthetic data for the same number of steps:
+``mitp.training.fit.fit``, :func:`mitp.training.fit.train_step`) on the same synthetic data for the same number of steps:
 
 (a) raw: every step decodes the images, runs the image processor and the tokenizer (the
     DataLoader of ``cache.enabled: false``) and the full frozen stack from the embeddings;
@@ -16,9 +16,9 @@ Each path runs in its own process, so its peak memory during the training steps 
 max allocated, or peak RSS on CPU); steps after a short warm-up are timed, data loading
 included. With ``--repeats R`` the two paths alternate R times and the fastest run of each
 counts (other load on the machine only ever slows a run down). Printed: throughput of
-both, the measured ratio, the ratio a FLOP count predicts (``mitp.flops``: layers skipped,
+both, the measured ratio, the ratio a FLOP count predicts (``mitp.models.flops``: layers skipped,
 forward vs backward) and the fraction of that ceiling reached. ``vit-base`` builds ViT-B/16 and
-BERT-base with random weights from the configs shipped in ``mitp/backbone_configs`` (no
+BERT-base with random weights from the configs shipped in ``mitp/models/backbone_configs`` (no
 download; timing does not depend on the weights); ``tiny-random`` uses the project's tiny pair.
 The backbones can also be named as ``params.yaml`` spells them, ``-S backbone.preset=vit-base+bert-base``
 (= ``--preset vit-base``) or ``-S backbone.preset=tiny-random``; no other ``backbone.*`` key applies
@@ -61,7 +61,7 @@ BERT_BASE = "bert-base-uncased"
 
 
 def make_params(cfg: dict):
-    from mitp.config import load_params
+    from mitp.config.params import load_params
 
     work = Path(cfg["workdir"])
     preset = PRESETS[cfg["preset"]]
@@ -88,7 +88,7 @@ def make_backbones(params, cfg: dict, device):
     """tiny-random through the project's loader; ViT-B/16 + BERT-base shapes with random weights."""
     import torch
 
-    from mitp import backbones as bb_mod
+    from mitp.models import backbones as bb_mod
 
     if cfg["preset"] == "tiny-random":
         return bb_mod.load(params.backbone, device)
@@ -123,9 +123,16 @@ def sync(device) -> None:
 def run_worker(path: str, cfg: dict) -> dict:
     import torch
 
-    from mitp.data.loaders import raw_loaders
-    from mitp.memory import peak_memory_mb, reset_peak_memory
-    from mitp.train import build_model, make_optimizer, pick_device, seed_everything, to_device, train_step
+    from mitp.training.fit import (
+        build_model,
+        make_optimizer,
+        seed_everything,
+        to_device,
+        train_step,
+    )
+    from mitp.training.loaders import raw_loaders
+    from mitp.training.memory import peak_memory_mb, reset_peak_memory
+    from mitp.training.runtime import pick_device
 
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
@@ -135,7 +142,7 @@ def run_worker(path: str, cfg: dict) -> dict:
     if path == "raw":
         loaders = raw_loaders(params, "synthetic", bb, device)
     else:
-        from mitp.data.loaders import cached_loaders
+        from mitp.training.loaders import cached_loaders
 
         loaders = cached_loaders(params, "synthetic", bb, device)
     seed_everything(params.seed)
@@ -174,8 +181,8 @@ def run_worker(path: str, cfg: dict) -> dict:
 
 
 def predicted(params, bb, start: int, mean_text: float, num_labels: int) -> dict:
-    from mitp.config import MODEL_KINDS
-    from mitp.flops import Tower, step_flops, vit_tower
+    from mitp.config.params import MODEL_KINDS
+    from mitp.models.flops import Tower, step_flops, vit_tower
 
     v, t = bb.vision.config, bb.text.config
     vision = vit_tower(v.num_hidden_layers, v.hidden_size, v.intermediate_size, v.image_size, v.patch_size)
@@ -243,7 +250,7 @@ def main() -> int:
         print(json.dumps(run_worker(args.worker, json.loads(args.config))))
         return 0
 
-    from mitp.config import parse_override
+    from mitp.config.params import parse_override
 
     overrides = dict(parse_override(o) for o in args.overrides)
     preset_name = resolve_preset(args, overrides)
@@ -268,7 +275,7 @@ def run_parent(cfg: dict, repeats: int) -> int:
     from mitp.cache import build_cache
     from mitp.data.prepare import prepare_dataset
     from mitp.data.synthetic import generate
-    from mitp.train import pick_device
+    from mitp.training.runtime import pick_device
 
     t_all = time.perf_counter()
     if cfg.get("threads"):
@@ -341,7 +348,7 @@ def make_backbones_meta(params, cfg: dict):
     """The backbones' configs only (for the FLOP count), without weights."""
     from types import SimpleNamespace
 
-    from mitp import backbones as bb_mod
+    from mitp.models import backbones as bb_mod
 
     if cfg["preset"] == "tiny-random":
         vision, text = bb_mod.config_only(params.backbone)

@@ -4,9 +4,9 @@ of a training step, each kind in a fresh process.
     python benchmarks/cost.py [--smoke] [--batch-size B] [--steps N] [--threads T] [--device D]
 
 Setting: ViT-B/16 + BERT-base shapes with random weights built from the configs shipped in
-``mitp/backbone_configs`` (no download; cost does not depend on the weights), 224 x 224 images,
+``mitp/models/backbone_configs`` (no download; cost does not depend on the weights), 224 x 224 images,
 texts of 64 tokens (no padding: every step pays for the full length), Food101's 101 classes,
-the same batch for every kind, AdamW on what trains (``mitp.train.make_optimizer``). Rows:
+the same batch for every kind, AdamW on what trains (``mitp.training.fit.make_optimizer``). Rows:
 
 * ``finetune``, raw inputs: both towers train end to end (``train.backbone_lr``);
 * ``pmf``, raw inputs: PMF's defaults (the top 2 layers fused);
@@ -56,7 +56,7 @@ SETTINGS = {
 def tower_configs(smoke: bool):
     from transformers import AutoConfig, BertConfig, ViTConfig
 
-    from mitp import backbones as bb
+    from mitp.models import backbones as bb
 
     if smoke:
         text = {k: v for k, v in bb.TINY.items() if k not in ("image_size", "patch_size")}
@@ -88,9 +88,10 @@ def run_worker(cfg: dict) -> dict:
     import torch
     from transformers import BertModel, ViTModel
 
-    from mitp.config import load_params
-    from mitp.model_kinds import build_model
-    from mitp.train import autocast, make_optimizer, pick_device
+    from mitp.config.params import load_params
+    from mitp.models.kinds import build_model
+    from mitp.training.fit import autocast, make_optimizer
+    from mitp.training.runtime import pick_device
 
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])

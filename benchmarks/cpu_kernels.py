@@ -5,7 +5,7 @@ with this CPU's fastest kernels against the portable ones, in alternating fresh 
     python benchmarks/cpu_kernels.py --smoke    # a few steps, for tests (timings meaningless)
 
 Each worker process applies ``train.threads: 1`` and the setting exactly as a run does
-(:func:`mitp.runtime.apply`, before anything computes), trains the demo model (benchmarks/
+(:func:`mitp.training.runtime.apply`, before anything computes), trains the demo model (benchmarks/
 train_speed.py: tiny-random towers, M = 8, h = 64, s = 0, batch 64, the path ``fit`` takes on
 CPU) for the same steps from the same weights, and prints its step time, its CPU capability and
 a digest of the trained weights. The switches are read by the native libraries at their first
@@ -40,8 +40,8 @@ def worker(kernels: str, steps: int) -> dict:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import torch
 
-    from mitp import runtime
-    from mitp.config import TrainConfig
+    from mitp.config.params import TrainConfig
+    from mitp.training import runtime
 
     tags = runtime.apply(TrainConfig(threads=1, cpu_kernels=kernels), torch.device("cpu"))
     from train_speed import FastPath, batches, demo_model

@@ -6,7 +6,7 @@ one after another in a plain loop, side by side in one run.
 
 The trainings: the synthetic set (``--n-train`` training examples, validation and test a fifth
 of that each), tiny-random backbones, the default model; trial i trains with seed i, so the N
-trainings cost the same. Both sides run exactly ``mitp.train.fit`` with the same MLflow logging
+trainings cost the same. Both sides run exactly ``mitp.training.fit.fit`` with the same MLflow logging
 (a run per training, in a temporary sqlite store) and the same per-training thread count: the
 trial's CPU share (1 CPU, so ``torch.set_num_threads(1)``). With ``--cache`` (the default) the
 feature cache is built first (not timed) and both sides train from it.
@@ -66,7 +66,7 @@ sys.path.insert(0, str(REPO))
 
 
 def make_params(root: Path, args, seed: int | None = None, sweep: bool = False):
-    from mitp.config import load_params
+    from mitp.config.params import load_params
 
     n = args.n_train
     overrides = {
@@ -95,14 +95,14 @@ def _pool_init(root: str, args) -> None:
     global _POOL_ROOT, _POOL_ARGS
     import torch
 
-    import mitp.train  # noqa: F401  (each process pays its imports once, as a trial process does)
+    import mitp.training.fit  # noqa: F401  (each process pays its imports once, as a trial process does)
 
     torch.set_num_threads(1)
     _POOL_ROOT, _POOL_ARGS = Path(root), args
 
 
 def _pool_train(seed: int) -> float:
-    from mitp.train import fit
+    from mitp.training.fit import fit
 
     return fit(make_params(_POOL_ROOT, _POOL_ARGS, seed=seed), "synthetic", run_name=f"pool-{seed}").metrics["train_time_s"]
 
@@ -140,10 +140,10 @@ def main() -> int:
     import torch
 
     logging.basicConfig(level=logging.WARNING)
-    from mitp import backbones
     from mitp.data.prepare import prepare_dataset
     from mitp.data.synthetic import generate
-    from mitp.train import fit
+    from mitp.models import backbones
+    from mitp.training.fit import fit
 
     root = Path(tempfile.mkdtemp(prefix="mitp-sweep-bench-"))
     print(f"sweep efficiency: {args.trials} trainings x {args.epochs} epochs, {args.n_train} training examples, "

@@ -10,15 +10,15 @@ the two paths compute the same function and their logits can be compared after t
 
 * eager: plain forward/backward, a per-parameter AdamW loop, ``loss.item()`` every step, and
   every row of the last layer computed (the model as it ran before ``layer_rows``);
-* fast: the path ``mitp.train.fit`` takes with ``train.compile: true``: ``torch.compile``
-  forward/backward with eager fallback (``mitp.compiled.StepRunner``), foreach AdamW and
+* fast: the path ``mitp.training.fit.fit`` takes with ``train.compile: true``: ``torch.compile``
+  forward/backward with eager fallback (``mitp.training.compiled.StepRunner``), foreach AdamW and
   clipping, the loss summed on the device and read once, and the last layer computing only the
   rows the readout reads (CLS and the prompts);
 * fast_eager: the same without compiling (what ``train.compile: auto`` runs on CPU).
 
 Timed rounds alternate eager and fast so a machine shared with other work loads both alike.
 Start-up: ``python -m pipeline.train`` on a tiny prepared synthetic set in a temp folder, from
-process launch to its first training step (``mitp.train`` logs ``first training step at <unix
+process launch to its first training step (``mitp.training.fit`` logs ``first training step at <unix
 time>``). The last line printed is one JSON object.
 """
 
@@ -40,12 +40,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mitp.backbones import ensure_local, tiny_config_models  # noqa: E402
-from mitp.compiled import StepRunner, wants_compile  # noqa: E402
-from mitp.config import load_params  # noqa: E402
+from mitp.config.params import load_params  # noqa: E402
 from mitp.data.prepare import prepare_dataset  # noqa: E402
 from mitp.data.synthetic import generate  # noqa: E402
-from mitp.model import MITP, MITPConfig  # noqa: E402
+from mitp.models.backbones import ensure_local, tiny_config_models  # noqa: E402
+from mitp.models.mitp import MITP, MITPConfig  # noqa: E402
+from mitp.training.compiled import StepRunner, wants_compile  # noqa: E402
 
 BATCH, N_V, WIDTH = 64, 17, 64  # tiny-random: 32 px / 8 px patches + CLS
 
@@ -107,7 +107,7 @@ class EagerPath:
 
 
 class FastPath:
-    """The step ``mitp.train.fit`` runs."""
+    """The step ``mitp.training.fit.fit`` runs."""
 
     def __init__(self, model: MITP, compile_setting: str):
         self.model = model.train()

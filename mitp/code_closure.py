@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from mitp.config import REPO_ROOT
+from mitp.config.params import REPO_ROOT
 
 PACKAGES = ("mitp", "pipeline")
 
@@ -79,6 +79,14 @@ def _imports(repo: Path, module: str, path: Path, packages: frozenset[str]) -> s
                     if alias.name != "*" and _is_module(repo, f"{base}.{alias.name}"):
                         found.update(_loads(repo, f"{base}.{alias.name}", packages))
     return found
+
+
+def imports(module: str, repo: Path = REPO_ROOT, *, packages: Iterable[str] = PACKAGES) -> set[str]:
+    """The project modules that the import statements of ``module``'s own file load (not
+    followed further); empty for a module that is not in the project."""
+    repo = Path(repo)
+    path = _file_of(repo, module)
+    return _imports(repo, module, path, frozenset(packages)) - {module} if path is not None else set()
 
 
 def closure(modules: Iterable[str], repo: Path = REPO_ROOT, *, packages: Iterable[str] = PACKAGES) -> list[str]:

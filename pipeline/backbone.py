@@ -5,7 +5,7 @@ pinned commit into ``data/backbones/<ids@revisions>/`` with a ``spec.json`` of w
 fetched (no weights are downloaded twice; a copy recorded for another spec stops the stage).
 """
 
-from mitp import backbones
+from mitp.models import backbones
 from pipeline import cli
 
 

@@ -14,11 +14,12 @@ configs only). With ``cache.enabled: false`` there is nothing to do.
 
 from __future__ import annotations
 
-from mitp import backbones
-from mitp.cache import build_cache, check_cache_layer
+from mitp.cache import build_cache
 from mitp.cache.fingerprint import plan_split
 from mitp.cache.storage import Estimate, free_bytes, human, shapes_of
 from mitp.data.manifests import SPLITS
+from mitp.models import backbones
+from mitp.models.rules import check_cache_layer
 from pipeline import cli
 
 
@@ -49,7 +50,7 @@ def main() -> int:
         print(est.describe())
         print(f"free at {params.features_dir(dataset)}: {human(free_bytes(params.features_dir(dataset)))}")
         return 0
-    from mitp import runtime
+    from mitp.training import runtime
 
     device, _ = runtime.setup(params.train)  # the features depend on threads and kernels too
     bb = backbones.load(params.backbone, device)

@@ -11,9 +11,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from mitp.config import Params, load_params
+from mitp.config.params import Params, load_params
 from mitp.errors import UserError
-from mitp.sweep.space import check_params
+from mitp.models.rules import check_params
 
 
 def parser(description: str, dataset: bool = True) -> argparse.ArgumentParser:

@@ -15,10 +15,11 @@ import json
 import re
 from pathlib import Path
 
-from mitp import inference, trained_model
 from mitp.atomic import write_json
-from mitp.runtime import pick_device
-from mitp.tracking import tracking_uri
+from mitp.models import inference
+from mitp.models import trained as trained_model
+from mitp.tracking.store import tracking_uri
+from mitp.training.runtime import pick_device
 from pipeline import cli
 
 

@@ -8,7 +8,7 @@ not against the starts ``sweep.space`` can give (the sweep's stage checks those)
 
 import json
 
-from mitp.summary import model_summary
+from mitp.models.summary import model_summary
 from pipeline import cli
 
 

@@ -23,12 +23,13 @@ from typing import Any
 
 import pandas as pd
 
-from mitp import inference, trained_model
 from mitp.atomic import atomic_path
 from mitp.errors import UserError
-from mitp.mlflow_model import prediction_record
-from mitp.runtime import pick_device
-from mitp.tracking import tracking_uri
+from mitp.models import inference
+from mitp.models import trained as trained_model
+from mitp.tracking.pyfunc import prediction_record
+from mitp.tracking.store import tracking_uri
+from mitp.training.runtime import pick_device
 from pipeline import cli
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}

@@ -4,7 +4,7 @@ Reads ``metrics/<dataset>/`` (train and sweep outputs) and writes ``reports/repo
 PNG plots and ``reports/summary.json``.
 """
 
-from mitp.report import build
+from mitp.reporting.report import build
 from pipeline import cli
 
 

@@ -2,7 +2,7 @@
 
 Every model kind on ``seed`` and each of ``extra_seeds``, ``--jobs`` trainings at a time (default:
 the CPUs over ``train.threads``), each exactly as ``python -m pipeline.train -S model.kind=K
--S seed=N --fresh`` trains it (mitp/table.py). Writes ``metrics/<dataset>/train_<kind>[_seed<N>].json``
+-S seed=N --fresh`` trains it (mitp/training/table.py). Writes ``metrics/<dataset>/train_<kind>[_seed<N>].json``
 and their histories, and ``models/<dataset>/<kind>``; one MLflow run per training. A failed
 training is named at the end (exit status 2) after the others finish.
 """
@@ -19,8 +19,8 @@ def main() -> int:
     p.add_argument("--metrics-dir", default="metrics", help="metrics root (default metrics/: <dir>/<dataset>/train_<kind>.json)")
     p.add_argument("--models-dir", default="models", help="models root (default models/: <dir>/<dataset>/<kind>)")
     args = p.parse_args()
-    from mitp import table
     from mitp.errors import UserError
+    from mitp.training import table
 
     params, dataset = cli.load(args)
     if args.jobs is not None and args.jobs < 1:

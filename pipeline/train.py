@@ -27,8 +27,8 @@ def main() -> int:
     args = p.parse_args()
     # torch, transformers and MLflow load only once the arguments parse: `--help` and a bad
     # override answer at once
-    from mitp.config import shown_path
-    from mitp.train import fit_and_record
+    from mitp.config.params import shown_path
+    from mitp.training.fit import fit_and_record
 
     params, dataset = cli.load(args)
     result = fit_and_record(params, dataset, run_name=args.run_name, metrics_out=args.metrics_out,

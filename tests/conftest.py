@@ -47,7 +47,7 @@ def shared_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def make_params(tmp_path, shared_root):
     """``make_params(**{"model.hub_size": 8})`` -> validated Params writing under tmp_path."""
-    from mitp.config import load_params
+    from mitp.config.params import load_params
 
     def _make(overrides: dict | None = None, root: Path | None = None):
         root = root or tmp_path
@@ -62,8 +62,8 @@ def make_params(tmp_path, shared_root):
 @pytest.fixture(scope="session")
 def tiny_backbones(shared_root):
     """The tiny-random pair, built once per session through the real save/load path."""
-    from mitp import backbones
-    from mitp.config import load_params
+    from mitp.config.params import load_params
+    from mitp.models import backbones
 
     params = load_params(overrides={"backbone.dir": str(shared_root / "backbones")})
     return backbones.load(params.backbone)

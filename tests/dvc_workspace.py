@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from mitp.config import REPO_ROOT
+from mitp.config.params import REPO_ROOT
 
 SKIPPED = ("metrics/", "reports/", "dvc.lock")  # outputs of the repo's own runs
 

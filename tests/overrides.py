@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mitp.config import to_flat_dict
+from mitp.config.params import to_flat_dict
 
 # sections a stage takes whole: merging them key by key into the repository's would keep its keys
 WHOLE = ("sweep.space", "sweep.train")

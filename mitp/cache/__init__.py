@@ -1,6 +1,6 @@
 """Feature cache of the frozen layers below k = ``cache.layer``: computed once, read by every
-epoch and trial (``python -m pipeline.cache``; contract: docs/design.md). The rule on k lives in
-:mod:`mitp.sweep.space`.
+epoch and trial (``python -m pipeline.cache``; contract: docs/design.md). The rule on k lives with the
+kinds, in :mod:`mitp.models.rules`.
 """
 
 from mitp.cache.build import build_cache
@@ -15,7 +15,6 @@ from mitp.cache.errors import (
     CacheSpaceError,
 )
 from mitp.cache.reader import open_cache
-from mitp.sweep.space import check_cache_layer
 
 __all__ = ["CacheBusy", "CacheCorrupt", "CacheError", "CacheIncomplete", "CacheInputError", "CacheMismatch",
-           "CacheMissing", "CacheSpaceError", "build_cache", "check_cache_layer", "open_cache"]
+           "CacheMissing", "CacheSpaceError", "build_cache", "open_cache"]

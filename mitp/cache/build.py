@@ -28,8 +28,8 @@ from mitp.cache.fingerprint import SplitPlan, describe_diff, diff, fingerprint, 
 from mitp.cache.storage import Estimate, check_space, human, shapes_of, unit_bytes
 from mitp.data.dataset import cuda_workers, pixel_values
 from mitp.data.manifests import SPLITS, read_labels
-from mitp.model import MITP, MITPConfig
-from mitp.sweep.space import check_cache_layer
+from mitp.models.mitp import MITP, MITPConfig
+from mitp.models.rules import check_cache_layer
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from mitp.backbones import spec_from_config
 from mitp.cache.errors import CacheInputError
 from mitp.cache.storage import Unit, sha256_file, units_of
+from mitp.config.dotted_keys import flatten
 from mitp.data.dataset import encode_labels
 from mitp.data.manifests import DIGEST_COLUMN, SPLITS, manifest_hash, read_split
-from mitp.dotted_keys import flatten
+from mitp.models.backbones import spec_from_config
 
 CACHE_FORMAT = 1  # bump when the stored layout or the way the states are computed changes
 

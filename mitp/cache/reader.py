@@ -1,6 +1,6 @@
 """Reading a cache: :func:`open_cache` checks it (fingerprint, index, completeness, files;
 docs/design.md, "Trust") and :class:`CachedSplit` gathers whole batches from the memory-mapped
-shards (one vectorised read per shard). The DataLoaders live in :mod:`mitp.data.loaders`.
+shards (one vectorised read per shard). The DataLoaders live in :mod:`mitp.training.loaders`.
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mitp.atomic import atomic_dir
+from mitp.config.data_schema import DownloadOptions
 from mitp.data.fetch import DiskFullError
-from mitp.data.schema import DownloadOptions
 from mitp.errors import UserError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar", ".zip")

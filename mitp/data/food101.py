@@ -32,7 +32,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from mitp.config import shown_path
+from mitp.config.params import shown_path
 from mitp.data.layout import LayoutError, find_root
 from mitp.data.records import (
     DUPLICATE_ID,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mitp.config import shown_path
+from mitp.config.params import shown_path
 from mitp.data.layout import LayoutError, find_root
 from mitp.data.records import (
     DUPLICATE_ID,

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from mitp.atomic import atomic_dir, write_json
-from mitp.config import shown_path
+from mitp.config.params import shown_path
 from mitp.data.images import verify_images
 from mitp.data.manifests import COLUMNS, DIGEST_COLUMN, SPLITS, relative_image_path, write_labels, write_split
 from mitp.data.records import IN_TWO_SPLITS, BadRecordError, Record, SkipLog

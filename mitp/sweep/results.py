@@ -12,7 +12,7 @@ import io
 import math
 from typing import Any
 
-from mitp import ablation_stats
+from mitp.reporting import stats as ablation_stats
 
 COMPLETED, STOPPED, ERROR = "COMPLETED", "STOPPED", "ERROR"
 
@@ -62,7 +62,7 @@ def is_number(v: Any) -> bool:
 def best_row(rows: list[dict[str, Any]], metric: str, mode: str, keys: list[str] | None = None) -> dict[str, Any] | None:
     """The best trial by ``metric`` (the best epoch's validation score); completed trials first.
     With the swept ``keys``, the trial comes from the configuration with the best mean of
-    ``metric`` over its seeds (:func:`mitp.ablation_stats.select_best`), never from test scores."""
+    ``metric`` over its seeds (:func:`mitp.reporting.stats.select_best`), never from test scores."""
     scored = [r for r in rows if is_number(r.get(metric)) and not math.isnan(r[metric])
               and r["status"] in (COMPLETED, STOPPED)]
     if not scored:

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mitp import tracking
 from mitp.atomic import write_json, write_text
 from mitp.code_closure import closure
-from mitp.config import REPO_ROOT, Params, shown_path, to_flat_dict
+from mitp.config.params import REPO_ROOT, Params, shown_path, to_flat_dict
+from mitp.config.space import SweepSpace, base_raw_of, build_space
 from mitp.errors import ConfigError
 from mitp.sweep import results as results_mod
-from mitp.sweep.space import SweepSpace, base_raw_of, build_space, validate_trials
+from mitp.sweep.search import param_space, validate_trials
 from mitp.sweep.trainable import TrialHooks, TrialSpec, run_trial
+from mitp.tracking import store as tracking
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class SweepOutcome:
 
 def resolve_metric(params: Params, dataset: str) -> str:
     """``sweep.metric`` (``auto`` -> the validation score of the task's primary metric)."""
-    from mitp.metrics import primary_metric
+    from mitp.models.metrics import primary_metric
 
     multi, metric = params.dataset(dataset).task == "multi_label", params.sweep.metric
     scores = ("f1_micro", "f1_macro", "f1_weighted", "f1_samples") if multi else ("accuracy",)
@@ -126,8 +127,9 @@ def ensure_cache(params: Params, dataset: str, say: Callable[[str], None]) -> st
     """Build (or verify) the feature cache every trial reads; returns its fingerprint hash."""
     if not params.cache.enabled:
         return None
-    from mitp import backbones, runtime
     from mitp.cache import build_cache
+    from mitp.models import backbones
+    from mitp.training import runtime
 
     device, _ = runtime.setup(params.train)  # the features depend on threads and kernels too
     summary = build_cache(params, dataset, backbones.load(params.backbone, device), device, progress=False,
@@ -249,7 +251,7 @@ def _tuner(params: Params, space: SweepSpace, spec: TrialSpec, exp_name: str, st
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=1,
     )
-    return tune.Tuner(trainable, param_space=space.param_space(), tune_config=tune_config,
+    return tune.Tuner(trainable, param_space=param_space(space), tune_config=tune_config,
                       run_config=run_config), False
 
 
@@ -319,7 +321,7 @@ def run_sweep(
                                                experiment_path=shown_path(exp_path))
             _log_best(mlflow, summary, metric)
             if summary.get("mlflow_run_id"):  # the best trial's model: tagged, copied, registered
-                from mitp.mlflow_model import publish_best
+                from mitp.tracking.pyfunc import publish_best
 
                 summary.update(publish_best(summary["mlflow_run_id"], model_out, register))
             mlflow.log_metrics({"trials": len(rows), "trials_failed": summary["errors"],

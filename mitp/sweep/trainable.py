@@ -1,4 +1,4 @@
-"""One sweep trial: :func:`mitp.train.fit` with a Tune reporting hook (no second training loop).
+"""One sweep trial: :func:`mitp.training.fit.fit` with a Tune reporting hook (no second training loop).
 
 Every epoch is reported with ``fit``'s checkpoint; the last one once, after the test
 evaluation. The child MLflow run's id travels in the checkpoint, so a resumed trial reopens it;
@@ -20,8 +20,8 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from mitp.config.space import SweepSpace, describe_overrides, trial_params
 from mitp.sweep.results import is_number
-from mitp.sweep.space import SweepSpace, describe_overrides, trial_params
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     import torch
     from ray import tune
 
-    from mitp.train import TrainingDiverged, fit
+    from mitp.training.fit import TrainingDiverged, fit
 
     t_start = time.perf_counter()  # trial_wall_s: the trial's own work, after the imports a fresh process pays once
     # threads and kernels come from train.* inside fit (mitp.determinism), as in a standalone run:
@@ -164,7 +164,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
                 Metric(k, float(v), int(time.time() * 1000), 0) for k, v in cost.items()])
         except Exception as exc:  # cost figures are a bonus; never fail a finished trial for them
             log.warning("could not log cost figures on run %s: %s", result.run_id, exc)
-        from mitp import checkpoint as checkpoint_mod
+        from mitp.training import checkpoint as checkpoint_mod
 
         last = tune.Checkpoint.from_directory(str(local_ckpt)) if checkpoint_mod.exists(local_ckpt) else None
         tune.report(final, checkpoint=last)

@@ -15,8 +15,8 @@ from PIL import Image
 from test_cache_build import cache_bytes
 
 from mitp.cache import CacheCorrupt, CacheInputError, CacheMismatch, build_cache, open_cache
-from mitp.data.loaders import cached_loaders
 from mitp.data.manifests import manifest_hash, read_split
+from mitp.training.loaders import cached_loaders
 
 
 def _image_files(params) -> list[Path]:

@@ -13,7 +13,7 @@ import torch
 from mitp.cache import CacheCorrupt, CacheSpaceError, build_cache, open_cache, storage
 from mitp.cache.storage import INDEX, lock_path, npy_bytes
 from mitp.data.manifests import read_split
-from mitp.model import MITP, MITPConfig
+from mitp.models.mitp import MITP, MITPConfig
 
 
 def cache_bytes(root: Path) -> dict[str, bytes]:

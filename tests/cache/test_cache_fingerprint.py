@@ -12,11 +12,11 @@ from mitp.cache import (
     CacheMismatch,
     CacheMissing,
     build_cache,
-    check_cache_layer,
 )
 from mitp.cache.fingerprint import fingerprint, short_hash
-from mitp.data.loaders import cached_loaders
 from mitp.errors import ConfigError, UserError
+from mitp.models.rules import check_cache_layer
+from mitp.training.loaders import cached_loaders
 
 
 @pytest.mark.parametrize("change, field", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mitp.flops import Tower, layer_forward, step_flops, vit_tower
+from mitp.models.flops import Tower, layer_forward, step_flops, vit_tower
 
 VIT_B = vit_tower(12, 768, 3072, 224, 16)
 BERT_B = Tower(12, 768, 3072, 16)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from mitp.cache import build_cache
-from mitp.data.loaders import build as build_loaders
-from mitp.data.loaders import cached_loaders, raw_loaders
-from mitp.train import build_model, fit
+from mitp.training.fit import build_model, fit
+from mitp.training.loaders import build as build_loaders
+from mitp.training.loaders import cached_loaders, raw_loaders
 
 
 def _randomize_hub(model):
@@ -88,7 +88,7 @@ def _argv(params, *extra):
 
 
 def test_stage_entry_points_build_and_train_from_the_cache(cache_params, tmp_path, monkeypatch, capsys):
-    """``pipeline.cache`` builds the cache; ``pipeline.train`` runs ``mitp.train.fit`` (cache.enabled
+    """``pipeline.cache`` builds the cache; ``pipeline.train`` runs ``mitp.training.fit.fit`` (cache.enabled
     is the default) and it trains from the cache, starting at layer k."""
     import pipeline.cache
     import pipeline.train
@@ -105,8 +105,8 @@ def test_stage_entry_points_build_and_train_from_the_cache(cache_params, tmp_pat
         seen["loaders"] = build_loaders(params, dataset, backbones, device)
         return seen["loaders"]
 
-    monkeypatch.setattr("mitp.train.fit", spy_fit)  # pipeline.train imports it when it runs
-    monkeypatch.setattr("mitp.train.loaders_mod.build", spy_build)
+    monkeypatch.setattr("mitp.training.fit.fit", spy_fit)  # pipeline.train imports it when it runs
+    monkeypatch.setattr("mitp.training.fit.loaders_mod.build", spy_build)
     monkeypatch.setattr(sys, "argv", ["pipeline.cache", *_argv(params)])
     assert pipeline.cache.main() == 0
     out = capsys.readouterr().out

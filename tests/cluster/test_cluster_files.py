@@ -49,8 +49,8 @@ def test_runtime_env_ships_the_code_and_leaves_data_and_results_behind():
     for left_behind in ("data/raw/food101/x.jpg", ".venv/bin/python", "ray_results/exp/state.json",
                         "mlruns/0/meta.yaml", "mlflow.db", ".git/HEAD", "models/synthetic/mitp/card.json"):
         assert spec.match_file(left_behind), left_behind
-    for shipped in ("mitp/data/loaders.py", "mitp/backbones.py", "pipeline/sweep.py", "params.yaml",
-                    "mitp/backbone_configs/bert-base-uncased.json", "dvc.yaml"):
+    for shipped in ("mitp/training/loaders.py", "mitp/models/backbones.py", "pipeline/sweep.py", "params.yaml",
+                    "mitp/models/backbone_configs/bert-base-uncased.json", "dvc.yaml"):
         assert not spec.match_file(shipped), shipped
     assert all(isinstance(v, str) for v in env["env_vars"].values())  # Ray refuses non-strings
     assert any(k.startswith("MLFLOW_") for k in env["env_vars"])

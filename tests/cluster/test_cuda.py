@@ -26,8 +26,8 @@ def cuda_backbones(tiny_backbones):
 
 
 def test_bf16_training_step(synthetic_prepared, cuda_backbones):
-    from mitp.data import loaders as loaders_mod
-    from mitp.train import autocast, build_model, to_device
+    from mitp.training import loaders as loaders_mod
+    from mitp.training.fit import autocast, build_model, to_device
 
     params = synthetic_prepared.model_copy(deep=True)
     params.cache.enabled = False
@@ -50,8 +50,8 @@ def test_bf16_training_step(synthetic_prepared, cuda_backbones):
 
 def test_cached_features_are_pinned_and_copied_non_blocking(synthetic_prepared, cuda_backbones):
     from mitp.cache import build_cache
-    from mitp.data.loaders import cached_loaders
-    from mitp.train import to_device
+    from mitp.training.fit import to_device
+    from mitp.training.loaders import cached_loaders
 
     params = synthetic_prepared
     build_cache(params, "synthetic", cuda_backbones, CUDA, progress=False)
@@ -70,8 +70,8 @@ def test_cached_features_are_pinned_and_copied_non_blocking(synthetic_prepared, 
 def test_peak_gpu_memory_is_logged(synthetic_prepared):
     from mlflow.tracking import MlflowClient
 
-    from mitp import tracking
-    from mitp.train import fit
+    from mitp.tracking import store as tracking
+    from mitp.training.fit import fit
 
     params = synthetic_prepared.model_copy(deep=True)
     params.cache.enabled = False  # raw inputs: the full frozen stack runs on the GPU too

@@ -13,7 +13,7 @@ import yaml
 from documented import REPO, submit_command
 from ray_head import ray_head
 
-from mitp.config import load_params
+from mitp.config.params import load_params
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

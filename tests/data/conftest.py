@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from loopback_server import LoopbackServer
 
-from mitp.config import load_params
+from mitp.config.params import load_params
 
 FAST_DOWNLOAD = {"retries": 3, "backoff_s": 0.01, "timeout_s": 5.0, "keep_archives": False}
 

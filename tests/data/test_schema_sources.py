@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mitp.config import dataset_names, load_params, load_raw
-from mitp.data.schema import DataConfig
+from mitp.config.data_schema import DataConfig
+from mitp.config.params import dataset_names, load_params, load_raw
 from mitp.errors import ConfigError
 
 REAL = ("food101", "mmimdb", "snli_ve")

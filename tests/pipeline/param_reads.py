@@ -37,7 +37,7 @@ def _in_file_check() -> bool:
 
 
 def install(path: str | Path) -> None:
-    from mitp import config
+    from mitp.config.params import params as config
 
     sections: dict[int, tuple[str, BaseModel]] = {}  # id -> (dotted path, the object, kept alive)
     seen: set[str] = set()

@@ -11,8 +11,8 @@ def open_new_store(uri: str, barrier, results) -> None:
     """One process of the fresh-store race: all open the same new sqlite store at once, as
     concurrently started trainings do, and log one run."""
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    from mitp import tracking
-    from mitp.config import load_params
+    from mitp.config.params import load_params
+    from mitp.tracking import store as tracking
 
     params = load_params()
     barrier.wait()
@@ -29,8 +29,8 @@ def open_new_store(uri: str, barrier, results) -> None:
 def hold_checkpoint() -> None:
     """``python run_state_workers.py [train args]``: take the checkpoint lock the training with
     these arguments would take, print its checkpoint folder, and keep it until stdin closes."""
-    from mitp import checkpoint
-    from mitp.run_layout import train_paths
+    from mitp.training import checkpoint
+    from mitp.training.run_layout import train_paths
     from pipeline import cli
 
     args = cli.parser("hold").parse_args()
@@ -50,7 +50,7 @@ def train_killed_at_step(params, dataset: str, kill_at: int, outputs: dict) -> N
     ``kill_at`` (counted over the whole run, from 1) begins: mid-epoch."""
     import signal
 
-    from mitp import train
+    from mitp.training import fit as train
 
     step_fn, calls = train.train_step, [0]
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from mitp.code_closure import closure, stage_modules
-from mitp.config import REPO_ROOT
+from mitp.config.params import REPO_ROOT
 
 CODE_ROOTS = ("mitp/", "pipeline/")
 
@@ -187,7 +187,7 @@ def test_result_code_is_the_sweep_closure_less_orchestration():
     files = [f.relative_to(REPO_ROOT).as_posix() for f in runner.result_code()]
     assert set(runner.ORCHESTRATION) == ORCHESTRATION
     assert files == [f for f in closure(["pipeline.sweep"]) if f not in ORCHESTRATION]
-    assert "mitp/compiled.py" in files and "mitp/config.py" in files
+    assert "mitp/training/compiled.py" in files and "mitp/config/params.py" in files
 
 
 def test_code_fingerprint_follows_the_closure(tmp_path):
@@ -203,9 +203,9 @@ def test_code_fingerprint_follows_the_closure(tmp_path):
 
     before = runner.code_fingerprint(tmp_path)
     assert runner.code_fingerprint(tmp_path) == before
-    edit("mitp/compiled.py")  # StepRunner: every training step runs through it
+    edit("mitp/training/compiled.py")  # StepRunner: every training step runs through it
     changed = runner.code_fingerprint(tmp_path)
     assert changed != before
-    for rel in sorted(ORCHESTRATION) + ["mitp/report.py"]:  # orchestration, and code the sweep never loads
+    for rel in sorted(ORCHESTRATION) + ["mitp/reporting/report.py"]:  # orchestration, and code the sweep never loads
         edit(rel)
         assert runner.code_fingerprint(tmp_path) == changed, rel

@@ -122,7 +122,7 @@ def test_documented_benchmark_flags_exist(command, capsys):
 def test_needs_outputs_commands_are_filled_in(tmp_path):
     """What the end-to-end repro test runs after `dvc repro`: the run id and the input file come
     from the repository's outputs (here a stand-in: a prepared set and a metrics file)."""
-    from mitp.config import load_params
+    from mitp.config.params import load_params
     from mitp.data.prepare import prepare_dataset
     from mitp.data.synthetic import generate
 

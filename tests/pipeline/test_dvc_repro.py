@@ -106,10 +106,10 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert changed_stages(repo) == set()
 
     # an edit of a module re-runs exactly the stages whose commands import it
-    cases = {"mitp/compiled.py": {"train@synthetic", "sweep@synthetic"},  # StepRunner
+    cases = {"mitp/training/compiled.py": {"train@synthetic", "sweep@synthetic"},  # StepRunner
              "mitp/data/safe_names.py": {"prepare@synthetic"},  # unsafe_reason
-             "mitp/model_kinds.py": {"train@synthetic", "sweep@synthetic"},  # build_model
-             "mitp/config.py": set(expected)}  # ModelConfig: every stage loads the params
+             "mitp/models/kinds.py": {"train@synthetic", "sweep@synthetic"},  # build_model
+             "mitp/config/params.py": set(expected)}  # ModelConfig: every stage loads the params
     for module_file, must in cases.items():
         path = repo / module_file
         original = path.read_bytes()

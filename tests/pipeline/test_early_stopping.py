@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mitp.train import fit, stops_early
+from mitp.training.fit import fit, stops_early
 from tests.conftest import SMALL_SYNTHETIC
 
 

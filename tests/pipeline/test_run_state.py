@@ -15,9 +15,10 @@ from mlflow.tracking import MlflowClient
 from run_state_workers import open_new_store
 from test_train_run import Interrupt, _cli_overrides
 
-from mitp import checkpoint, train
-from mitp.config import REPO_ROOT
-from mitp.tracking import tracking_uri
+from mitp.config.params import REPO_ROOT
+from mitp.tracking.store import tracking_uri
+from mitp.training import checkpoint
+from mitp.training import fit as train
 
 WORKERS = Path(__file__).with_name("run_state_workers.py")
 
@@ -55,7 +56,7 @@ def test_second_identical_training_stops_naming_the_running_one(synthetic_prepar
 def test_fit_refuses_a_held_checkpoint_folder_before_loading_anything(synthetic_prepared, tmp_path, monkeypatch):
     params = synthetic_prepared
     ckpt = tmp_path / "ckpt"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from mitp import checkpoint\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from mitp.training import checkpoint\n"
                                f"with checkpoint.locked({str(ckpt)!r}):\n print('held', flush=True); sys.stdin.read()"],
                               cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     monkeypatch.setattr(train.backbones_mod, "load", lambda *a: pytest.fail("loaded backbones despite the lock"))
@@ -103,7 +104,7 @@ def test_resume_against_another_tracking_store_starts_a_new_run_and_says_so(synt
     # mlflow.set_tracking_uri exports the first store to the environment (which wins over params);
     # a later training in a new process does not inherit it
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with caplog.at_level(logging.WARNING, logger="mitp.tracking"):
+    with caplog.at_level(logging.WARNING, logger="mitp.tracking.store"):
         result = train.fit(other, "synthetic", checkpoint_dir=ckpt)
     assert result.run_id != old_run and [h["epoch"] for h in result.history] == [1, 2]
     assert any(old_run in r.getMessage() and "new run" in r.getMessage() for r in caplog.records), caplog.text
@@ -157,7 +158,7 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_as_one_never_interrupted(synthe
     child.start()
     child.join(timeout=600)
     assert child.exitcode == -9, "the training was not killed mid-epoch"
-    from mitp.run_layout import train_paths
+    from mitp.training.run_layout import train_paths
 
     ckpt = train_paths(params, "synthetic").checkpoint
     assert json.loads((ckpt / checkpoint.META).read_text())["epoch"] == 0, "epoch 1's checkpoint must be the last"

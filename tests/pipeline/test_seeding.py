@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from mitp.train import fit
+from mitp.training.fit import fit
 from tests.conftest import SMALL_SYNTHETIC
 
 

@@ -11,9 +11,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from mitp.config import REPO_ROOT
-from mitp.tracking import tracking_uri
-from mitp.train import fit
+from mitp.config.params import REPO_ROOT
+from mitp.tracking.store import tracking_uri
+from mitp.training.fit import fit
 
 RAW = {"cache.enabled": False}
 

@@ -36,13 +36,13 @@ class TrainedRun:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, shared_root) -> TrainedRun:
-    from mitp import backbones
     from mitp.cache import build_cache
-    from mitp.config import load_params
+    from mitp.config.params import load_params
     from mitp.data.prepare import prepare_dataset
     from mitp.data.synthetic import generate
-    from mitp.tracking import tracking_uri
-    from mitp.train import fit
+    from mitp.models import backbones
+    from mitp.tracking.store import tracking_uri
+    from mitp.training.fit import fit
 
     root = tmp_path_factory.mktemp("serve")
     os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from mitp.config import MODEL_KINDS, REPO_ROOT, load_params
-from mitp.sweep.space import normalize_space
+from mitp.config.params import MODEL_KINDS, REPO_ROOT, load_params
+from mitp.config.space import normalize_space
 
 
 def _top_level_plots() -> dict[str, dict]:

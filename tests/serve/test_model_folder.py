@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from mitp import inference, trained_model
 from mitp.data.manifests import manifest_hash
+from mitp.models import inference
+from mitp.models import trained as trained_model
 
 
 def test_card_describes_the_model(trained_run):
@@ -71,7 +72,7 @@ def _first_rows(params, n):
 def test_multi_label_decision_uses_the_card_threshold():
     from pathlib import Path
 
-    from mitp.mlflow_model import prediction_record
+    from mitp.tracking.pyfunc import prediction_record
 
     card = {"labels": ["drama", "comedy", "horror"], "task": {"type": "multi_label", "threshold": 0.5}}
     tm = trained_model.TrainedModel(model=None, backbones=None, card=card, folder=Path("."), device=torch.device("cpu"))

@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mitp import inference, mlflow_model, trained_model
-from mitp.config import REPO_ROOT
+from mitp.config.params import REPO_ROOT
 from mitp.data.manifests import read_split
+from mitp.models import inference
+from mitp.models import trained as trained_model
+from mitp.tracking import pyfunc as mlflow_model
 
 
 def _cli(module: str, *args: str, run) -> subprocess.CompletedProcess:
@@ -164,7 +166,7 @@ def test_train_cli_register_and_model_out_from_raw_inputs(trained_run, tmp_path)
 
 def test_sweep_parent_points_at_the_registered_best_model(trained_run, tmp_path):
     """What the sweep runner does with its best trial (here: the trained run as the best)."""
-    from mitp import tracking
+    from mitp.tracking import store as tracking
 
     with tracking.start_run(trained_run.params, run_name="sweep parent") as parent:
         tags = mlflow_model.publish_best(trained_run.run_id, tmp_path / "best", "mitp-sweep-best")

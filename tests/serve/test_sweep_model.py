@@ -8,7 +8,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mitp import trained_model
+from mitp.models import trained as trained_model
 from tests.conftest import SMALL_SYNTHETIC
 
 
@@ -17,7 +17,7 @@ def test_sweep_registers_and_writes_the_best_trials_model(make_params, tmp_path)
     from mitp.data.prepare import prepare_dataset
     from mitp.data.synthetic import generate
     from mitp.sweep.runner import run_sweep
-    from mitp.tracking import tracking_uri
+    from mitp.tracking.store import tracking_uri
 
     params = make_params({**SMALL_SYNTHETIC, "cache.enabled": False, "sweep.space": {"model.prompt_length": [4, 8]},
                           "sweep.train": {"epochs": 1}, "sweep.max_concurrent_trials": 2, "ray.num_cpus": 2,

@@ -10,7 +10,7 @@ def mlflow_runs(params):
     """All runs of the params' experiment: (parents, children) as MLflow Run objects."""
     from mlflow.tracking import MlflowClient
 
-    from mitp import tracking
+    from mitp.tracking import store as tracking
 
     client = MlflowClient(tracking.tracking_uri(params))
     exp = client.get_experiment_by_name(params.mlflow.experiment)
@@ -23,7 +23,7 @@ def mlflow_runs(params):
 def metric_history(params, run_id: str, key: str) -> list:
     from mlflow.tracking import MlflowClient
 
-    from mitp import tracking
+    from mitp.tracking import store as tracking
 
     return MlflowClient(tracking.tracking_uri(params)).get_metric_history(run_id, key)
 

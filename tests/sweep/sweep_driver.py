@@ -21,7 +21,7 @@ def main() -> None:
     import ray.cloudpickle
     import sweep_hooks
 
-    from mitp.config import load_params
+    from mitp.config.params import load_params
     from mitp.sweep.runner import run_sweep
 
     ray.cloudpickle.register_pickle_by_value(sweep_hooks)

@@ -15,7 +15,8 @@ def _params(make_params, **overrides):
 def test_forms_become_tune_domains(make_params):
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    from mitp.sweep.space import build_space
+    from mitp.config.space import build_space
+    from mitp.sweep.search import param_space
 
     params = _params(make_params, **{"sweep.space": {
         "model.prompt_length": {"grid": [4, 8]},
@@ -26,7 +27,7 @@ def test_forms_become_tune_domains(make_params):
         "seed": 7,  # fixed
     }})
     space = build_space(params)
-    ps = space.param_space()
+    ps = param_space(space)
     assert ps["model.prompt_length"] == {"grid_search": [4, 8]}
     assert ps["model.hub_size"] == {"grid_search": [16, 32, 64]}
     assert isinstance(ps["model.kind"], Categorical)
@@ -40,11 +41,12 @@ def test_forms_become_tune_domains(make_params):
 
 
 def test_repeats_get_their_own_seeds(make_params):
-    from mitp.sweep.space import build_space
+    from mitp.config.space import build_space
+    from mitp.sweep.search import param_space
 
     params = _params(make_params, **{"seed": 5, "sweep.num_samples": 3, "sweep.space": {"model.hub_size": [16, 32]}})
     space = build_space(params)
-    assert space.auto_seeds == [5, 6, 7] and space.param_space()["seed"] == {"grid_search": [5, 6, 7]}
+    assert space.auto_seeds == [5, 6, 7] and param_space(space)["seed"] == {"grid_search": [5, 6, 7]}
     assert space.num_samples == 1 and space.n_trials == 6 and "seed" in space.swept_keys
     # a seed in the space: num_samples stays Tune's (random samples)
     params = _params(make_params, **{"sweep.num_samples": 3, "sweep.space": {"seed": {"choice": [0, 1]}}})
@@ -53,7 +55,7 @@ def test_repeats_get_their_own_seeds(make_params):
 
 
 def test_trial_overrides_space_wins_over_sweep_train(make_params):
-    from mitp.sweep.space import build_space
+    from mitp.config.space import build_space
 
     params = _params(make_params, **{"sweep.train": {"epochs": 3, "train.batch_size": 16},
                                      "sweep.space": {"train.epochs": [1, 5]}})
@@ -74,7 +76,7 @@ def test_trial_overrides_space_wins_over_sweep_train(make_params):
     ({"model": {"interaction": {}}}, "sweep.space.model.interaction: empty mapping"),
 ])
 def test_malformed_space_fails_at_load(make_params, space, message):
-    from mitp.sweep.space import check_params
+    from mitp.models.rules import check_params
 
     with pytest.raises(ConfigError, match="sweep.space") as info:
         check_params(_params(make_params, **{"sweep.space": space}))
@@ -82,7 +84,7 @@ def test_malformed_space_fails_at_load(make_params, space, message):
 
 
 def test_unknown_sweep_train_key_fails_at_load(make_params):
-    from mitp.sweep.space import check_params
+    from mitp.models.rules import check_params
 
     with pytest.raises(ConfigError, match=r"sweep\.train: epochz: unknown train key"):
         check_params(_params(make_params, **{"sweep.train": {"epochz": 2}}))
@@ -91,7 +93,7 @@ def test_unknown_sweep_train_key_fails_at_load(make_params):
 def test_starts_in_use(make_params):
     """The train config's start and every start the space can give (any form, nested or dotted),
     as long as some kind in use has interaction layers."""
-    from mitp.sweep.space import starts_in_use
+    from mitp.models.rules import starts_in_use
 
     def starts(**overrides):
         return starts_in_use(make_params({"model.interaction.start": 2, **overrides}))
@@ -118,8 +120,9 @@ def test_every_check_of_the_cache_layer_rule_is_reached(make_params, tmp_path):
     from overrides import set_args
 
     from mitp.cache import build_cache
-    from mitp.config import REPO_ROOT
-    from mitp.sweep.space import base_raw_of, build_space, validate_trials
+    from mitp.config.params import REPO_ROOT
+    from mitp.config.space import base_raw_of, build_space
+    from mitp.sweep.search import validate_trials
 
     train_bad = {"cache.layer": 2, "model.interaction.start": 1, "sweep.space": {}}
     sweep_bad = {"cache.layer": 2, "model.interaction.start": 2, "sweep.space": {"model.interaction.start": [1, 2]}}
@@ -145,7 +148,8 @@ def test_every_check_of_the_cache_layer_rule_is_reached(make_params, tmp_path):
 
 
 def test_bad_trial_value_fails_before_launch_naming_key_and_trial(make_params):
-    from mitp.sweep.space import base_raw_of, build_space, validate_trials
+    from mitp.config.space import base_raw_of, build_space
+    from mitp.sweep.search import validate_trials
 
     params = _params(make_params, **{"sweep.space": {"model.prompt_length": [4, 0], "model.hub_size": [16, 32]}})
     space = build_space(params)
@@ -157,7 +161,8 @@ def test_bad_trial_value_fails_before_launch_naming_key_and_trial(make_params):
 
 
 def test_start_layer_checks(make_params):
-    from mitp.sweep.space import base_raw_of, build_space, validate_trials
+    from mitp.config.space import base_raw_of, build_space
+    from mitp.sweep.search import validate_trials
 
     # below the cache layer: the cached layers would have to see a prompt
     params = make_params({"cache.enabled": True, "cache.layer": 2, "model.interaction.start": 2,
@@ -200,8 +205,8 @@ def test_gpu_settings_are_checked(make_params):
 
 
 def test_experiment_name_identifies_the_sweep(make_params):
+    from mitp.config.space import build_space
     from mitp.sweep.runner import experiment_name
-    from mitp.sweep.space import build_space
 
     def name(**overrides):
         params = _params(make_params, **{"sweep.space": {"model.hub_size": [16, 32]}, **overrides})
@@ -223,9 +228,9 @@ def test_a_change_to_the_trials_code_starts_a_new_sweep(make_params, monkeypatch
     pipeline.sweep, tests/pipeline/test_code_deps.py), so an edit never resumes an old sweep."""
     import shutil
 
-    from mitp.config import REPO_ROOT
+    from mitp.config.params import REPO_ROOT
+    from mitp.config.space import build_space
     from mitp.sweep import runner
-    from mitp.sweep.space import build_space
 
     for pkg in ("mitp", "pipeline"):
         shutil.copytree(REPO_ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
@@ -238,8 +243,8 @@ def test_a_change_to_the_trials_code_starts_a_new_sweep(make_params, monkeypatch
 
     seen = [name()]
     assert name() == seen[0]  # unchanged code: the same folder, so a rerun resumes
-    for rel, changes in [("mitp/sweep/runner.py", False), ("mitp/report.py", False), ("mitp/cache/build.py", True),
-                         ("mitp/model_kinds.py", True), ("mitp/compiled.py", True), ("mitp/sweep/trainable.py", True)]:
+    for rel, changes in [("mitp/sweep/runner.py", False), ("mitp/reporting/report.py", False), ("mitp/cache/build.py", True),
+                         ("mitp/models/kinds.py", True), ("mitp/training/compiled.py", True), ("mitp/sweep/trainable.py", True)]:
         with (tmp_path / rel).open("a") as f:
             f.write("# edited\n")
         assert (name() not in seen) is changes, rel
@@ -247,12 +252,12 @@ def test_a_change_to_the_trials_code_starts_a_new_sweep(make_params, monkeypatch
 
 
 def test_result_code_is_the_sweep_stage_code_deps():
-    from mitp.config import REPO_ROOT
+    from mitp.config.params import REPO_ROOT
     from mitp.sweep import runner
 
     files = {f.relative_to(REPO_ROOT).as_posix() for f in runner.result_code()}
-    assert {"mitp/model.py", "mitp/train.py", "mitp/sweep/trainable.py", "mitp/sweep/space.py"} <= files
-    assert "mitp/sweep/runner.py" not in files and "mitp/report.py" not in files
+    assert {"mitp/models/mitp.py", "mitp/training/fit.py", "mitp/sweep/trainable.py", "mitp/config/space.py"} <= files
+    assert "mitp/sweep/runner.py" not in files and "mitp/reporting/report.py" not in files
 
 
 def test_best_row_and_csv():
@@ -282,6 +287,6 @@ def test_error_first_line():
     from mitp.sweep.results import first_line
 
     tb = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    raise X\n"
-          "mitp.train.TrainingDiverged: loss became nan at epoch 1, step 2\n")
-    assert first_line(tb) == "mitp.train.TrainingDiverged: loss became nan at epoch 1, step 2"
+          "mitp.training.fit.TrainingDiverged: loss became nan at epoch 1, step 2\n")
+    assert first_line(tb) == "mitp.training.fit.TrainingDiverged: loss became nan at epoch 1, step 2"
     assert first_line(None) == ""

@@ -11,7 +11,7 @@ import pytest
 from overrides import params_overrides, set_args
 from sweep_checks import mlflow_runs, read_csv
 
-from mitp.config import REPO_ROOT
+from mitp.config.params import REPO_ROOT
 
 
 def _cli(params, *extra: str, overrides: dict | None = None, timeout: int = 600):

@@ -10,7 +10,7 @@ import statistics
 import pandas as pd
 import pytest
 
-from mitp import ablation_stats as st
+from mitp.reporting import stats as st
 from mitp.sweep import results
 
 KEYS = ["model.prompt_length", "model.hub_size", "seed"]

@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mitp import backbones
-from mitp.config import BackboneConfig
+from mitp.config.params import BackboneConfig
+from mitp.models import backbones
 
 REV_A, REV_B, REV_T = "a" * 40, "b" * 40, "c" * 40
 
@@ -124,7 +124,7 @@ def test_changed_vision_revision_fetches_again_never_reuses(tmp_path, hub):
 
 
 def test_unpinned_revision_records_the_resolved_commit_and_warns(tmp_path, hub, caplog):
-    with caplog.at_level("WARNING", logger="mitp.backbones"):
+    with caplog.at_level("WARNING", logger="mitp.models.backbones"):
         bb = backbones.load(_cfg(tmp_path, vision_revision=None))
     assert "backbone.vision_revision is not pinned" in caplog.text
     assert bb.spec.vision_revision == REV_B  # the commit main pointed to at fetch time

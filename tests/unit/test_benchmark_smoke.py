@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from mitp.config import REPO_ROOT
+from mitp.config.params import REPO_ROOT
 
 
 def _run(*args: str, timeout: float = 900, env: dict | None = None) -> dict:
@@ -50,7 +50,7 @@ def test_cache_speedup_smoke_prints_its_json_line():
     (["--preset", "tiny-random", "-S", "backbone.preset=tiny-random"], "tiny-random", {}),
 ])
 def test_cache_speedup_takes_the_backbones_as_params_yaml_names_them(argv, preset, left):
-    from mitp.config import parse_override
+    from mitp.config.params import parse_override
 
     bench = _module("cache_speedup")
     args = bench.build_parser().parse_args(argv)
@@ -65,7 +65,7 @@ def test_cache_speedup_takes_the_backbones_as_params_yaml_names_them(argv, prese
     (["-S", "backbone.vision=google/vit-base-patch16-224"], "builds its own backbones"),
 ])
 def test_cache_speedup_refuses_backbones_it_does_not_build(argv, message):
-    from mitp.config import parse_override
+    from mitp.config.params import parse_override
 
     bench = _module("cache_speedup")
     args = bench.build_parser().parse_args(argv)

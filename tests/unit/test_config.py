@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mitp.config import (
+from mitp.config.params import (
     MODEL_KINDS,
     REPO_ROOT,
     ModelConfig,
@@ -168,7 +168,7 @@ def test_quoted_override_values_stay_strings():
 
 
 def test_extra_seeds_listed_twice_is_an_error():
-    from mitp.config import load_params
+    from mitp.config.params import load_params
     from mitp.errors import ConfigError
 
     with pytest.raises(ConfigError, match="extra_seeds: .*lists a seed twice"):
@@ -179,7 +179,7 @@ def test_extra_seeds_listed_twice_is_an_error():
 def test_shown_paths_do_not_depend_on_the_checkout():
     """What outputs record (prepare reports, the sweep's experiment path, MLflow dataset sources):
     a path inside the repository relative to it, so DVC hashes match in every clone."""
-    from mitp.config import REPO_ROOT, shown_path
+    from mitp.config.params import REPO_ROOT, shown_path
 
     assert shown_path(REPO_ROOT / "data" / "raw" / "synthetic") == "data/raw/synthetic"
     assert shown_path(str(REPO_ROOT / "ray_results" / "x")) == "ray_results/x"

@@ -1,4 +1,4 @@
-from mitp.dotted_keys import flatten
+from mitp.config.dotted_keys import flatten
 
 
 def test_nested_sections_become_dotted_keys_and_empty_mappings_stay_values():

@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-from mitp.config import load_params
+from mitp.config.params import load_params
 from mitp.errors import ConfigError
-from mitp.model import MITP, MITPConfig
-from mitp.train import fit, make_optimizer
+from mitp.models.mitp import MITP, MITPConfig
+from mitp.training.fit import fit, make_optimizer
 
 
 def test_a_step_changes_both_backbones(tiny_backbones):

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from mitp.memory import peak_memory_mb, reset_peak_memory
+from mitp.training.memory import peak_memory_mb, reset_peak_memory
 
 CPU = torch.device("cpu")
 

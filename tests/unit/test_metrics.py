@@ -1,6 +1,6 @@
 import torch
 
-from mitp import metrics
+from mitp.models import metrics
 
 
 def test_accuracy():

@@ -8,8 +8,8 @@ import copy
 import pytest
 import torch
 
-from mitp.model import MITP, MITPConfig, TextTower, VisionTower
-from mitp.train import make_optimizer
+from mitp.models.mitp import MITP, MITPConfig, TextTower, VisionTower
+from mitp.training.fit import make_optimizer
 
 
 def batch(bb, texts=("a red circle", "there is a shiny blue square in the picture"), seed=0):
@@ -246,7 +246,7 @@ def test_towers_of_different_depth_align_from_the_top(tiny_backbones):
 
 
 def _params():
-    from mitp.config import load_params
+    from mitp.config.params import load_params
 
     return load_params(overrides={"train.weight_decay": 0.01})
 

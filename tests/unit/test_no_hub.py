@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from mitp.model import MITP, MITPConfig
-from mitp.summary import model_summary
+from mitp.models.mitp import MITP, MITPConfig
+from mitp.models.summary import model_summary
 
 PAPER = {"backbone.preset": "vit-base+bert-base", "model.hub_size": 384, "model.prompt_length": 8,
          "model.interaction.start": 8}

@@ -8,7 +8,7 @@ import tomllib
 
 import yaml
 
-from mitp.config import REPO_ROOT
+from mitp.config.params import REPO_ROOT
 
 
 def _name(req: str) -> str:

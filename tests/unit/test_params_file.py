@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from mitp.config import DEFAULT_PARAMS, Params
+from mitp.config.params import DEFAULT_PARAMS, Params
 
 
 def schema_leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mitp.config import load_params
-from mitp.pmf import PMF, PMFConfig
-from mitp.summary import model_summary
-from mitp.train import make_optimizer
+from mitp.config.params import load_params
+from mitp.models.pmf import PMF, PMFConfig
+from mitp.models.summary import model_summary
+from mitp.training.fit import make_optimizer
 
 
 def batch(bb, texts=("a red circle", "there is a shiny blue square in the picture"), seed=0):
@@ -111,7 +111,7 @@ def test_a_saved_config_rebuilds_the_same_pmf(tiny_backbones):
     import copy
     import dataclasses
 
-    from mitp.model_kinds import from_config
+    from mitp.models.kinds import from_config
 
     model = build(tiny_backbones).eval()
     again = from_config(dataclasses.asdict(model.config), copy.deepcopy(tiny_backbones.vision),
@@ -128,7 +128,7 @@ def test_a_saved_config_rebuilds_the_same_pmf(tiny_backbones):
 def test_computing_only_the_rows_read_gives_the_full_layers_logits(tiny_backbones, monkeypatch, n_fcp):
     """The query passes compute the query rows alone and the last fusion pass CLS alone: the
     logits and the prompts' gradients are those of running every row."""
-    from mitp.model import TextTower, VisionTower
+    from mitp.models.mitp import TextTower, VisionTower
 
     pixels, ids, mask = batch(tiny_backbones)
     outs = []

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from mitp.config import REPO_ROOT
-from mitp.report import readme_summary
+from mitp.config.params import REPO_ROOT
+from mitp.reporting.report import readme_summary
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 

@@ -9,8 +9,8 @@ import math
 import pandas as pd
 import pytest
 
-from mitp.config import load_params
-from mitp.report import ablation, build, readme_summary
+from mitp.config.params import load_params
+from mitp.reporting.report import ablation, build, readme_summary
 
 
 def _write(metrics_dir, ds, kind, acc, trainable, **extra):
@@ -167,7 +167,7 @@ def test_ablation_compares_each_value_with_the_chosen_one():
 
 
 def test_sweep_sentences_come_from_the_ablation_records():
-    from mitp.report import sweep_sentences
+    from mitp.reporting.report import sweep_sentences
 
     sweep = {"ablations": {"model.hub_size": {"pooled": False, "fixed": {"model.interaction.start": 0}, "rows": [
         {"value": 16, "mean": 0.70, "std": 0.02, "n": 3, "reference": False, "diff": 0.06, "ci95": [0.01, 0.11],

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from mitp.config import REPO_ROOT, load_params
-from mitp.report import ReportInputError, build
+from mitp.config.params import REPO_ROOT, load_params
+from mitp.reporting.report import ReportInputError, build
 
 GOOD_RUN = {"test_accuracy": 0.8, "val_accuracy": 0.81, "trainable_params": 100, "total_params": 1000,
             "trainable_ratio": 0.1}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def test_artifacts_live_beside_the_sqlite_database(make_params, tmp_path):
-    from mitp import tracking
+    from mitp.tracking import store as tracking
 
     params = make_params({"mlflow.experiment": "artifacts-here"})
     mlflow = tracking.setup(params)
@@ -18,7 +18,7 @@ def test_artifacts_live_beside_the_sqlite_database(make_params, tmp_path):
 def test_the_commit_is_dirty_for_code_changes_not_for_the_pipelines_outputs(tmp_path, monkeypatch):
     import subprocess
 
-    from mitp import tracking
+    from mitp.tracking import store as tracking
 
     repo = tmp_path / "repo"
     (repo / "metrics").mkdir(parents=True)

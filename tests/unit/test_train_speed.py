@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from mitp.compiled import StepRunner, wants_compile
-from mitp.config import REPO_ROOT
+from mitp.config.params import REPO_ROOT
+from mitp.training.compiled import StepRunner, wants_compile
 
 KEYS = {"eager_samples_per_s", "fast_samples_per_s", "fast_eager_samples_per_s", "speedup", "max_abs_logit_diff",
         "startup_to_first_step_s", "compiled"}

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from mitp.config import load_params
-from mitp.model import MITP, MITPConfig
-from mitp.train import TrainingDiverged, check_finite, make_optimizer, train_step
+from mitp.config.params import load_params
+from mitp.models.mitp import MITP, MITPConfig
+from mitp.training.fit import TrainingDiverged, check_finite, make_optimizer, train_step
 
 
 def _model(bb) -> MITP:

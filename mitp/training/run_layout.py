@@ -12,8 +12,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mitp.config import Params
-from mitp.tracking import run_params
+from mitp.config.params import Params
+from mitp.tracking.store import run_params
 
 
 def run_key(params: Params, dataset: str) -> str:

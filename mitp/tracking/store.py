@@ -18,7 +18,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from mitp.config import REPO_ROOT, Params
+from mitp.config.params import REPO_ROOT, Params
 from mitp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def git_commit() -> str:
 
 
 def lineage_tags(params: Params, dataset: str) -> dict[str, str]:
-    from mitp.backbones import spec_from_config
+    from mitp.models.backbones import spec_from_config
 
     spec = spec_from_config(params.backbone)
     return {
@@ -69,7 +69,7 @@ def lineage_tags(params: Params, dataset: str) -> dict[str, str]:
 
 def run_params(params: Params, dataset: str) -> dict[str, Any]:
     """The flat params of one training run: the sections it reads (data only of its dataset)."""
-    from mitp.config import to_flat_dict
+    from mitp.config.params import to_flat_dict
 
     dump = params.model_dump()
     dump["data"] = {dataset: dump["data"][dataset]}

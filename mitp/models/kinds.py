@@ -1,12 +1,12 @@
-"""``model.kind`` -> the model class: MITP and its variants (:mod:`mitp.model`) or PMF
-(:mod:`mitp.pmf`). Every caller that builds a model from ``params`` goes through here."""
+"""``model.kind`` -> the model class: MITP and its variants (:mod:`mitp.models.mitp`) or PMF
+(:mod:`mitp.models.pmf`). Every caller that builds a model from ``params`` goes through here."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from mitp.model import MITP, MITPConfig, TwoTowers
-from mitp.pmf import PMF, PMFConfig
+from mitp.models.mitp import MITP, MITPConfig, TwoTowers
+from mitp.models.pmf import PMF, PMFConfig
 
 
 def build_model(params, vision: nn.Module, text: nn.Module, num_labels: int, multi_label: bool,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from mitp import backbones
-from mitp.config import Params
+from mitp.config.params import Params
 from mitp.data.manifests import read_labels
-from mitp.model_kinds import build_model
+from mitp.models import backbones
+from mitp.models.kinds import build_model
 
 # Label counts of the benchmark datasets, for summaries before `prepare` has run.
 KNOWN_NUM_LABELS = {"food101": 101, "mmimdb": 23, "snli_ve": 3, "synthetic": 3}

@@ -21,18 +21,21 @@ import torch
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from mitp import backbones as backbones_mod
-from mitp import checkpoint, metrics, mlflow_model, runtime, tracking, trained_model
-from mitp.compiled import StepRunner, wants_compile
-from mitp.config import Params
-from mitp.data import loaders as loaders_mod
+from mitp.config.params import Params
 from mitp.data.manifests import manifest_hash
 from mitp.errors import UserError
-from mitp.memory import peak_memory_mb, reset_peak_memory
-from mitp.model import TwoTowers
-from mitp.model_kinds import build_model as build_kind
-from mitp.runtime import pick_device  # noqa: F401  (benchmarks import it from here)
-from mitp.sweep.space import check_cache_layer
+from mitp.models import backbones as backbones_mod
+from mitp.models import metrics, weights
+from mitp.models import trained as trained_model
+from mitp.models.kinds import build_model as build_kind
+from mitp.models.mitp import TwoTowers
+from mitp.models.rules import check_cache_layer
+from mitp.tracking import pyfunc as mlflow_model
+from mitp.tracking import store as tracking
+from mitp.training import checkpoint, runtime
+from mitp.training import loaders as loaders_mod
+from mitp.training.compiled import StepRunner, wants_compile
+from mitp.training.memory import peak_memory_mb, reset_peak_memory
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,7 @@ def train_step(model: TwoTowers, batch: dict, optimizer, scheduler, *, start_lay
     detached and still on the device (no host sync: the caller checks finiteness now and then,
     see :func:`check_finite`).
 
-    Forward (bf16 autocast on CUDA) and backward (``runner``: compiled, see :mod:`mitp.compiled`;
+    Forward (bf16 autocast on CUDA) and backward (``runner``: compiled, see :mod:`mitp.training.compiled`;
     default eager), clip the trainable gradients to ``grad_clip``, optimizer and schedule step.
     """
     def forward(module, b):
@@ -163,7 +166,7 @@ def evaluate(model: TwoTowers, loader, device: torch.device, start_layer: int, m
 def fit(params: Params, dataset: str, *, checkpoint_dir: str | Path | None = None, **kwargs) -> TrainResult:
     """Train one model on ``dataset`` (see :func:`_fit`), holding ``checkpoint_dir`` for the whole
     run: a second training on the same folder stops at once with
-    :class:`~mitp.checkpoint.CheckpointBusy` naming the running one."""
+    :class:`~mitp.training.checkpoint.CheckpointBusy` naming the running one."""
     with checkpoint.locked(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext():
         return _fit(params, dataset, checkpoint_dir=checkpoint_dir, **kwargs)
 
@@ -186,12 +189,12 @@ def _fit(
     ``checkpoint_dir``: a folder for the per-epoch checkpoint; if it already holds one, the run
     resumes from it (same MLflow run, no epoch done twice; a new run, with a warning, if the
     tracking store no longer holds that one).
-    ``model_out``: a folder for the trained model (weights + model card, ``mitp.trained_model``);
+    ``model_out``: a folder for the trained model (weights + model card, ``mitp.models.trained``);
     the model is logged to MLflow as a pyfunc model either way, and registered in the model
     registry as ``register`` when a name is given.
     """
     check_cache_layer(params)  # also refuses the cache for finetune
-    # device, threads, kernels, CUDA determinism: before anything computes (mitp.runtime)
+    # device, threads, kernels, CUDA determinism: before anything computes (mitp.training.runtime)
     device, run_tags = runtime.setup(params.train)
     # on the CPU: the model's layers run where they were loaded; on CUDA only the layers that run
     # move to the GPU (with the model, below), never the layers below k the cached path drops
@@ -288,7 +291,7 @@ def _fit(
             improved = val[primary] > best_val
             if improved:
                 best_val, best_epoch = val[primary], epoch + 1
-                best_state = checkpoint.trainable_state(model)
+                best_state = weights.trainable_state(model)
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
             log.info("epoch %d/%d train_loss %.4f val_%s %.4f%s", epoch + 1, t.epochs, row["train_loss"],
                      primary, val[primary], " (best)" if improved else "")
@@ -300,7 +303,7 @@ def _fit(
                 on_epoch(epoch + 1, {k: v for k, v in row.items()}, ckpt)
 
         # best epoch -> test
-        checkpoint.load_weights(model, best_state)
+        weights.load_weights(model, best_state)
         best_row = history[best_epoch - 1]
         test_out: dict = {}
         test = evaluate(model, loaders.test, device, loaders.start_layer, loaders.multi_label, desc="test",
@@ -317,17 +320,17 @@ def _fit(
             "materialised_params": sum(p.numel() for p in model.parameters()),  # held in memory
             "train_samples_per_s": train_samples / max(train_time, 1e-9),
             "train_time_s": train_time,
-            "peak_memory_mb": peak_memory_mb(device),  # from the first step on (mitp.memory)
+            "peak_memory_mb": peak_memory_mb(device),  # from the first step on (mitp.training.memory)
             "load_peak_memory_mb": load_peak_mb,  # loading and building, before the first step
         }
         mlflow.log_metrics(tracking.summary_metrics(final))
         weights_path = None
         if weights_out is not None:
             weights_path = Path(weights_out)
-            checkpoint.save_weights(weights_path, best_state, metadata={"dataset": dataset, "run_id": run_id,
+            weights.save_weights(weights_path, best_state, metadata={"dataset": dataset, "run_id": run_id,
                                                                         "best_epoch": str(best_epoch)})
             mlflow.log_artifact(str(weights_path))
-        # the self-describing model, its MLflow model, figures and lineage (mitp.mlflow_model)
+        # the self-describing model, its MLflow model, figures and lineage (mitp.tracking.pyfunc)
         card = trained_model.make_card(
             params, dataset, bb, model.config, loaders.labels, start_layer=loaders.start_layer,
             source=loaders.source, cache_fingerprint=loaders.info.get("cache_fingerprint"),
@@ -345,10 +348,10 @@ def fit_and_record(params: Params, dataset: str, *, run_name: str | None = None,
                    history_out: str | Path | None = None, model_out: str | Path | None = None,
                    register: str | None = None, fresh: bool = False) -> TrainResult:
     """One training as ``python -m pipeline.train`` runs it (and each run of the main table,
-    :mod:`mitp.table`): :func:`fit` on the run's checkpoint folder, then its metrics and history
+    :mod:`mitp.training.table`): :func:`fit` on the run's checkpoint folder, then its metrics and history
     JSON. ``fresh`` drops an interrupted run's checkpoint first; otherwise the run resumes it."""
     from mitp.atomic import write_json
-    from mitp.run_layout import train_paths
+    from mitp.training.run_layout import train_paths
 
     paths = train_paths(params, dataset, metrics_out=metrics_out, history_out=history_out)
     # held from --fresh to the final clean-up, so a second identical training touches nothing

@@ -1,10 +1,10 @@
-"""The search space of a sweep: ``sweep.space`` in params.yaml -> a Ray Tune ``param_space``
+"""The grammar of a sweep's search space: ``sweep.space`` in params.yaml -> :class:`SweepSpace`
 (forms: docs/cluster.md, "The search space"; ``num_samples > 1`` without ``seed`` in the space
 becomes a seed grid ``seed, seed + 1, ...``; a key in the space wins over ``sweep.train``).
 
-The one parser of the space and the one home of the rule "``cache.layer`` <= every interaction
-start in use" (:func:`starts_in_use`, :func:`check_cache_layer`); :func:`validate_trials`
-checks every trial configuration before launch.
+The one parser of the space. It knows no Ray (:mod:`mitp.sweep.search` turns a space into Tune's
+``param_space``) and no model: the rule on ``cache.layer`` that reads the space lives with the
+kinds, in :mod:`mitp.models.rules`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mitp.config import MODEL_KINDS, Params, TrainConfig, apply_overrides, to_flat_dict, validate
-from mitp.dotted_keys import flatten
+from mitp.config.dotted_keys import flatten
+from mitp.config.params import Params, TrainConfig, apply_overrides, to_flat_dict, validate
 from mitp.errors import ConfigError
 
 GRID_FORMS = ("grid", "grid_search")
@@ -28,8 +28,6 @@ RANGE_FORMS: dict[str, tuple[int, bool]] = {
     "randint": (2, True), "lograndint": (2, True), "qrandint": (3, False), "qlograndint": (3, False)}
 FORMS = GRID_FORMS + CHOICE_FORMS + tuple(RANGE_FORMS)
 SWEEPABLE_ROOTS = ("seed", "model", "train")
-START_KEY = "model.interaction.start"
-FUSION_KEY = "model.pmf.n_fusion_layers"
 MAX_VALIDATED_COMBINATIONS = 512  # above: each key's values are validated one at a time
 
 
@@ -51,13 +49,6 @@ class Dim:
     def describe(self) -> Any:
         """The spec as it is logged on the parent run (plain JSON)."""
         return self.args[0] if self.form == "fixed" else {self.form: list(self.args)}
-
-    def to_tune(self):
-        from ray import tune
-
-        if self.form in ("fixed", "grid", "choice"):
-            return {"fixed": lambda v: v[0], "grid": tune.grid_search, "choice": tune.choice}[self.form](list(self.args))
-        return getattr(tune, self.form)(*self.args)
 
 
 def _is_form(spec: Any) -> bool:
@@ -147,9 +138,6 @@ class SweepSpace:
     def n_trials(self) -> int:
         return self.grid_size * self.num_samples
 
-    def param_space(self) -> dict[str, Any]:
-        return {key: dim.to_tune() for key, dim in self.dims.items()}
-
     def describe(self) -> dict[str, Any]:
         return {key: dim.describe() for key, dim in self.dims.items()}
 
@@ -181,72 +169,12 @@ def build_space(params: Params) -> SweepSpace:
 
 
 def trial_params(base_raw: dict, overrides: dict[str, Any], source: str = "sweep trial") -> Params:
-    """Validated :class:`~mitp.config.Params` of one trial (the schema names a bad key)."""
+    """Validated :class:`~mitp.config.params.Params` of one trial (the schema names a bad key)."""
     return validate(apply_overrides(base_raw, overrides), source)
 
 
 def describe_overrides(overrides: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "no overrides"
-
-
-def starts_in_use(params: Params) -> set[int]:
-    """Every first changed layer a run can use, over the kinds in use (``MODEL_KINDS``): each
-    ``model.interaction.start`` the config and space give (a range by its ends) for MITP, depth -
-    ``model.pmf.n_fusion_layers`` for PMF; empty if no kind changes a cacheable layer."""
-    dims = normalize_space(params.sweep.space)
-
-    def in_use(key: str, configured: Any) -> list[Any]:  # the configured value and the space's candidates
-        return [configured, *(dims[key].candidates() if key in dims else [])]
-
-    changes = {MODEL_KINDS.get(kind, "interaction") for kind in in_use("model.kind", params.model.kind)}
-    starts: set[int] = set()
-    if "interaction" in changes:
-        values = in_use(START_KEY, params.model.interaction.start)
-        if bad := [v for v in values if not isinstance(v, int) or isinstance(v, bool)]:
-            raise ConfigError(f"sweep.space.{START_KEY}: {bad[0]!r} is not a layer number")
-        starts |= set(values)
-    if "top" in changes:
-        depth = min(_depths(params))
-        fusion = in_use(FUSION_KEY, params.model.pmf.n_fusion_layers)
-        starts |= {depth - f for f in fusion if isinstance(f, int)}
-    return starts
-
-
-def check_cache_layer(params: Params) -> None:
-    """``cache.layer`` k <= every start in use (the cached layers must never see a prompt)."""
-    if params.cache.enabled and params.model.kind == "finetune":
-        raise ConfigError("cache.enabled: model.kind=finetune trains the backbones end to end, so it cannot "
-                          "train from the feature cache; set cache.enabled=false")
-    starts = starts_in_use(params)
-    k = params.cache.layer
-    if not params.cache.enabled or not starts or min(starts) >= k:
-        return
-    changes = MODEL_KINDS[params.model.kind]
-    if changes == "interaction" and params.model.interaction.start < k:
-        raise ConfigError(f"cache.layer: {k} is above model.interaction.start {params.model.interaction.start}; "
-                          "the cached layers must never see a prompt")
-    if changes == "top" and (first := params.model.first_interaction_layer(min(_depths(params)))) < k:
-        raise ConfigError(f"cache.layer: {k} is above the first PMF fusion layer {first} (the depth minus "
-                          "model.pmf.n_fusion_layers); the cached layers must never see a prompt")
-    key = START_KEY if START_KEY in normalize_space(params.sweep.space) else FUSION_KEY
-    raise ConfigError(f"sweep.space.{key}: value {min(starts)} is below cache.layer {k}; the cached layers "
-                      f"must never see a prompt (the cache serves the sweep too: set cache.layer to at most "
-                      f"{min(starts)} and rebuild the cache, or override sweep.space for a run that does not sweep)")
-
-
-def _depths(params: Params) -> tuple[int, int]:
-    from mitp.backbones import depths
-
-    return depths(params.backbone)
-
-
-def check_params(params: Params) -> None:
-    """What every stage checks after loading: sweep settings, backbone depth, cache layer."""
-    from mitp.backbones import check_depth
-
-    normalize_train(params.sweep.train)
-    check_depth(params)
-    check_cache_layer(params)  # parses sweep.space
 
 
 def combinations(space: SweepSpace) -> list[dict[str, Any]]:
@@ -260,23 +188,6 @@ def combinations(space: SweepSpace) -> list[dict[str, Any]]:
     for k, vs in zip(keys, values, strict=True):
         out += [{**first, k: v} for v in vs[1:]]
     return out
-
-
-def validate_trials(params: Params, space: SweepSpace, base_raw: dict) -> int:
-    """Validate every trial configuration the space can produce (ConfigError naming the key
-    and the trial); returns how many were checked."""
-    from mitp.backbones import check_depth
-
-    check_cache_layer(params)  # over every start the space can give: the clearest message first
-    combos = combinations(space)
-    for combo in combos:
-        overrides = space.trial_overrides(combo)
-        source = f"sweep trial ({describe_overrides(overrides)})"
-        try:
-            check_depth(trial_params(base_raw, overrides, source))
-        except ConfigError as exc:
-            raise ConfigError(exc if str(exc).startswith(source) else f"{source}: {exc}") from None
-    return len(combos)
 
 
 def base_raw_of(params: Params) -> dict:

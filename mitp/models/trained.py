@@ -32,13 +32,13 @@ from typing import Any
 
 import torch
 
-from mitp import backbones as backbones_mod
-from mitp import checkpoint
 from mitp.atomic import atomic_dir
-from mitp.config import BackboneConfig, Params
+from mitp.config.params import BackboneConfig, Params
 from mitp.errors import UserError
-from mitp.model import TwoTowers
-from mitp.model_kinds import from_config
+from mitp.models import backbones as backbones_mod
+from mitp.models.kinds import from_config
+from mitp.models.mitp import TwoTowers
+from mitp.models.weights import load_weights, save_weights
 
 CARD = "model_card.json"
 WEIGHTS = "weights.safetensors"
@@ -106,7 +106,7 @@ def make_card(params: Params, dataset: str, bb: backbones_mod.Backbones, config,
               *, start_layer: int, source: str, cache_fingerprint: str | None, manifest_sha256: str,
               run_id: str | None, best_epoch: int, git_commit: str, metrics: dict[str, float],
               autocast: str | None = None) -> dict[str, Any]:
-    """The card of a model trained by ``mitp.train.fit``.
+    """The card of a model trained by ``mitp.training.fit.fit``.
 
     ``start_layer``/``source``: the layer k the training batches entered and where they came from
     ("cache" or "raw"); inference runs the frozen layers below k and rounds their output to the
@@ -141,7 +141,7 @@ def save(folder: str | Path, state: dict[str, torch.Tensor], card: dict[str, Any
     """Write weights + card (+ the packed backbones) into ``folder``, replacing it atomically."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        checkpoint.save_weights(tmp / WEIGHTS, state, metadata={"format": str(CARD_FORMAT)})
+        save_weights(tmp / WEIGHTS, state, metadata={"format": str(CARD_FORMAT)})
         packed = card["backbone"]["packed"]
         if packed:
             src = backbones_mod.local_dir(params.backbone)
@@ -193,7 +193,7 @@ def backbone_config(card: dict[str, Any], folder: Path, backbone_dir: str | Path
 
 
 def load_backbones(cfg: BackboneConfig, device: torch.device) -> backbones_mod.Backbones:
-    """The one call into ``mitp.backbones.load``."""
+    """The one call into ``mitp.models.backbones.load``."""
     return backbones_mod.load(cfg, device)
 
 
@@ -208,7 +208,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", backbone_dir: s
     bb = load_backbones(backbone_config(card, folder, backbone_dir), device)
     model = from_config(card["model"], bb.vision, bb.text)
     try:
-        checkpoint.load_weights(model, weights)
+        load_weights(model, weights)
     except ValueError as exc:
         raise ModelFolderError(f"{weights}: {exc}") from exc
     model.to(device).eval()

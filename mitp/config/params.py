@@ -8,7 +8,7 @@ Overrides use the spelling of ``dvc exp run -S``: ``model.hub_size=128``; the va
 as YAML (``true``, ``1e-3``, ``[1, 2]`` all work; a quoted value stays a string: ``'1.0'``).
 
 This module is the schema and its loading only. Rules that need the sweep space or the backbone
-depth (``cache.layer`` vs every interaction start in use) live in :mod:`mitp.sweep.space` and run
+depth (``cache.layer`` vs every interaction start in use) live in :mod:`mitp.config.space` and run
 at every stage's entry (:func:`pipeline.cli.load`).
 """
 
@@ -23,11 +23,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from mitp.data.schema import DataConfig, Strict
-from mitp.dotted_keys import flatten
+from mitp.config.data_schema import DataConfig, Strict
+from mitp.config.dotted_keys import flatten
 from mitp.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
 
 
@@ -141,7 +141,7 @@ class TrainConfig(Strict):
         None, ge=1, description="early stopping: end the run after this many epochs without a better "
                                 "validation metric (the schedule still spans `epochs`); null: run every epoch")
     compile: Literal["auto"] | bool = Field(
-        "auto", description="torch.compile the training forward/backward (auto: on CUDA with Triton; see mitp/compiled.py)")
+        "auto", description="torch.compile the training forward/backward (auto: on CUDA with Triton; see mitp/training/compiled.py)")
     checkpoint_dir: str = "data/runs"
     threads: int = Field(1, ge=1, le=1024, description="torch CPU threads of one run: the numbers depend on it "
                                                          "(float sums split otherwise), so trials and standalone runs "
@@ -177,7 +177,7 @@ class AshaConfig(Strict):
 
 
 class SweepConfig(Strict):
-    """``sweep:``; ``space`` and ``train`` are parsed (forms, keys) by :mod:`mitp.sweep.space`, which
+    """``sweep:``; ``space`` and ``train`` are parsed (forms, keys) by :mod:`mitp.config.space`, which
     every stage runs after loading (``check_params``)."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -207,7 +207,7 @@ class Params(Strict):
     seed: int = 0
     extra_seeds: list[int] = Field(
         default_factory=lambda: [1, 2], min_length=1,
-        description="the main table (stage train, mitp/table.py) trains every kind on seed and on each of "
+        description="the main table (stage train, mitp/training/table.py) trains every kind on seed and on each of "
                     "these; the report gives mean ± std and intervals over all of them")
     datasets: list[str] = Field(default_factory=lambda: ["synthetic"], min_length=1)
     backbone: BackboneConfig = BackboneConfig()

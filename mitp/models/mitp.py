@@ -13,8 +13,8 @@ interaction layers I = {s, s+D, s+2D, ...} below L.
 Variants: ``mitp``; ``mitp_no_hub`` (C^m = 0: no exchange between modalities);
 ``late_fusion`` (no prompts; [CLS_v ; CLS_t] -> LN -> dropout -> Linear(K)); ``finetune`` (the
 late-fusion readout with both towers trainable end to end: the upper bound, never cached).
-PMF, the prompt-based baseline, lives in :mod:`mitp.pmf` on the same :class:`TwoTowers` base;
-:func:`mitp.model_kinds.build_model` picks the class for ``model.kind``.
+PMF, the prompt-based baseline, lives in :mod:`mitp.models.pmf` on the same :class:`TwoTowers` base;
+:func:`mitp.models.kinds.build_model` picks the class for ``model.kind``.
 
 The forward pass can start from raw inputs (embeddings) or from hidden states entering layer
 k <= s (the feature cache): layers below s never see a prompt, so both give the same logits.
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mitp.config import MODEL_KINDS
+from mitp.config.params import MODEL_KINDS
 from mitp.errors import ConfigError
 
 

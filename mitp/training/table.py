@@ -2,9 +2,9 @@
 trainings at a time.
 
 Each run is exactly the training ``python -m pipeline.train -S model.kind=K -S seed=N`` does
-(:func:`mitp.train.fit_and_record`), in a worker process of a pool. The runs of the demo are
+(:func:`mitp.training.fit.fit_and_record`), in a worker process of a pool. The runs of the demo are
 small and overhead-bound, and a run's numbers depend on ``train.threads``, never on what else
-runs beside it (:mod:`mitp.runtime`), so ``jobs`` runs at a time give the same table as one
+runs beside it (:mod:`mitp.training.runtime`), so ``jobs`` runs at a time give the same table as one
 after another, in a fraction of the time. Workers are reused: the imports (torch, transformers,
 MLflow) are paid once per worker, not once per run.
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mitp.config import MODEL_KINDS, Params, apply_overrides, load_raw, validate
+from mitp.config.params import MODEL_KINDS, Params, apply_overrides, load_raw, validate
 from mitp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def default_jobs(params: Params) -> int:
 
 def _run_one(params_path: str | None, cli_overrides: list[str], run: TableRun, dataset: str) -> dict[str, float]:
     """In a worker: the params as the stage loaded them, plus this run's overrides."""
-    from mitp.train import fit_and_record
+    from mitp.training.fit import fit_and_record
 
     t0 = time.perf_counter()
     raw = apply_overrides(apply_overrides(load_raw(params_path), cli_overrides), run.overrides)

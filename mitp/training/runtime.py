@@ -65,7 +65,7 @@ def pick_device(choice: str) -> torch.device:
 
 
 def setup(train: Any) -> tuple[torch.device, dict[str, str]]:
-    """The device of ``train`` (a :class:`~mitp.config.TrainConfig`) and :func:`apply` on it:
+    """The device of ``train`` (a :class:`~mitp.config.params.TrainConfig`) and :func:`apply` on it:
     the first call of every stage that computes, before anything runs."""
     device = pick_device(train.device)
     return device, apply(train, device)
@@ -73,7 +73,7 @@ def setup(train: Any) -> tuple[torch.device, dict[str, str]]:
 
 def apply(train: Any, device: torch.device) -> dict[str, str]:
     """Set the thread count, kernels and deterministic switches of ``train`` (a
-    :class:`~mitp.config.TrainConfig`) for this process; returns what ran, as lineage tags.
+    :class:`~mitp.config.params.TrainConfig`) for this process; returns what ran, as lineage tags.
 
     Raises :class:`~mitp.errors.ConfigError` when ``cpu_kernels: portable`` comes too late (this
     process already computed with AVX-512 kernels)."""

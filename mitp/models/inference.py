@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mitp.data.dataset import TextImageCollator, pixel_values
-from mitp.trained_model import TrainedModel
+from mitp.models.trained import TrainedModel
 
 INPUT_COLUMNS = ("image", "text")
 
@@ -151,10 +151,10 @@ def evaluate_split(tm: TrainedModel, prepared_dir: Path, split: str, batch_size:
 
     Returns ``(metrics, predictions, manifest)``; metrics are prefixed with the split name
     (``test_accuracy``, ``test_f1_micro``, ...) as the training run logs them."""
-    from mitp import metrics
     from mitp.data.dataset import encode_labels
     from mitp.data.manifests import read_split
     from mitp.errors import UserError
+    from mitp.models import metrics
 
     manifest = read_split(prepared_dir, split)
     if manifest.labels != tm.labels:

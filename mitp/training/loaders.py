@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from mitp.cache.reader import CachedSplit, open_cache
-from mitp.config import Params
+from mitp.config.params import Params
 from mitp.data.dataset import RawDataset, TextImageCollator, cuda_workers
 from mitp.data.manifests import SPLITS, read_labels, read_split
 

@@ -8,7 +8,7 @@ trial, lineage), PNG plots, and ``summary.json`` (a DVC metric).
 
 Every compared figure is a mean over seeds with its sample std (ddof = 1); a difference of two
 means comes with Welch's 95% t interval and a verdict read off it
-(:func:`mitp.ablation_stats.welch`). The sentences that summarise the results are generated from
+(:func:`mitp.reporting.stats.welch`). The sentences that summarise the results are generated from
 ``summary.json`` (:func:`readme_summary`), never written by hand.
 """
 
@@ -25,10 +25,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mitp import ablation_stats  # noqa: E402
 from mitp.atomic import atomic_path, write_json, write_text  # noqa: E402
-from mitp.config import MODEL_KINDS  # noqa: E402
+from mitp.config.params import MODEL_KINDS  # noqa: E402
 from mitp.errors import UserError  # noqa: E402
+from mitp.reporting import stats as ablation_stats  # noqa: E402
 
 KINDS = tuple(MODEL_KINDS)
 KIND_LABELS = {"mitp": "MITP", "mitp_no_hub": "MITP, no hub (ablation)", "late_fusion": "Late fusion (frozen linear probe)",
@@ -357,7 +357,7 @@ def sweep_section(dataset: str, metrics_dir: Path, out_dir: Path) -> tuple[list[
 
 def compute_note(metrics_dir: Path, datasets: list[str]) -> list[str]:
     """Where the numbers were computed (the ``run.*`` fields each training records) and how far
-    they carry to another machine (mitp/runtime.py, docs/reproducibility.md)."""
+    they carry to another machine (mitp/training/runtime.py, docs/reproducibility.md)."""
     seen = sorted({(r.get("run.cpu_kernels"), r.get("run.cpu_capability"), r.get("run.threads"), r.get("run.cpu_model"),
                     r.get("run.torch"))
                    for ds in datasets for kind in KINDS for r in seed_runs(metrics_dir, ds, kind)
@@ -379,8 +379,8 @@ def compute_note(metrics_dir: Path, datasets: list[str]) -> list[str]:
 
 def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict:
     """Write report.md, the PNGs and summary.json; returns the summary."""
-    from mitp.config import to_flat_dict
-    from mitp.tracking import git_commit
+    from mitp.config.params import to_flat_dict
+    from mitp.tracking.store import git_commit
 
     check_inputs(metrics_dir, datasets)
     figures = out_dir / "figures"
@@ -460,7 +460,7 @@ def readme_summary(summary: dict) -> str:
            "the verdict is \"MITP higher\" or \"MITP lower\" when the interval excludes 0, "
            f"\"{ablation_stats.NOT_DISTINGUISHABLE}\" when it includes 0, "
            f"\"{ablation_stats.NO_INTERVAL}\" when a side has a single seed. "
-           "Generated from `reports/summary.json` by `mitp.report.readme_summary`."]
+           "Generated from `reports/summary.json` by `mitp.reporting.report.readme_summary`."]
     for ds, ds_sum in summary.items():
         kinds = [k for k in KINDS if isinstance(ds_sum.get(k), dict)]
         if not kinds:

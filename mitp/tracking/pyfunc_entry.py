@@ -3,6 +3,6 @@ loading the model runs it, and it names the class that serves it."""
 
 import mlflow
 
-from mitp.mlflow_model import MITPPyfunc
+from mitp.tracking.pyfunc import MITPPyfunc
 
 mlflow.models.set_model(MITPPyfunc())

@@ -1,7 +1,7 @@
 """PMF (Li et al., CVPR 2023, "Efficient Multimodal Fusion via Interactive Prompting") on the
 same frozen towers as MITP, reconstructed from the authors' model file (``PMF.py``).
 
-Notation as in :mod:`mitp.model`: X_l^m the tokens entering aligned layer l (B x N_m x d_m), f_l^m
+Notation as in :mod:`mitp.models.mitp`: X_l^m the tokens entering aligned layer l (B x N_m x d_m), f_l^m
 the frozen layer, L the aligned depth. PMF prompts only the top F = ``n_fusion_layers`` layers,
 l = L-F .. L-1 (fusion step j = l - (L-F)); the layers below are plain frozen layers, which is
 why it trains from the feature cache like MITP (hidden states may enter any k <= L-F).
@@ -46,12 +46,12 @@ import torch
 from torch import Tensor, nn
 
 from mitp.errors import ConfigError
-from mitp.model import CLS_ROW, MITPOutput, TwoTowers
+from mitp.models.mitp import CLS_ROW, MITPOutput, TwoTowers
 
 
 @dataclass
 class PMFConfig:
-    kind: str = "pmf"  # written into a trained model's card: what rebuilds it (mitp.model_kinds)
+    kind: str = "pmf"  # written into a trained model's card: what rebuilds it (mitp.models.kinds)
     num_labels: int = 3  # K
     multi_label: bool = False
     n_fusion_layers: int = 2  # F
@@ -114,7 +114,7 @@ class PMF(TwoTowers):
         labels: Tensor | None = None,
         return_prompts: bool = False,  # accepted for a uniform call; PMF has no generated prompts
     ) -> MITPOutput:
-        """Same inputs and output as :meth:`mitp.model.MITP.forward`."""
+        """Same inputs and output as :meth:`mitp.models.mitp.MITP.forward`."""
         x_v, x_t, start_layer = self.start(attention_mask, pixel_values, input_ids, hidden_v, hidden_t, start_layer)
         c, B = self.config, x_v.shape[0]
         ones = attention_mask.new_ones

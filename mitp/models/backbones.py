@@ -42,7 +42,7 @@ from transformers import (
 )
 
 from mitp.atomic import atomic_dir, write_json
-from mitp.config import MODEL_KINDS, REPO_ROOT, BackboneConfig, Params
+from mitp.config.params import MODEL_KINDS, REPO_ROOT, BackboneConfig, Params
 from mitp.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Reporting: the report of every stage's metrics and the statistics behind its comparisons."""
