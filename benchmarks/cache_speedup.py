@@ -5,7 +5,7 @@
                                        [--repeats R] [-S key=value ...]
 
 Both paths train the same model (same initial weights, same optimizer, the training step of
-``mitp.training.fit.fit``, :func:`mitp.training.fit.train_step`) on the same synthetic data for the same number of steps:
+``mitp.training.fit.fit``, :func:`mitp.training.steps.train_step`) on the same synthetic data for the same number of steps:
 
 (a) raw: every step decodes the images, runs the image processor and the tokenizer (the
     DataLoader of ``cache.enabled: false``) and the full frozen stack from the embeddings;
@@ -123,16 +123,10 @@ def sync(device) -> None:
 def run_worker(path: str, cfg: dict) -> dict:
     import torch
 
-    from mitp.training.fit import (
-        build_model,
-        make_optimizer,
-        seed_everything,
-        to_device,
-        train_step,
-    )
     from mitp.training.loaders import raw_loaders
     from mitp.training.memory import peak_memory_mb, reset_peak_memory
     from mitp.training.runtime import pick_device
+    from mitp.training.steps import build_model, make_optimizer, seed_everything, to_device, train_step
 
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
@@ -148,7 +142,7 @@ def run_worker(path: str, cfg: dict) -> dict:
     seed_everything(params.seed)
     model = build_model(params, bb, len(loaders.labels), loaders.multi_label).to(device)
     total = cfg["warmup"] + cfg["steps"]
-    optimizer, scheduler = make_optimizer(model, params, total)
+    optimizer, scheduler = make_optimizer(model, params.train, total)
     model.train()
     it = iter(loaders.train)
     memory_before = reset_peak_memory(device)

@@ -6,7 +6,7 @@ of a training step, each kind in a fresh process.
 Setting: ViT-B/16 + BERT-base shapes with random weights built from the configs shipped in
 ``mitp/models/backbone_configs`` (no download; cost does not depend on the weights), 224 x 224 images,
 texts of 64 tokens (no padding: every step pays for the full length), Food101's 101 classes,
-the same batch for every kind, AdamW on what trains (``mitp.training.fit.make_optimizer``). Rows:
+the same batch for every kind, AdamW on what trains (``mitp.training.steps.make_optimizer``). Rows:
 
 * ``finetune``, raw inputs: both towers train end to end (``train.backbone_lr``);
 * ``pmf``, raw inputs: PMF's defaults (the top 2 layers fused);
@@ -90,8 +90,8 @@ def run_worker(cfg: dict) -> dict:
 
     from mitp.config.params import load_params
     from mitp.models.kinds import build_model
-    from mitp.training.fit import autocast, make_optimizer
     from mitp.training.runtime import pick_device
+    from mitp.training.steps import autocast, make_optimizer
 
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
@@ -114,7 +114,7 @@ def run_worker(cfg: dict) -> dict:
         random_init_(tower)
     model.to(device).train()
     total = s["warmup"] + s["steps"]
-    optimizer, scheduler = make_optimizer(model, params, total)
+    optimizer, scheduler = make_optimizer(model, params.train, total)
 
     g = torch.Generator(device="cpu").manual_seed(0)
     B, n_t = s["batch"], s["text"]

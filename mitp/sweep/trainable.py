@@ -94,7 +94,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     import torch
     from ray import tune
 
-    from mitp.training.fit import TrainingDiverged, fit
+    from mitp.training.fit import fit
+    from mitp.training.steps import TrainingDiverged
 
     t_start = time.perf_counter()  # trial_wall_s: the trial's own work, after the imports a fresh process pays once
     # threads and kernels come from train.* inside fit (mitp.determinism), as in a standalone run:

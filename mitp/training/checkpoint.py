@@ -124,7 +124,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: not a JSON object; start over with --fresh")
     epoch, history, best = meta.get("epoch"), meta.get("history"), meta.get("best_epoch")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < -1:  # -1: started, no epoch done
         problems.append(f"epoch {epoch!r} is not a count")
     elif not isinstance(history, list) or len(history) != epoch + 1 or any(
             not isinstance(h, dict) or h.get("epoch") != i + 1 for i, h in enumerate(history)):

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from mitp.cache import build_cache
-from mitp.training.fit import build_model, fit
+from mitp.training.fit import fit
 from mitp.training.loaders import build as build_loaders
 from mitp.training.loaders import cached_loaders, raw_loaders
+from mitp.training.steps import build_model
 
 
 def _randomize_hub(model):

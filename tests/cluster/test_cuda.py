@@ -27,7 +27,7 @@ def cuda_backbones(tiny_backbones):
 
 def test_bf16_training_step(synthetic_prepared, cuda_backbones):
     from mitp.training import loaders as loaders_mod
-    from mitp.training.fit import autocast, build_model, to_device
+    from mitp.training.steps import autocast, build_model, to_device
 
     params = synthetic_prepared.model_copy(deep=True)
     params.cache.enabled = False
@@ -50,8 +50,8 @@ def test_bf16_training_step(synthetic_prepared, cuda_backbones):
 
 def test_cached_features_are_pinned_and_copied_non_blocking(synthetic_prepared, cuda_backbones):
     from mitp.cache import build_cache
-    from mitp.training.fit import to_device
     from mitp.training.loaders import cached_loaders
+    from mitp.training.steps import to_device
 
     params = synthetic_prepared
     build_cache(params, "synthetic", cuda_backbones, CUDA, progress=False)

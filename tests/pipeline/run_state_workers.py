@@ -62,3 +62,25 @@ def train_killed_at_step(params, dataset: str, kill_at: int, outputs: dict) -> N
 
     train.train_step = dying_step
     train.fit_and_record(params, dataset, fresh=True, **outputs)
+
+
+def train_killed_at_call(params, dataset: str, module: str, name: str, nth: int, outputs: dict) -> None:
+    """``fit_and_record`` that dies by SIGKILL as the ``nth`` call of ``module.name`` begins
+    (``mitp.training.checkpoint.save``: the start, then one per epoch; ``mitp.tracking.epochs.log_epoch``:
+    one per epoch), the points between which a run can die without clean-up."""
+    import importlib
+    import signal
+
+    from mitp.training import fit as train
+
+    mod = importlib.import_module(module)
+    fn, calls = getattr(mod, name), [0]
+
+    def dying(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+
+    setattr(mod, name, dying)
+    train.fit_and_record(params, dataset, fresh=True, **outputs)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from mitp.training.fit import fit, stops_early
+from mitp.training.fit import fit
+from mitp.training.steps import stops_early
 from tests.conftest import SMALL_SYNTHETIC
 
 

@@ -171,6 +171,54 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_as_one_never_interrupted(synthe
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
 
 
+def _killed_then_resumed(params, tmp_path, module: str, name: str, nth: int):
+    """Run a 3-epoch training killed by SIGKILL at the ``nth`` call of ``module.name``, then the
+    same training again (it resumes); returns (the killed run's MLflow id, the resumed result)."""
+    from run_state_workers import train_killed_at_call
+
+    outputs = {"metrics_out": tmp_path / "m.json", "history_out": tmp_path / "h.json", "model_out": tmp_path / "model"}
+    before = {r.info.run_id for r in _runs(params)}
+    child = multiprocessing.get_context("spawn").Process(
+        target=train_killed_at_call, args=(params, "synthetic", module, name, nth, outputs))
+    child.start()
+    child.join(timeout=600)
+    assert child.exitcode == -9, f"the training was not killed at call {nth} of {name}"
+    killed = [r.info.run_id for r in _runs(params) if r.info.run_id not in before]
+    assert len(killed) == 1
+    return killed[0], train.fit_and_record(params, "synthetic", **outputs)
+
+
+def _three_epochs(params):
+    params = params.model_copy(deep=True)
+    params.cache.enabled = False
+    params.train.epochs, params.train.patience = 3, None
+    params.mlflow.experiment = "kills"
+    return params
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_resumed_not_left_running(synthetic_prepared, tmp_path):
+    """Killed during epoch 1 (no epoch checkpoint yet): the rerun continues the same MLflow run,
+    so no run stays RUNNING forever and the experiment holds one run of the training."""
+    params = _three_epochs(synthetic_prepared)
+    killed, resumed = _killed_then_resumed(params, tmp_path, "mitp.training.fit", "train_step", 2)
+    assert resumed.run_id == killed
+    runs = {r.info.run_id: r.info.status for r in _runs(params)}
+    assert runs == {killed: "FINISHED"}
+
+
+@pytest.mark.parametrize(("module", "name", "nth"), [
+    ("mitp.training.checkpoint", "save", 3),  # epoch 2's checkpoint (1: the run's start, 2: epoch 1)
+    ("mitp.tracking.epochs", "log_epoch", 2),  # epoch 2 checkpointed, not yet logged
+], ids=["before-checkpoint", "before-logging"])
+def test_a_kill_around_an_epochs_end_logs_every_epoch_exactly_once(synthetic_prepared, tmp_path, module, name, nth):
+    params = _three_epochs(synthetic_prepared)
+    killed, resumed = _killed_then_resumed(params, tmp_path, module, name, nth)
+    assert resumed.run_id == killed
+    history = MlflowClient(tracking_uri(params)).get_metric_history(killed, "val_accuracy")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [h["val_accuracy"] for h in resumed.history]
+
+
 class _Payload:
     """What a hostile ``state.pt`` holds: unpickling it would create ``marker``."""
 

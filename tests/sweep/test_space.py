@@ -287,6 +287,6 @@ def test_error_first_line():
     from mitp.sweep.results import first_line
 
     tb = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    raise X\n"
-          "mitp.training.fit.TrainingDiverged: loss became nan at epoch 1, step 2\n")
-    assert first_line(tb) == "mitp.training.fit.TrainingDiverged: loss became nan at epoch 1, step 2"
+          "mitp.training.steps.TrainingDiverged: loss became nan at epoch 1, step 2\n")
+    assert first_line(tb) == "mitp.training.steps.TrainingDiverged: loss became nan at epoch 1, step 2"
     assert first_line(None) == ""

@@ -11,7 +11,8 @@ import torch
 from mitp.config.params import load_params
 from mitp.errors import ConfigError
 from mitp.models.mitp import MITP, MITPConfig
-from mitp.training.fit import fit, make_optimizer
+from mitp.training.fit import fit
+from mitp.training.steps import make_optimizer
 
 
 def test_a_step_changes_both_backbones(tiny_backbones):
@@ -20,7 +21,7 @@ def test_a_step_changes_both_backbones(tiny_backbones):
     model = MITP(MITPConfig(kind="finetune", num_labels=3), vision, text).train()
     assert model.vision.training and model.text.training, "fine-tuned towers follow .train()"
     params = load_params(overrides={"model.kind": "finetune", "train.lr": 1e-3, "train.backbone_lr": 1e-4})
-    opt, schedule = make_optimizer(model, params, total_steps=10)
+    opt, schedule = make_optimizer(model, params.train, total_steps=10)
     lrs = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}  # before warm-up scales it
     assert lrs[id(vision.layers[0].attention.q_proj.weight)] == 1e-4
     assert lrs[id(text.embeddings.word_embeddings.weight)] == 1e-4

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mitp.models.mitp import MITP, MITPConfig, TextTower, VisionTower
-from mitp.training.fit import make_optimizer
+from mitp.training.steps import make_optimizer
 
 
 def batch(bb, texts=("a red circle", "there is a shiny blue square in the picture"), seed=0):
@@ -177,7 +177,7 @@ def test_only_prompts_hub_head_train_and_backbones_stay_frozen(tiny_backbones):
     model.train()
     assert not model.vision.training and not model.text.training, "backbones must stay in eval mode"
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    opt, sched = make_optimizer(model, _params(), total_steps=10)
+    opt, sched = make_optimizer(model, _params().train, total_steps=10)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in in_opt}
     assert names and all(n.startswith(("prompt_", "hub.", "head.")) for n in names)

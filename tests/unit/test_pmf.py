@@ -11,7 +11,7 @@ import torch
 from mitp.config.params import load_params
 from mitp.models.pmf import PMF, PMFConfig
 from mitp.models.summary import model_summary
-from mitp.training.fit import make_optimizer
+from mitp.training.steps import make_optimizer
 
 
 def batch(bb, texts=("a red circle", "there is a shiny blue square in the picture"), seed=0):
@@ -52,7 +52,7 @@ def test_only_prompts_mappers_heads_train_and_lower_layers_get_no_gradient(tiny_
     model = build(tiny_backbones).train()
     assert not model.vision.training and not model.text.training
     params = load_params()
-    opt, _ = make_optimizer(model, params, total_steps=10)
+    opt, _ = make_optimizer(model, params.train, total_steps=10)
     names = {n for n, p in model.named_parameters() if any(p is q for g in opt.param_groups for q in g["params"])}
     assert names and all(n.startswith(("prompt_", "mappers.", "head.")) for n in names)
     # every prompt type, fusion-context ones included (the official file leaves those frozen)

@@ -9,7 +9,7 @@ import torch
 
 from mitp.config.params import load_params
 from mitp.models.mitp import MITP, MITPConfig
-from mitp.training.fit import TrainingDiverged, check_finite, make_optimizer, train_step
+from mitp.training.steps import TrainingDiverged, check_finite, make_optimizer, train_step
 
 
 def _model(bb) -> MITP:
@@ -27,7 +27,7 @@ def _batch(bb) -> dict:
 def test_warmup_then_cosine_to_zero(tiny_backbones):
     lr, total = 1e-3, 40
     params = load_params(overrides={"train.lr": lr, "train.warmup_ratio": 0.25})
-    opt, sched = make_optimizer(_model(tiny_backbones), params, total_steps=total)
+    opt, sched = make_optimizer(_model(tiny_backbones), params.train, total_steps=total)
     curve = []
     for step in range(total + 1):
         lrs = {g["lr"] for g in opt.param_groups}
@@ -49,7 +49,7 @@ def test_warmup_then_cosine_to_zero(tiny_backbones):
 def test_train_step_updates_only_trainable_parts_and_returns_the_loss(tiny_backbones):
     model = _model(tiny_backbones).train()
     params = load_params(overrides={"train.warmup_ratio": 0.0})
-    opt, sched = make_optimizer(model, params, total_steps=4)
+    opt, sched = make_optimizer(model, params.train, total_steps=4)
     opt.step()  # no gradients yet: a no-op that moves past the zero-lr first step of the warm-up
     sched.step()
     batch = _batch(tiny_backbones)
@@ -69,7 +69,7 @@ def test_non_finite_loss_stops_training_before_a_checkpoint(tiny_backbones):
     """The step does not sync with the host; the summed loss is checked every few steps and at
     the end of each epoch, before anything is checkpointed: divergence names epoch and step."""
     model = _model(tiny_backbones)
-    opt, sched = make_optimizer(model, load_params(), total_steps=4)
+    opt, sched = make_optimizer(model, load_params().train, total_steps=4)
     with torch.no_grad():
         model.head[-1].bias.fill_(float("nan"))
     loss = train_step(model, _batch(tiny_backbones), opt, sched, start_layer=0, grad_clip=1.0,
