@@ -7,9 +7,8 @@ typo in ``params.yaml`` or in a ``-S key=value`` override never goes unnoticed.
 Overrides use the spelling of ``dvc exp run -S``: ``model.hub_size=128``; the value is parsed
 as YAML (``true``, ``1e-3``, ``[1, 2]`` all work; a quoted value stays a string: ``'1.0'``).
 
-This module is the schema and its loading only. Rules that need the sweep space or the backbone
-depth (``cache.layer`` vs every interaction start in use) live in :mod:`mitp.config.space` and run
-at every stage's entry (:func:`pipeline.cli.load`).
+This module is the schema and its loading only; rules across keys that need the backbone depth
+live with the models (:mod:`mitp.models.rules`).
 """
 
 from __future__ import annotations
@@ -177,8 +176,7 @@ class AshaConfig(Strict):
 
 
 class SweepConfig(Strict):
-    """``sweep:``; ``space`` and ``train`` are parsed (forms, keys) by :mod:`mitp.config.space`, which
-    every stage runs after loading (``check_params``)."""
+    """``sweep:``; ``space`` and ``train`` are parsed (forms, keys) by :mod:`mitp.config.space`."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     space: dict[str, Any] = Field(default_factory=dict)

@@ -32,18 +32,9 @@ def _one_thread():
 
 
 @pytest.fixture
-def cache_params(make_params):
+def cache_params(prepared_params):
     """``cache_params(**overrides)`` -> Params of a generated + prepared small synthetic set."""
-    from mitp.data.prepare import prepare_dataset
-    from mitp.data.synthetic import generate
-
-    def _make(overrides: dict | None = None, root=None):
-        params = make_params({**CACHE_SET, **(overrides or {})}, root=root)
-        generate(params)
-        prepare_dataset(params, "synthetic")
-        return params
-
-    return _make
+    return lambda overrides=None, root=None: prepared_params({**CACHE_SET, **(overrides or {})}, root=root)
 
 
 @pytest.fixture

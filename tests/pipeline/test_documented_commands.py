@@ -22,6 +22,8 @@ from documented_commands import (
     needs_outputs_argv,
 )
 
+from tests.factories import prepare_synthetic
+
 
 def _ids(commands):
     return [c.source for c in commands]
@@ -123,8 +125,6 @@ def test_needs_outputs_commands_are_filled_in(tmp_path):
     """What the end-to-end repro test runs after `dvc repro`: the run id and the input file come
     from the repository's outputs (here a stand-in: a prepared set and a metrics file)."""
     from mitp.config.params import load_params
-    from mitp.data.prepare import prepare_dataset
-    from mitp.data.synthetic import generate
 
     repo = tmp_path / "repo"
     (repo / "docs").mkdir(parents=True)
@@ -133,8 +133,7 @@ def test_needs_outputs_commands_are_filled_in(tmp_path):
     params = load_params(overrides={"data.root": str(repo / "data"), "data.locks_dir": str(repo / "locks"),
                                     "data.synthetic.n_train": 12, "data.synthetic.n_val": 6,
                                     "data.synthetic.n_test": 6})
-    generate(params)
-    prepare_dataset(params, "synthetic")
+    prepare_synthetic(params)
     (repo / "metrics" / "synthetic").mkdir(parents=True)
     (repo / "metrics" / "synthetic" / "train_mitp.json").write_text(json.dumps({"run_id": "0123abcd"}))
 

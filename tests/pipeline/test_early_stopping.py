@@ -8,7 +8,7 @@ import pytest
 
 from mitp.training.fit import fit
 from mitp.training.steps import stops_early
-from tests.conftest import SMALL_SYNTHETIC
+from tests.factories import SMALL_SYNTHETIC
 
 
 @pytest.mark.parametrize(("done", "best", "patience", "stop"), [

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from mitp.training.fit import fit
-from tests.conftest import SMALL_SYNTHETIC
+from tests.factories import SMALL_SYNTHETIC, prepare_synthetic
 
 
 def _train(make_params, root, backbone_dir, name: str) -> dict[str, torch.Tensor]:
@@ -19,13 +19,8 @@ def _train(make_params, root, backbone_dir, name: str) -> dict[str, torch.Tensor
 
 
 def test_same_seed_same_model_with_fresh_or_built_backbones(make_params, tmp_path):
-    from mitp.data.prepare import prepare_dataset
-    from mitp.data.synthetic import generate
-
     backbone_dir = tmp_path / "backbones"  # empty: the first fit builds the pair
-    params = make_params({**SMALL_SYNTHETIC, "backbone.dir": str(backbone_dir)})
-    generate(params)
-    prepare_dataset(params, "synthetic")
+    prepare_synthetic(make_params({**SMALL_SYNTHETIC, "backbone.dir": str(backbone_dir)}))
 
     assert not backbone_dir.exists(), "nothing before the first fit may build the backbones"
     first = _train(make_params, tmp_path, backbone_dir, "first")

@@ -18,7 +18,7 @@ import yaml
 
 from mitp.code_closure import stage_modules
 from mitp.config.params import REPO_ROOT
-from tests.conftest import tmp_overrides
+from tests.factories import tmp_overrides
 from tests.pipeline.param_reads import env_for, read_keys, sitecustomize_source
 
 DATASET = "synthetic"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tmp_overrides
+from tests.factories import prepare_synthetic, test_params
 
 SERVE_SET = {
     "data.synthetic.n_train": 96,
@@ -37,19 +37,13 @@ class TrainedRun:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, shared_root) -> TrainedRun:
     from mitp.cache import build_cache
-    from mitp.config.params import load_params
-    from mitp.data.prepare import prepare_dataset
-    from mitp.data.synthetic import generate
     from mitp.models import backbones
     from mitp.tracking.store import tracking_uri
     from mitp.training.fit import fit
 
     root = tmp_path_factory.mktemp("serve")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    params = load_params(overrides={**tmp_overrides(root), "backbone.dir": str(shared_root / "backbones"),
-                                    **SERVE_SET})
-    generate(params)
-    prepare_dataset(params, "synthetic")
+    params = prepare_synthetic(test_params(root, shared_root / "backbones", SERVE_SET))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny towers are overhead-bound; one thread is faster on shared cores
     os.environ["DVC_EXP_NAME"] = "serve-exp"  # as `dvc exp run` sets it

@@ -9,21 +9,18 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mitp.models import trained as trained_model
-from tests.conftest import SMALL_SYNTHETIC
+from tests.factories import SMALL_SYNTHETIC, prepare_synthetic
 
 
 @pytest.mark.slow
 def test_sweep_registers_and_writes_the_best_trials_model(make_params, tmp_path):
-    from mitp.data.prepare import prepare_dataset
-    from mitp.data.synthetic import generate
     from mitp.sweep.runner import run_sweep
     from mitp.tracking.store import tracking_uri
 
     params = make_params({**SMALL_SYNTHETIC, "cache.enabled": False, "sweep.space": {"model.prompt_length": [4, 8]},
                           "sweep.train": {"epochs": 1}, "sweep.max_concurrent_trials": 2, "ray.num_cpus": 2,
                           "mlflow.log_system_metrics": False})
-    generate(params)
-    prepare_dataset(params, "synthetic")
+    prepare_synthetic(params)
     best_out = tmp_path / "best.json"
     outcome = run_sweep(params, "synthetic", outputs=(tmp_path / "sweep.csv", best_out),
                         model_out=tmp_path / "models" / "sweep_best", register="mitp-sweep")

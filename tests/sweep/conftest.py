@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
-
-def _root_conftest():
-    """tests/conftest.py as a module (its name, ``conftest``, is taken by this file)."""
-    spec = importlib.util.spec_from_file_location("_mitp_tests_root_conftest", Path(__file__).parent.parent / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SMALL_SYNTHETIC = _root_conftest().SMALL_SYNTHETIC
+from tests.factories import SMALL_SYNTHETIC
 
 # Four trials over a 2 x 2 grid, two epochs each, two 1-CPU trials at a time; the feature cache
 # is off until a test needs it (trials then read raw images and text).
@@ -34,19 +23,9 @@ SWEEP_SET = {
 
 
 @pytest.fixture
-def sweep_params(make_params):
+def sweep_params(prepared_params):
     """``sweep_params(overrides)`` -> Params of a generated + prepared small synthetic set."""
-    from mitp.data.prepare import prepare_dataset
-    from mitp.data.synthetic import generate
-
-    def _make(overrides: dict | None = None, root=None):
-        params = make_params({**SWEEP_SET, **(overrides or {})}, root=root)
-        if not (params.prepared_dir("synthetic") / "labels.json").exists():
-            generate(params)
-            prepare_dataset(params, "synthetic")
-        return params
-
-    return _make
+    return lambda overrides=None, root=None: prepared_params({**SWEEP_SET, **(overrides or {})}, root=root, reuse=True)
 
 
 @pytest.fixture(scope="module")

@@ -59,19 +59,15 @@ def test_layers_below_k_are_not_materialised_and_logits_agree(tiny_backbones, ki
         lean(tok["attention_mask"], pixel_values=pixels, input_ids=tok["input_ids"])
 
 
-def test_fit_from_the_cache_keeps_only_the_upper_layers(make_params, monkeypatch):
+def test_fit_from_the_cache_keeps_only_the_upper_layers(prepared_params, monkeypatch):
     """pmf trained from a cache at layer 2 through ``fit``: the model it builds holds no
     embeddings and no layers below 2, and training runs."""
     from mitp.cache import build_cache
-    from mitp.data.prepare import prepare_dataset
-    from mitp.data.synthetic import generate
     from mitp.training import fit as train
 
-    params = make_params({"data.synthetic.n_train": 32, "data.synthetic.n_val": 16, "data.synthetic.n_test": 16,
-                          "train.epochs": 1, "train.batch_size": 16, "model.kind": "pmf", "cache.layer": 2,
-                          "model.interaction.start": 2})
-    generate(params)
-    prepare_dataset(params, "synthetic")
+    params = prepared_params({"data.synthetic.n_train": 32, "data.synthetic.n_val": 16, "data.synthetic.n_test": 16,
+                              "train.epochs": 1, "train.batch_size": 16, "model.kind": "pmf", "cache.layer": 2,
+                              "model.interaction.start": 2})
     from mitp.models import backbones
 
     build_cache(params, "synthetic", backbones.load(params.backbone), progress=False)
