@@ -1,7 +1,7 @@
 """Each benchmark's ``--smoke`` run goes through the code of its full run, down to the JSON line
 it prints last (a value that JSON cannot hold fails here, not after a long run); the CUDA
-rehearsal without a GPU runs its test step and prints its JSON line. train_speed's smoke run is
-in test_train_speed.py."""
+rehearsal without a GPU runs its test step and prints its JSON line; train_speed's fast path
+computes what the eager one does."""
 
 from __future__ import annotations
 
@@ -109,3 +109,18 @@ def test_cpu_kernels_smoke_compares_the_two_settings():
     assert result["portable_speed_ratio"] == pytest.approx(result["native_step_ms"] / result["portable_step_ms"], rel=0.01)
     if result["native_capability"] == "AVX512":  # other kernels sum in another order
         assert not result["settings_agree"]
+
+
+TRAIN_SPEED_KEYS = {"eager_samples_per_s", "fast_samples_per_s", "fast_eager_samples_per_s", "speedup",
+                    "max_abs_logit_diff", "startup_to_first_step_s", "compiled"}
+LOGIT_TOL = 1e-4  # float32, a few AdamW steps: compiled kernels reorder sums, nothing more
+
+
+@pytest.mark.slow
+def test_train_speed_smoke_prints_the_json_line_with_matching_logits():
+    result = _run("benchmarks/train_speed.py", "--smoke", timeout=1500)
+    assert TRAIN_SPEED_KEYS <= set(result)
+    assert result["smoke"] is True and result["threads"] == 1
+    assert result["max_abs_logit_diff"] <= LOGIT_TOL
+    assert result["eager_samples_per_s"] > 0 and result["fast_samples_per_s"] > 0
+    assert result["startup_to_first_step_s"] > 0
