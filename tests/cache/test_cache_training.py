@@ -152,3 +152,31 @@ def test_cache_stage_estimate_only_writes_nothing(cache_params, monkeypatch, cap
     out = capsys.readouterr().out
     assert "expected size on disk" in out and "(48 samples, 16 images)" in out and "free at" in out
     assert not params.features_dir("synthetic").exists()
+
+
+def test_fit_from_the_cache_keeps_only_the_upper_layers(cache_params, monkeypatch):
+    """pmf trained from a cache at layer 2 through ``fit``: the model it builds holds no
+    embeddings and no layers below 2, and training runs."""
+    from mitp.models import backbones
+    from mitp.training import fit as train
+
+    params = cache_params({"data.synthetic.n_train": 32, "data.synthetic.n_val": 16, "data.synthetic.n_test": 16,
+                           "train.epochs": 1, "train.batch_size": 16, "model.kind": "pmf", "cache.layer": 2,
+                           "model.interaction.start": 2})
+    build_cache(params, "synthetic", backbones.load(params.backbone), progress=False)
+    built = []
+    real_build = train.build_model
+
+    def spy(*args, **kwargs):
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(train, "build_model", spy)
+    result = fit(params, "synthetic")
+    model = built[0]
+    assert model.dropped_below == 2
+    kept = {n.split(".")[2] for n, _ in model.vision.named_parameters() if n.startswith("vit.layers.")}
+    assert kept == {"2", "3"}
+    assert result.metrics["materialised_params"] == sum(p.numel() for p in model.parameters())  # what memory holds
+    assert result.metrics["total_params"] > sum(p.numel() for p in model.parameters())  # the model as counted: whole backbones
+    assert 0.0 <= result.metrics["test_accuracy"] <= 1.0

@@ -1,7 +1,7 @@
 """A model built for hidden states entering layer k keeps neither the embeddings nor the
 layers below k: count the parameters actually materialised. Its logits from the cached hidden
-states equal the full model's from raw inputs (MITP and PMF). ``fit`` from the cache builds it
-that way."""
+states equal the full model's from raw inputs (MITP and PMF). (``fit`` from the cache builds it
+that way: tests/cache/test_cache_training.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 
 from mitp.config.params import load_params
 from mitp.models.kinds import build_model
-from mitp.training.fit import fit
 
 
 def towers(bb):
@@ -57,33 +56,3 @@ def test_layers_below_k_are_not_materialised_and_logits_agree(tiny_backbones, ki
     assert (got16 - want).abs().max().item() < 1e-2  # float16 storage of the hidden states
     with pytest.raises(ValueError, match="can only run cached hidden states"):
         lean(tok["attention_mask"], pixel_values=pixels, input_ids=tok["input_ids"])
-
-
-def test_fit_from_the_cache_keeps_only_the_upper_layers(prepared_params, monkeypatch):
-    """pmf trained from a cache at layer 2 through ``fit``: the model it builds holds no
-    embeddings and no layers below 2, and training runs."""
-    from mitp.cache import build_cache
-    from mitp.training import fit as train
-
-    params = prepared_params({"data.synthetic.n_train": 32, "data.synthetic.n_val": 16, "data.synthetic.n_test": 16,
-                              "train.epochs": 1, "train.batch_size": 16, "model.kind": "pmf", "cache.layer": 2,
-                              "model.interaction.start": 2})
-    from mitp.models import backbones
-
-    build_cache(params, "synthetic", backbones.load(params.backbone), progress=False)
-    built = []
-    real_build = train.build_model
-
-    def spy(*args, **kwargs):
-        built.append(real_build(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(train, "build_model", spy)
-    result = fit(params, "synthetic")
-    model = built[0]
-    assert model.dropped_below == 2
-    kept = {n.split(".")[2] for n, _ in model.vision.named_parameters() if n.startswith("vit.layers.")}
-    assert kept == {"2", "3"}
-    assert result.metrics["materialised_params"] == count(model)  # what memory holds
-    assert result.metrics["total_params"] > count(model)  # the model as counted: whole backbones
-    assert 0.0 <= result.metrics["test_accuracy"] <= 1.0
