@@ -68,7 +68,11 @@ class DownloadOptions(Strict):
     keep_archives: bool = Field(False, description="keep downloads/<archive> after unpacking (costs disk)")
     max_unpacked_gb: float = Field(64.0, gt=0.0, description="refuse an archive that unpacks to more than this")
     max_compression_ratio: float = Field(
-        200.0, gt=1.0, description="refuse an archive member (zip) or stream (tar) over 1 MiB compressed better than this"
+        200.0, gt=1.0, description="refuse an archive member (zip), stream (tar) or whole archive (all it unpacks "
+                                   "against its file size) over 1 MiB compressed better than this"
+    )
+    max_members: int = Field(
+        300_000, ge=1, le=100_000_000, description="refuse an archive of more members than this (Food-101 has 101,000)"
     )
 
 
