@@ -101,6 +101,34 @@ def test_concurrent_writers_of_one_folder_never_crash_and_a_reader_never_finds_i
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]  # no temp or old folder left
 
 
+def test_without_rename_exchange_writers_take_turns(tmp_path, monkeypatch):
+    """Where renameat2 is missing (another OS, a filesystem without RENAME_EXCHANGE) concurrent
+    writers still never crash: a lock file serialises the swap."""
+    import errno
+
+    import mitp.atomic as atomic
+
+    def no_exchange(*args):
+        raise OSError(errno.EINVAL, "RENAME_EXCHANGE not supported")
+
+    monkeypatch.setattr(atomic, "_rename2", no_exchange)
+    target = tmp_path / "shared"
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(str(target), f"w{k}", 30, errors)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    problems = []
+    while not errors.empty():
+        problems.append(errors.get())
+    assert problems == [] and all(p.exitcode == 0 for p in procs), problems
+    tokens = {(target / n).read_text() for n in ("a", "b", "c")}
+    assert len(tokens) == 1 and tokens.pop().endswith("-29")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shared.swap.lock", "shared"]
+
+
 def _deep_tree(top, levels: int) -> None:
     """``top/d/d/.../d/f`` ``levels`` deep, made through folder descriptors (the path is longer
     than PATH_MAX, so no path-based call could make or remove it)."""
