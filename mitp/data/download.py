@@ -232,7 +232,7 @@ def _fetch(params, name: str, src, file_path: Path, expected: str | None) -> tup
 
 def _remove(path: Path) -> None:
     """Remove a file or a whole tree (any depth: no recursion, links not followed)."""
-    remove_tree(path)
+    remove_tree(path, ignore_errors=True)  # as before: the error being reported matters more
 
 
 def fetch_source(params, name: str, src, lock: LockFile, state: dict) -> tuple[dict, dict | None]:
