@@ -2,9 +2,10 @@
 
     python -m pipeline.cache --dataset NAME [--verify] [--force] [--estimate-only] [-S key=value ...]
 
-Writes ``data/features/<NAME>/`` (float16 memory-mapped shards, ``index.json`` with the
+Writes ``data/features/<NAME>/`` (float16 shards, memory-mapped when read, ``index.json`` with the
 fingerprint and every file's sha256). Prints the expected size on disk first and stops early if
-the filesystem lacks the space; an image the manifests list that is missing stops it before
+the filesystem lacks the space (a disk that fills up during the build stops it with one line;
+the shard being written is not kept); an image the manifests list that is missing stops it before
 anything is written. Resumable: a killed run keeps its finished shards and the next run
 continues where it stopped; damaged shards are rebuilt. Existing files are checked by size and
 shard shape, the small ones by sha256; ``--verify`` hashes every file. ``--force`` rebuilds from

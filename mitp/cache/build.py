@@ -124,18 +124,17 @@ class _Builder:
             self.on_shard(unit)
 
     def _shard(self, unit: storage.Unit, blocks: Iterator[np.ndarray], bar) -> dict:
-        """Fill ``unit``'s float shard from ``blocks`` of rows (counted on ``bar``); returns its record."""
-        with atomic_path(self.root / unit.files[0]) as tmp:
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype,
-                                              shape=storage.shard_shape(unit, self.layout))
-            row = 0
-            for block in blocks:
-                array[row:row + len(block)] = block
-                row += len(block)
-                bar.update(len(block))
-            array.flush()
-            del array
-            return storage.seal(tmp)
+        """Fill ``unit``'s float shard from ``blocks`` of rows (counted on ``bar``); returns its record.
+        Written with ordinary writes into reserved space, never through a memory map of a sparse
+        file (a full disk would kill the process with SIGBUS): :func:`storage.write_shard`."""
+        try:
+            with atomic_path(self.root / unit.files[0]) as tmp:
+                storage.write_shard(tmp, storage.shard_shape(unit, self.layout), self.dtype, blocks, bar.update)
+                return storage.seal(tmp)
+        except OSError as exc:
+            if exc.errno in storage.DISK_FULL:
+                raise storage.disk_full(self.root, unit.files[0], exc) from None
+            raise
 
     def _states(self, hidden: torch.Tensor, what: str) -> np.ndarray:
         L = self.layout
@@ -254,9 +253,14 @@ def build_cache(params, dataset: str, backbones, device: torch.device | str | No
             write_json(root / storage.INDEX, make_index(dataset, fp, layout, labels, plans, done, complete))
 
         if pending or existing != make_index(dataset, fp, layout, labels, plans, done, True):  # (an edited index too)
-            write_index(False)
-            _Builder(backbones, device, root, layout, fp["layer"], plans, write_index, done, on_shard, progress,
-                     summary).run(pending)
-            write_index(True)
+            try:
+                write_index(False)
+                _Builder(backbones, device, root, layout, fp["layer"], plans, write_index, done, on_shard, progress,
+                         summary).run(pending)
+                write_index(True)
+            except OSError as exc:  # a temp file is removed by atomic_path; the index says incomplete
+                if exc.errno in storage.DISK_FULL:
+                    raise storage.disk_full(root, Path(exc.filename).name if exc.filename else "a small file", exc) from None
+                raise
     summary.seconds = time.perf_counter() - t_start
     return summary

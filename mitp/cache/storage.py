@@ -18,19 +18,21 @@ and beside it ``.<dataset>.lock`` (outside the folder, the cache stage's DVC out
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock, Timeout
 
-from mitp.atomic import write_bytes
-from mitp.cache.errors import CacheBusy, CacheSpaceError
+from mitp.atomic import remove_tree, write_bytes
+from mitp.cache.errors import CacheBusy, CacheError, CacheSpaceError
 
 INDEX = "index.json"
 SPACE_MARGIN = 64 << 20  # keep this much free beyond the estimate (index rewrites, temp files)
@@ -87,6 +89,62 @@ def npy_bytes(shape: tuple[int, ...], dtype) -> int:
               "shape": tuple(int(x) for x in shape)}
     np.lib.format.write_array_header_1_0(buf, header)
     return buf.tell() + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NO_FALLOCATE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+
+
+def reserve(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes of the open file now (``posix_fallocate``), so a disk that cannot
+    hold the shard fails here with ENOSPC; filesystems without it are skipped (the writes report
+    ENOSPC themselves, they never fault like a memory-mapped sparse file would)."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None or size <= 0:
+        return
+    try:
+        fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in _NO_FALLOCATE:
+            raise
+
+
+def write_shard(path: Path, shape: tuple[int, ...], dtype, blocks: Iterable[np.ndarray],
+                on_rows: Callable[[int], None] | None = None) -> None:
+    """Write an ``.npy`` of ``shape`` at ``path`` from ``blocks`` of rows, with ordinary writes into
+    space reserved first (:func:`reserve`). The bytes are those ``np.lib.format.open_memmap`` wrote
+    (header 1.0, C order), but a full disk is an OSError (ENOSPC), not a SIGBUS that kills the
+    process without a word."""
+    dtype = np.dtype(dtype)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                   "fortran_order": False, "shape": tuple(int(x) for x in shape)})
+    total = npy_bytes(shape, dtype)
+    with open(path, "wb") as fh:
+        reserve(fh.fileno(), total)
+        fh.write(header.getvalue())
+        rows = 0
+        for block in blocks:
+            array = np.ascontiguousarray(block, dtype=dtype)
+            if array.shape[1:] != tuple(shape[1:]) or rows + len(array) > shape[0]:
+                raise CacheError(f"{path.name}: a block of shape {array.shape} does not fit the shard {tuple(shape)} "
+                                 f"at row {rows}")
+            fh.write(array.data)
+            rows += len(array)
+            if on_rows is not None:
+                on_rows(len(array))
+        if rows != shape[0]:
+            raise CacheError(f"{path.name}: {rows} rows computed, the shard holds {shape[0]}")
+        fh.flush()
+
+
+def disk_full(root: Path, what: str, exc: OSError) -> CacheSpaceError:
+    """The one-line error of a disk that filled up during a build (another writer took the space
+    the estimate saw free)."""
+    return CacheSpaceError(
+        f"disk full while writing the feature cache at {root} ({what}: {exc.strerror or exc}); the file was not "
+        f"kept, finished shards are and the next run resumes. Free some space, or point cache.dir at a larger "
+        f"disk (-S cache.dir=/path/with/space).")
 
 
 def sha256_file(path: Path) -> str:
@@ -206,7 +264,7 @@ def clean_temp_files(root: Path) -> int:
     n = 0
     for tmp in list(root.glob(".*.tmp")) + list(root.glob("*/.*.tmp")):
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink() if tmp.is_file() else shutil.rmtree(tmp)
+            tmp.unlink() if tmp.is_file() else remove_tree(tmp)
             n += 1
     return n
 
@@ -216,7 +274,7 @@ def wipe(root: Path, splits) -> None:
     with contextlib.suppress(FileNotFoundError):
         (root / INDEX).unlink()
     for split in splits:
-        shutil.rmtree(root / split, ignore_errors=True)
+        remove_tree(root / split, ignore_errors=True)
 
 
 @contextlib.contextmanager

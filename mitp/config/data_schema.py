@@ -10,6 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes 0 .. 2**32 - 1
+MAX_TEXT_LENGTH = 8192  # tokens (the datasets use 16 to 256; BERT-base takes at most 512)
+
 
 class Strict(BaseModel):
     """Unknown keys are errors; inf/nan are never a sensible setting (a timeout of inf hangs)."""
@@ -62,13 +65,17 @@ class SourceFile(Strict):
 class DownloadOptions(Strict):
     """How the download stage talks to servers."""
 
-    retries: int = Field(5, ge=0, description="retries per URL after a connection error or HTTP 5xx")
-    backoff_s: float = Field(2.0, ge=0.0, description="first wait between retries; doubles each time (max 60 s)")
-    timeout_s: float = Field(60.0, gt=0.0, description="socket timeout")
+    retries: int = Field(5, ge=0, le=100, description="retries per URL after a connection error or HTTP 5xx")
+    backoff_s: float = Field(2.0, ge=0.0, le=3600.0, description="first wait between retries; doubles each time (max 60 s)")
+    timeout_s: float = Field(60.0, gt=0.0, le=86400.0, description="socket timeout")
     keep_archives: bool = Field(False, description="keep downloads/<archive> after unpacking (costs disk)")
-    max_unpacked_gb: float = Field(64.0, gt=0.0, description="refuse an archive that unpacks to more than this")
+    max_unpacked_gb: float = Field(64.0, gt=0.0, le=1e6, description="refuse an archive that unpacks to more than this")
     max_compression_ratio: float = Field(
-        200.0, gt=1.0, description="refuse an archive member (zip) or stream (tar) over 1 MiB compressed better than this"
+        200.0, gt=1.0, description="refuse an archive member (zip), stream (tar) or whole archive (all it unpacks "
+                                   "against its file size) over 1 MiB compressed better than this"
+    )
+    max_members: int = Field(
+        300_000, ge=1, le=100_000_000, description="refuse an archive of more members than this (Food-101 has 101,000)"
     )
 
 
@@ -76,12 +83,12 @@ class DatasetConfig(Strict):
     """Settings every dataset has."""
 
     task: Literal["single_label", "multi_label"] = "single_label"
-    max_text_length: int = Field(40, ge=2)
+    max_text_length: int = Field(40, ge=2, le=MAX_TEXT_LENGTH)
     local_path: str | None = Field(None, description="a copy the user already has (raw layout)")
     sources: list[SourceFile] = Field(default_factory=list, description="where to get it: set in params.yaml")
     bad_records: Literal["skip", "fail"] = "skip"
     max_skip_fraction: float = Field(0.05, ge=0.0, le=1.0)
-    verify_workers: int = Field(0, ge=0, description="threads decoding images in prepare (0: one per CPU)")
+    verify_workers: int = Field(0, ge=0, le=1024, description="threads decoding images in prepare (0: one per CPU)")
     lock_file: str | None = Field(None, description="sha256 record of fetched files (default: locks/<name>.lock.json, tracked by git)")
     download: DownloadOptions = DownloadOptions()
 
@@ -89,29 +96,29 @@ class DatasetConfig(Strict):
 class SyntheticConfig(DatasetConfig):
     """The generated visual-entailment set (SNLI-VE layout; :mod:`mitp.data.synthetic` makes it)."""
 
-    max_text_length: int = Field(16, ge=2)
-    n_train: int = Field(3000, ge=3)
-    n_val: int = Field(600, ge=3)
-    n_test: int = Field(600, ge=3)
-    image_size: int = Field(32, ge=8)
-    hypotheses_per_image: int = Field(1, ge=1)
-    generator_seed: int = 0
+    max_text_length: int = Field(16, ge=2, le=MAX_TEXT_LENGTH)
+    n_train: int = Field(3000, ge=3, le=10_000_000)
+    n_val: int = Field(600, ge=3, le=10_000_000)
+    n_test: int = Field(600, ge=3, le=10_000_000)
+    image_size: int = Field(32, ge=8, le=4096)
+    hypotheses_per_image: int = Field(1, ge=1, le=1000)
+    generator_seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
 class Food101Config(DatasetConfig):
-    max_text_length: int = Field(40, ge=2)
+    max_text_length: int = Field(40, ge=2, le=MAX_TEXT_LENGTH)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=SEED_MAX)
     text_source: Literal["titles"] = "titles"
 
 
 class MMIMDBConfig(DatasetConfig):
     task: Literal["single_label", "multi_label"] = "multi_label"
-    max_text_length: int = Field(256, ge=2)
+    max_text_length: int = Field(256, ge=2, le=MAX_TEXT_LENGTH)
 
 
 class SNLIVEConfig(DatasetConfig):
-    max_text_length: int = Field(40, ge=2)
+    max_text_length: int = Field(40, ge=2, le=MAX_TEXT_LENGTH)
     images_path: str | None = Field(None, description="Flickr30k images folder (<id>.jpg), if not in the raw layout")
 
 

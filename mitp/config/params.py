@@ -5,7 +5,11 @@ name the key (``model.interaction.start: must be below the backbone depth 4, got
 typo in ``params.yaml`` or in a ``-S key=value`` override never goes unnoticed.
 
 Overrides use the spelling of ``dvc exp run -S``: ``model.hub_size=128``; the value is parsed
-as YAML (``true``, ``1e-3``, ``[1, 2]`` all work; a quoted value stays a string: ``'1.0'``).
+as YAML (``true``, ``1e-3``, ``[1, 2]`` all work; a quoted value stays a string: ``'1.0'``),
+without anchors or aliases (``&a``, ``*a``: a few hundred characters of nested aliases stand for
+billions of items); a params file whose aliases expand to more than a million values is refused.
+Sizes and seeds have upper bounds (``seed`` and ``extra_seeds``: 0 .. 2**32 - 1, what numpy's
+seeding takes), and a message quotes at most a few hundred characters of a bad value.
 
 This module is the schema and its loading only; rules across keys that need the backbone depth
 live with the models (:mod:`mitp.models.rules`).
@@ -15,18 +19,22 @@ from __future__ import annotations
 
 import copy
 import re
+import reprlib
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from mitp.config.data_schema import DataConfig, Strict
+from mitp.config.data_schema import SEED_MAX, DataConfig, Strict
 from mitp.config.dotted_keys import flatten
 from mitp.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+SIZE_MAX = 1 << 16  # upper bound of the model and batch sizes (the paper: hub 384, prompts 16, batch 64)
+DEPTH_MAX = 1024  # upper bound of layer indices and counts (the backbones have 12)
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
 
 
@@ -69,7 +77,7 @@ class BackboneConfig(Strict):
     vision_revision: str | None = None
     text_revision: str | None = None
     dir: str = "data/backbones"
-    tiny_seed: int = 0
+    tiny_seed: Seed = 0
 
     @model_validator(mode="after")
     def _custom_needs_ids(self) -> BackboneConfig:
@@ -79,24 +87,24 @@ class BackboneConfig(Strict):
 
 
 class InteractionConfig(Strict):
-    start: int = Field(0, ge=0, description="first interaction layer s (from the top-aligned towers)")
-    interval: int = Field(1, ge=1, description="distance D between interaction layers")
+    start: int = Field(0, ge=0, le=DEPTH_MAX, description="first interaction layer s (from the top-aligned towers)")
+    interval: int = Field(1, ge=1, le=DEPTH_MAX, description="distance D between interaction layers")
 
 
 class PMFParams(Strict):
     """``model.pmf``: PMF's sizes (defaults of its official model file)."""
 
-    n_fusion_layers: int = Field(2, ge=1, description="F: prompted top layers (first one: depth - F)")
-    n_qp: int = Field(4, ge=1, description="query prompts per fusion layer and direction")
-    n_qcp: int = Field(4, ge=0, description="query-context prompts per fusion layer and direction")
-    n_fcp: int = Field(4, ge=0, description="fusion-context prompts per fusion layer and tower")
-    mapper_hidden: int | None = Field(None, ge=1, description="null: max(d_v, d_t) / 2")
+    n_fusion_layers: int = Field(2, ge=1, le=DEPTH_MAX, description="F: prompted top layers (first one: depth - F)")
+    n_qp: int = Field(4, ge=1, le=4096, description="query prompts per fusion layer and direction")
+    n_qcp: int = Field(4, ge=0, le=4096, description="query-context prompts per fusion layer and direction")
+    n_fcp: int = Field(4, ge=0, le=4096, description="fusion-context prompts per fusion layer and tower")
+    mapper_hidden: int | None = Field(None, ge=1, le=SIZE_MAX, description="null: max(d_v, d_t) / 2")
 
 
 class ModelConfig(Strict):
     kind: ModelKind = "mitp"
-    prompt_length: int = Field(8, ge=1)
-    hub_size: int = Field(64, ge=1)
+    prompt_length: int = Field(8, ge=1, le=4096, description="M: prompts per layer (the paper: 16)")
+    hub_size: int = Field(64, ge=1, le=SIZE_MAX, description="h: hub vectors (the paper: 384)")
     interaction: InteractionConfig = InteractionConfig()
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     tau_init: float = Field(1.0 / 0.07, gt=0.0)
@@ -117,27 +125,27 @@ class ModelConfig(Strict):
 
 class CacheConfig(Strict):
     enabled: bool = True
-    layer: int = Field(0, ge=0, description="k: hidden states entering layer k are cached")
+    layer: int = Field(0, ge=0, le=DEPTH_MAX, description="k: hidden states entering layer k are cached")
     dir: str = "data/features"
     dtype: Literal["float16", "float32"] = "float16"
-    shard_size: int = Field(4096, ge=1, description="samples (or unique images) per shard")
-    batch_size: int = Field(64, ge=1)
+    shard_size: int = Field(4096, ge=1, le=1 << 20, description="samples (or unique images) per shard")
+    batch_size: int = Field(64, ge=1, le=SIZE_MAX)
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
+    epochs: int = Field(30, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1, le=SIZE_MAX)
+    eval_batch_size: int = Field(256, ge=1, le=SIZE_MAX)
     lr: float = Field(1e-3, gt=0.0)
     backbone_lr: float = Field(1e-4, gt=0.0, description="model.kind=finetune: learning rate of the backbones")
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, gt=0.0)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=1024)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
+    max_steps_per_epoch: int | None = Field(None, ge=1, le=10**9, description="cap for smoke runs")
     patience: int | None = Field(
-        None, ge=1, description="early stopping: end the run after this many epochs without a better "
+        None, ge=1, le=100_000, description="early stopping: end the run after this many epochs without a better "
                                 "validation metric (the schedule still spans `epochs`); null: run every epoch")
     compile: Literal["auto"] | bool = Field(
         "auto", description="torch.compile the training forward/backward (auto: on CUDA with Triton; see mitp/training/compiled.py)")
@@ -162,7 +170,7 @@ class MlflowConfig(Strict):
 class RayConfig(Strict):
     address: str | None = Field(None, description="null: env RAY_ADDRESS, else a local Ray sized to this machine")
     storage_path: str | None = Field(None, description="null: <repo>/ray_results; a shared path or URI on clusters")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (null: all)")
+    num_cpus: int | None = Field(None, ge=1, le=1 << 20, description="CPUs of a local Ray (null: all)")
 
 
 class ResourcesConfig(Strict):
@@ -171,7 +179,7 @@ class ResourcesConfig(Strict):
 
 
 class AshaConfig(Strict):
-    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
+    grace_period: int = Field(1, ge=1, le=100_000, description="epochs every trial runs before it can be stopped")
     reduction_factor: float = Field(2.0, gt=1.0)
 
 
@@ -180,14 +188,14 @@ class SweepConfig(Strict):
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     space: dict[str, Any] = Field(default_factory=dict)
-    num_samples: int = Field(1, ge=1, description="repeats of the grid (each with its own seed) or random samples")
+    num_samples: int = Field(1, ge=1, le=100_000, description="repeats of the grid (each with its own seed) or random samples")
     metric: str = Field("auto", description="auto: val_accuracy (single-label) or val_f1_micro (multi-label)")
     mode: Literal["max", "min"] = "max"
     scheduler: Literal["none", "asha"] = "none"
     asha: AshaConfig = AshaConfig()
-    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1, le=100_000)
     resources_per_trial: ResourcesConfig = ResourcesConfig()
-    max_failures: int = Field(1, ge=0, description="retries of a failed trial, from its last checkpoint")
+    max_failures: int = Field(1, ge=0, le=1000, description="retries of a failed trial, from its last checkpoint")
     train: dict[str, Any] = Field(default_factory=dict, description="train.* overrides inside trials")
 
 
@@ -202,8 +210,8 @@ def dataset_names() -> list[str]:
 class Params(Strict):
     """Root of ``params.yaml``."""
 
-    seed: int = 0
-    extra_seeds: list[int] = Field(
+    seed: Seed = Field(0, description="0 .. 2**32 - 1 (numpy seeding)")
+    extra_seeds: list[Seed] = Field(
         default_factory=lambda: [1, 2], min_length=1,
         description="the main table (stage train, mitp/training/table.py) trains every kind on seed and on each of "
                     "these; the report gives mean ± std and intervals over all of them")
@@ -283,27 +291,75 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
-def _load_yaml(text: str, where: str) -> Any:
-    """Parse YAML; any error becomes one line naming ``where`` and the line."""
+class _OverrideLoader(_YamlLoader):
+    """A ``-S`` value: no anchors (``&a``) or aliases (``*a``). A value of a few hundred
+    characters that nests aliases (``[&a0 [1,1], &a1 [*a0,*a0], ...]``) stands for billions of
+    items once anything walks it; a command-line value never needs them."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            what = "alias (*name)" if isinstance(event, yaml.AliasEvent) else "anchor (&name)"
+            raise yaml.composer.ComposerError(None, None, f"a YAML {what} is not allowed in a -S value",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+MAX_NODES = 1_000_000  # values a params file may stand for once its aliases are expanded
+MESSAGE_CHARS = 300  # longest part of an input a message quotes
+_short_repr = reprlib.Repr()
+_short_repr.maxlevel, _short_repr.maxstring, _short_repr.maxother = 3, 120, 120
+
+
+def clip(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (with how long it was), for quoting input in a message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` bounded in depth, items and length, whatever the value's expanded size."""
+    return clip(_short_repr.repr(value))
+
+
+def _expanded_size(value: Any, limit: int) -> int:
+    """How many values ``value`` stands for with shared (aliased) parts counted each time; stops past ``limit``."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return count
+
+
+def _load_yaml(text: str, where: str, loader: type = _YamlLoader) -> Any:
+    """Parse YAML; any error becomes one line naming ``where`` and the line. A document whose
+    aliases expand to more than MAX_NODES values is refused (a billion laughs)."""
     try:
-        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ConfigError(f"{where}: {line}{exc.problem or exc.context}") from None
+        raise ConfigError(f"{where}: {line}{clip(str(exc.problem or exc.context))}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{where}: not valid YAML: {clip(' '.join(str(exc).split()))}") from None
+    if _expanded_size(data, MAX_NODES) > MAX_NODES:
+        raise ConfigError(f"{where}: its YAML aliases expand to more than {MAX_NODES:,} values (an alias bomb?)")
+    return data
 
 
 def parse_override(item: str) -> tuple[str, Any]:
     """``"model.hub_size=128"`` -> ``("model.hub_size", 128)`` (value parsed as YAML)."""
     if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key.path=value")
+        raise ConfigError(f"override {clip(repr(item))}: expected key.path=value")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override {item!r}: empty key")
-    return key, (_load_yaml(raw, f"override {key}") if raw.strip() else None)
+        raise ConfigError(f"override {clip(repr(item))}: empty key")
+    return key, (_load_yaml(raw, f"override {clip(key, 100)}", _OverrideLoader) if raw.strip() else None)
 
 
 def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
@@ -333,7 +389,7 @@ def _format_error(exc: ValidationError, source: str) -> str:
             msg = "unknown key"
         got = err.get("input")
         plain = err["type"] in ("extra_forbidden", "value_error") or isinstance(got, dict)
-        got_s = "" if plain else f" (got {got!r})"
+        got_s = "" if plain else f" (got {short_repr(got)})"
         lines.append(f"{source}: {msg}" if key == "<root>" else f"{source}: {key}: {msg}{got_s}")
     return "\n".join(lines)
 

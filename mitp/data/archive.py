@@ -9,11 +9,21 @@ listed twice. Members are then written by this module, never by ``tarfile.extrac
 file is created with ``O_EXCL | O_NOFOLLOW`` after its resolved path is checked to lie inside
 the extraction folder, so nothing is written outside it whatever the interpreter's filter does.
 
-Size limits (:class:`ExtractLimits`, from ``data.<name>.download``; defaults 64 GB and 200): the
-total unpacked size is capped (``max_unpacked_gb``), and so is the compression ratio
-(``max_compression_ratio``) of each zip member and of a whole tar stream once they pass 1 MiB. Sizes declared in the headers
-are checked before anything is written, the bytes actually written while streaming (headers can
-lie), and the error names the member.
+Size limits (:class:`ExtractLimits`, from ``data.<name>.download``; defaults 64 GB, 200 and
+300,000 members): the total unpacked size is capped (``max_unpacked_gb``), and so is the
+compression ratio (``max_compression_ratio``) of each zip member, of a whole tar stream, and of
+the whole archive (every byte written against the archive file's size) once they pass 1 MiB: a
+zip of many members each just under 1 MiB is a bomb too. Sizes declared in the headers are
+checked before anything is written, the bytes actually written while streaming (headers can
+lie), and the error names the member. Zip members whose compressed bytes overlap (one DEFLATE
+stream shared by many members, the overlapping zip bomb that Python 3.11.7's ``zipfile`` does
+not detect) are refused from the local headers' offsets before anything is written.
+
+Shape limits: at most ``max_members`` members (``data.<name>.download.max_members``), and each
+member's path at most :data:`MAX_DEPTH` levels and :data:`MAX_PATH_BYTES` bytes (each component
+at most 255): a tiny tar of a path thousands of levels deep would otherwise make a tree that
+path-based calls can neither finish nor remove. Clean-up of a refused extraction never recurses
+(:func:`mitp.atomic.remove_tree`).
 
 Extraction goes into a temp folder beside the target, which replaces the target only once every
 member is out (so an interrupted or refused extraction never leaves a half-filled folder
@@ -50,6 +60,9 @@ from mitp.errors import UserError
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar", ".zip")
 CHUNK = 1 << 20
 RATIO_FLOOR = 1 << 20  # members (or tar streams) smaller than this are never ratio-checked
+MAX_DEPTH = 64  # path components of one member (the datasets use at most 5)
+MAX_PATH_BYTES = 1024  # a member's path, UTF-8 bytes (the datasets' longest is under 100)
+MAX_COMPONENT_BYTES = 255  # one path component (NAME_MAX on Linux)
 
 
 class ArchiveError(UserError):
@@ -78,11 +91,14 @@ class ExtractLimits:
 
     max_bytes: int
     max_ratio: float
+    max_members: int = 300_000
 
     @classmethod
     def from_options(cls, opts) -> ExtractLimits:
-        """From a dataset's ``download`` options (``max_unpacked_gb``, ``max_compression_ratio``)."""
-        return cls(max_bytes=int(opts.max_unpacked_gb * 1024**3), max_ratio=float(opts.max_compression_ratio))
+        """From a dataset's ``download`` options (``max_unpacked_gb``, ``max_compression_ratio``,
+        ``max_members``)."""
+        return cls(max_bytes=int(opts.max_unpacked_gb * 1024**3), max_ratio=float(opts.max_compression_ratio),
+                   max_members=int(opts.max_members))
 
 
 def detect_kind(path: str | Path) -> str:
@@ -112,20 +128,49 @@ def strip_archive_suffix(name: str) -> str:
 def _check_name(archive: Path, name: str) -> str:
     """The member's normalised relative path, or an error if it would leave the target."""
     if "\x00" in name:
-        raise UnsafeArchiveError(f"{archive}: refused, member {name!r} has a NUL byte in its name")
+        raise UnsafeArchiveError(f"{archive}: refused, member {_short(name)} has a NUL byte in its name")
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise UnsafeArchiveError(f"{archive}: refused, member {name!r} has an absolute path")
+        raise UnsafeArchiveError(f"{archive}: refused, member {_short(name)} has an absolute path")
     parts = name.replace("\\", "/").split("/")
     if ".." in parts:
-        raise UnsafeArchiveError(f"{archive}: refused, member {name!r} climbs out with '..'")
+        raise UnsafeArchiveError(f"{archive}: refused, member {_short(name)} climbs out with '..'")
+    _check_shape(archive, name, parts)
     return posixpath.normpath(name.replace("\\", "/"))
+
+
+def _short(name: str) -> str:
+    """A member name for a message: at most 120 characters of it."""
+    return repr(name) if len(name) <= 120 else f"{name[:60]!r}...{name[-40:]!r} ({len(name)} characters)"
+
+
+def _check_shape(archive: Path, name: str, parts: list[str]) -> None:
+    """A member path no deeper than MAX_DEPTH, no longer than MAX_PATH_BYTES, no component over 255 bytes."""
+    depth = sum(1 for p in parts if p not in ("", "."))
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if depth > MAX_DEPTH or size > MAX_PATH_BYTES:
+        raise UnsafeArchiveError(
+            f"{archive}: refused, member {_short(name)} is {depth} levels deep and {size} bytes long "
+            f"(at most {MAX_DEPTH} levels and {MAX_PATH_BYTES} bytes)"
+        )
+    if any(len(p.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_BYTES for p in parts):
+        raise UnsafeArchiveError(
+            f"{archive}: refused, member {_short(name)} has a path component over {MAX_COMPONENT_BYTES} bytes"
+        )
 
 
 def _refuse_link(archive: Path, name: str, kind: str, target: str) -> UnsafeArchiveError:
     return UnsafeArchiveError(
-        f"{archive}: refused, member {name!r} is a {kind} (-> {target!r}); "
+        f"{archive}: refused, member {_short(name)} is a {kind} (-> {_short(target)}); "
         "dataset archives hold no links, and a chain of links can write outside the target"
     )
+
+
+def _check_count(archive: Path, n: int, limits: ExtractLimits) -> None:
+    if n > limits.max_members:
+        raise ArchiveTooLargeError(
+            f"{archive}: refused, {n} members (more than data.<name>.download.max_members {limits.max_members}); "
+            "raise it if the dataset really has that many files"
+        )
 
 
 def _check_members(archive: Path, entries: list[tuple[str, str, str]]) -> None:
@@ -137,16 +182,16 @@ def _check_members(archive: Path, entries: list[tuple[str, str, str]]) -> None:
         if kind in ("symbolic link", "hard link"):
             raise _refuse_link(archive, raw_name, kind, target)
         if kind == "other":
-            raise UnsafeArchiveError(f"{archive}: refused, member {raw_name!r} is a device file or FIFO")
+            raise UnsafeArchiveError(f"{archive}: refused, member {_short(raw_name)} is a device file or FIFO")
         if name == ".":
             continue
         if kind == "dir":
             if name in files:
-                raise UnsafeArchiveError(f"{archive}: refused, member {raw_name!r} is listed as a file and a folder")
+                raise UnsafeArchiveError(f"{archive}: refused, member {_short(raw_name)} is listed as a file and a folder")
             dirs.add(name)
             continue
         if name in files or name in dirs:
-            raise UnsafeArchiveError(f"{archive}: refused, member {raw_name!r} is listed twice")
+            raise UnsafeArchiveError(f"{archive}: refused, member {_short(raw_name)} is listed twice")
         files.add(name)
 
 
@@ -182,7 +227,7 @@ def _inside(dest: Path, name: str, archive: Path) -> Path:
     out = dest / name
     real_dest = os.path.realpath(dest)
     if os.path.commonpath([real_dest, os.path.realpath(out)]) != real_dest:
-        raise UnsafeArchiveError(f"{archive}: refused, member {name!r} resolves outside the target")
+        raise UnsafeArchiveError(f"{archive}: refused, member {_short(name)} resolves outside the target")
     return out
 
 
@@ -203,6 +248,7 @@ class _Budget:
 
     def __init__(self, archive: Path, limits: ExtractLimits):
         self.archive, self.limits, self.total = archive, limits, 0
+        self.size = archive.stat().st_size  # the whole archive: bounds the ratio of everything written
 
     def declared(self, sizes: Iterator[tuple[str, int, int | None]]) -> None:
         """Check the headers' (name, size, compressed size) before writing anything."""
@@ -220,7 +266,13 @@ class _Budget:
         if total > self.limits.max_bytes:
             raise ArchiveTooLargeError(
                 f"{self.archive}: refused, unpacks to more than {self.limits.max_bytes} bytes "
-                f"(reached at member {name!r}); raise data.<name>.download.max_unpacked_gb if the dataset is that big"
+                f"(reached at member {_short(name)}); raise data.<name>.download.max_unpacked_gb if the dataset is that big"
+            )
+        if total > RATIO_FLOOR and total > self.limits.max_ratio * max(self.size, 1):
+            raise ArchiveTooLargeError(
+                f"{self.archive}: refused, its members unpack to {total} bytes or more from an archive of {self.size} "
+                f"(ratio {total / max(self.size, 1):.0f} > data.<name>.download.max_compression_ratio "
+                f"{self.limits.max_ratio:g}, reached at member {_short(name)}): a compression bomb"
             )
 
     def check_ratio(self, name: str, size: int, packed: int | None) -> None:
@@ -228,7 +280,7 @@ class _Budget:
             return
         if size > self.limits.max_ratio * max(packed, 1):
             raise ArchiveTooLargeError(
-                f"{self.archive}: refused, member {name!r} unpacks {size} bytes from {packed} "
+                f"{self.archive}: refused, member {_short(name)} unpacks {size} bytes from {packed} "
                 f"(ratio {size / max(packed, 1):.0f} > data.<name>.download.max_compression_ratio "
                 f"{self.limits.max_ratio:g}): a compression bomb"
             )
@@ -270,7 +322,7 @@ def _extract_tar(archive: Path, dest: Path, limits: ExtractLimits) -> int:
     budget = _Budget(archive, limits)
     try:
         with tarfile.open(archive, "r:*") as tf:
-            members = tf.getmembers()  # reads the whole archive: a cut-short one fails here
+            members = _tar_members(tf, archive, limits)  # reads the whole archive: a cut-short one fails here
             check_tar_members(archive, members)
             budget.declared((m.name, m.size, None) for m in members if m.isfile())
             # tar compresses the stream, not members: the ratio is the whole stream's
@@ -287,12 +339,49 @@ def _extract_tar(archive: Path, dest: Path, limits: ExtractLimits) -> int:
         raise
 
 
+def _tar_members(tf: tarfile.TarFile, archive: Path, limits: ExtractLimits) -> list[tarfile.TarInfo]:
+    """Every member's header, stopping as soon as there are more than ``limits.max_members``."""
+    members = []
+    while (m := tf.next()) is not None:
+        members.append(m)
+        _check_count(archive, len(members), limits)
+    return members
+
+
+def check_zip_overlap(archive: Path, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse members whose stored bytes (local header + compressed data) overlap another's or the
+    central directory: the overlapping zip bomb, where many members share one DEFLATE stream."""
+    spans = []
+    with open(archive, "rb") as fh:
+        for info in infos:
+            fh.seek(info.header_offset)
+            head = fh.read(30)
+            if len(head) < 30 or head[:4] != b"PK\x03\x04":
+                raise TruncatedArchiveError(f"{archive}: truncated or corrupt archive (no local header for member "
+                                            f"{_short(info.filename)}); delete it and run the download stage again")
+            name_len, extra_len = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
+            spans.append((info.header_offset, info.header_offset + 30 + name_len + extra_len + info.compress_size,
+                          info.filename))
+    spans.sort()
+    end_of_data = getattr(zf, "start_dir", None)
+    for (_start, end, name), (next_start, _, next_name) in zip(spans, spans[1:], strict=False):
+        if next_start < end:
+            raise UnsafeArchiveError(
+                f"{archive}: refused, members {_short(name)} and {_short(next_name)} overlap in the archive "
+                "(bytes shared between members: an overlapping zip bomb)"
+            )
+    if spans and end_of_data is not None and spans[-1][1] > end_of_data:
+        raise UnsafeArchiveError(f"{archive}: refused, member {_short(spans[-1][2])} overlaps the central directory")
+
+
 def _extract_zip(archive: Path, dest: Path, limits: ExtractLimits) -> int:
     budget = _Budget(archive, limits)
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
+            _check_count(archive, len(infos), limits)
             check_zip_members(archive, infos)
+            check_zip_overlap(archive, zf, infos)
             budget.declared((i.filename, i.file_size, i.compress_size) for i in infos if not i.is_dir())
             _write_members(archive, dest, (
                 _Member(i.filename, i.is_dir(), i.external_attr >> 16, i.compress_size, partial(zf.open, i))

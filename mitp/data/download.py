@@ -42,11 +42,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from functools import partial
 from pathlib import Path
 
-from mitp.atomic import write_json
+from mitp.atomic import remove_tree, write_json
 from mitp.data.archive import (
     ARCHIVE_SUFFIXES,
     ArchiveError,
@@ -224,7 +223,7 @@ def _fetch(params, name: str, src, file_path: Path, expected: str | None) -> tup
             raise ChecksumError(f"{name}: {src.name} from Kaggle {src.kaggle}: wrong checksum, expected {expected}, got {digest}")
         check(got)
     except (ChecksumError, ContentError):
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_tree(folder, ignore_errors=True)
         raise
     os.replace(got, file_path)
     folder.rmdir()
@@ -232,10 +231,8 @@ def _fetch(params, name: str, src, file_path: Path, expected: str | None) -> tup
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    """Remove a file or a whole tree (any depth: no recursion, links not followed)."""
+    remove_tree(path, ignore_errors=True)  # as before: the error being reported matters more
 
 
 def fetch_source(params, name: str, src, lock: LockFile, state: dict) -> tuple[dict, dict | None]:

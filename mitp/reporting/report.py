@@ -6,6 +6,12 @@ on the other seeds, ``sweep.csv`` and ``sweep_best.json``.
 Outputs (under ``reports/``): ``report.md`` (summary, main table, ablation tables, cost per
 trial, lineage), PNG plots, and ``summary.json`` (a DVC metric).
 
+Every input is checked before anything is written (:func:`check_inputs`): a metrics file that is
+not JSON, holds NaN or Infinity, lacks the dataset's metric, or has a string or an out-of-range
+value where the report reads a number, and a sweep table with such a cell, stop the report with
+one line naming the file and the key (or column and line). ``summary.json`` is strict JSON: a
+figure that does not exist (the std of one run, an interval with a side of n < 2) is ``null``.
+
 Every compared figure is a mean over seeds with its sample std (ddof = 1); a difference of two
 means comes with Welch's 95% t interval and a verdict read off it
 (:func:`mitp.reporting.stats.welch`). The sentences that summarise the results are generated from
@@ -87,11 +93,46 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 class ReportInputError(UserError):
-    """A metrics file the report reads is unreadable (truncated, not JSON, wrong shape)."""
+    """A metrics file or sweep table the report reads is unreadable or holds a value it cannot use
+    (not JSON, NaN or Infinity, a missing metric, a string where a number belongs)."""
+
+
+# Figures a run record may hold that the report reads or copies as numbers (besides test_* / val_*).
+NUMERIC_KEYS = ("trainable_params", "total_params", "trainable_ratio", "peak_memory_mb", "train_samples_per_s",
+                "train_time_s", "best_epoch", "epochs", "epochs_run")
+SCORE = re.compile(r"(test|val)_(accuracy|f1_micro|f1_macro)")  # fractions in [0, 1]
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _nonfinite(obj, path: str = "") -> str | None:
+    """The key path of the first NaN or Infinity in ``obj``, else None."""
+    stack = [(path, obj)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where or "<top>"
+        if isinstance(item, dict):
+            stack += [(f"{where}.{k}" if where else str(k), v) for k, v in reversed(list(item.items()))]
+        elif isinstance(item, list):
+            stack += [(f"{where}[{i}]", v) for i, v in reversed(list(enumerate(item)))]
+    return None
+
+
+def _bad(f: Path, key: str, what: str, fix: str = "re-run the stage that writes it") -> ReportInputError:
+    return ReportInputError(f"{f}: {key}: {what}; {fix}")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def read_json(f: Path, shape: type) -> dict | list:
-    """A metrics file's content, checked to be a JSON ``shape`` (dict or list of dicts)."""
+    """A metrics file's content, checked to be a JSON ``shape`` (dict or list of dicts) holding no
+    NaN or Infinity (Python's json reads them; they are not JSON)."""
     try:
         data = json.loads(f.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -99,24 +140,78 @@ def read_json(f: Path, shape: type) -> dict | list:
     if not isinstance(data, shape) or (shape is list and not all(isinstance(r, dict) for r in data)):
         what = "an object" if shape is dict else "a list of objects"
         raise ReportInputError(f"{f}: expected {what}, got {type(data).__name__}; re-run the stage that writes it")
+    if (where := _nonfinite(data)) is not None:
+        raise _bad(f, where, "NaN or Infinity, not a number (a diverged run?)")
     return data
 
 
+def check_run(f: Path, run: dict, dataset: str) -> dict:
+    """A run record (``train_<kind>.json``, a seed's file): the dataset's metrics present and in
+    [0, 1], every figure the report reads a number, ``seed`` a non-negative integer."""
+    for key, _ in DATASET_METRICS.get(dataset, [("test_accuracy", "")]):
+        if key not in run or run[key] is None:
+            raise _bad(f, key, f"missing (the {dataset} table needs it)")
+    for key, value in run.items():
+        if value is None:
+            continue
+        if key in NUMERIC_KEYS or key.startswith(("test_", "val_")):
+            if not _is_number(value):
+                raise _bad(f, key, f"{_shown(value)} is not a number")
+            if SCORE.fullmatch(key) and not 0 <= value <= 1:
+                raise _bad(f, key, f"{value!r} is not a fraction in [0, 1]")
+            if value < 0:
+                raise _bad(f, key, f"{value!r} is negative")
+    seed = run.get("seed")
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        raise _bad(f, "seed", f"{_shown(seed)} is not a non-negative integer")
+    return run
+
+
+def check_history(f: Path, rows: list[dict]) -> list[dict]:
+    """A run's per-epoch history: an integer ``epoch`` and the validation metric the curve plots
+    (``val_f1_micro``, else ``val_accuracy``) on every row."""
+    col = "val_f1_micro" if any("val_f1_micro" in r for r in rows) else "val_accuracy"
+    for i, r in enumerate(rows):
+        epoch = r.get("epoch")
+        if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+            raise _bad(f, f"[{i}].epoch", f"{_shown(epoch)} is not an epoch number")
+        if not _is_number(r.get(col)):
+            raise _bad(f, f"[{i}].{col}", "missing" if r.get(col) is None else f"{_shown(r[col])} is not a number")
+    return rows
+
+
 def read_sweep_csv(f: Path) -> pd.DataFrame:
+    """The sweep's trial table, every figure the report reads checked: a metric or cost column
+    holds numbers (empty: a trial without that figure) and no inf; a score is in [0, 1]."""
     try:
-        return pd.read_csv(f)
+        df = pd.read_csv(f)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ReportInputError(f"{f}: not a readable CSV ({str(exc).strip()}); re-run the sweep") from None
+    for col in df.columns:
+        if not (col in NUMERIC_KEYS or col == "seed" or str(col).startswith(("test_", "val_"))):
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = (values.isna() & df[col].notna()) | values.isin([math.inf, -math.inf])
+        if SCORE.fullmatch(str(col)):
+            bad |= values.notna() & ~values.between(0, 1)
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise _bad(f, f"column {col!r}, line {row + 2}", f"{_shown(df[col].iloc[row])} is not a usable number",
+                       "re-run the sweep")
+        df[col] = values
+    return df
 
 
 def check_inputs(metrics_dir: Path, datasets: list[str]) -> None:
-    """Read every input once before anything is written: a bad file stops the report whole."""
+    """Read and check every input once before anything is written: a bad file stops the report whole."""
     for ds in datasets:
         load_runs(metrics_dir, ds)
         for kind in KINDS:
             seed_runs(metrics_dir, ds, kind)
-            if (f := metrics_dir / ds / f"train_{kind}_history.json").exists():
-                read_json(f, list)
+            for f in [metrics_dir / ds / f"train_{kind}_history.json",
+                      *sorted((metrics_dir / ds / "seeds").glob(f"train_{kind}_seed*_history.json"))]:
+                if f.exists():
+                    check_history(f, read_json(f, list))
         if (f := metrics_dir / ds / "sweep_best.json").exists():
             read_json(f, dict)
         if (f := metrics_dir / ds / "sweep.csv").exists():
@@ -128,7 +223,7 @@ def load_runs(metrics_dir: Path, dataset: str) -> dict[str, dict]:
     for kind in KINDS:
         f = metrics_dir / dataset / f"train_{kind}.json"
         if f.exists():
-            runs[kind] = read_json(f, dict)
+            runs[kind] = check_run(f, read_json(f, dict), dataset)
     return runs
 
 
@@ -142,7 +237,7 @@ def seed_runs(metrics_dir: Path, dataset: str, kind: str) -> list[dict]:
     runs, seeds = [], set()
     for f in files:
         if f.exists():
-            run = read_json(f, dict)
+            run = check_run(f, read_json(f, dict), dataset)
             if run.get("seed") is not None and run["seed"] in seeds:  # `seed` set to one of extra_seeds
                 continue  # the same run twice: count it once
             seeds.add(run.get("seed"))
@@ -421,9 +516,24 @@ def build(params, datasets: list[str], metrics_dir: Path, out_dir: Path) -> dict
                                     if k.split(".")[0] in ("seed", "backbone", "model", "cache", "train", "sweep")),
            "```", ""]
     md[3:3] = ["## Summary\n", readme_summary(summary), ""]
+    summary = strict_json(summary)
     write_text(out_dir / "report.md", "\n".join(md))
-    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "summary.json", summary, strict=True)
     return summary
+
+
+def strict_json(obj):
+    """``obj`` with every NaN or Infinity replaced by None (``null``: the figure does not exist),
+    numpy scalars as Python numbers, tuples as lists: what strict JSON can hold."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str | bytes):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _seeds_phrase(n: list[int]) -> str:

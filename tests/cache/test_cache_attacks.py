@@ -3,6 +3,7 @@ image deleted after prepare. None of them may end in training on stale or fewer 
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -198,3 +199,94 @@ def test_recorded_digests_spare_training_the_image_reads_and_the_build_checks_th
     with pytest.raises(CacheInputError, match=re.escape(str(victim)) + ": the image's bytes no longer match"):
         build_cache(params, "synthetic", tiny_backbones, progress=False)
     assert not (params.features_dir("synthetic") / "train" / "image-00000.npy").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 21: a disk that fills up during the build (the space check saw enough free)
+# --------------------------------------------------------------------------------------------
+
+
+def _fill_disk_at(monkeypatch, nth: int) -> list[int]:
+    """``os.posix_fallocate`` reports ENOSPC from its ``nth`` call on, as a disk another writer
+    filled would; returns the calls' sizes."""
+    import errno
+    import os
+
+    calls: list[int] = []
+
+    def fallocate(fd, offset, length):
+        calls.append(length)
+        if len(calls) >= nth:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    return calls
+
+
+def test_a_disk_filling_up_mid_build_is_a_clear_error_and_leaves_no_partial_shard(cache_params, tiny_backbones,
+                                                                                   monkeypatch):
+    """Shards were written through memory-mapped sparse files: a full disk killed the build with
+    SIGBUS (exit 135, no message). Now their space is reserved before a row is computed."""
+    from mitp.cache import CacheSpaceError
+
+    params = cache_params()
+    calls = _fill_disk_at(monkeypatch, 3)
+    with pytest.raises(CacheSpaceError, match=r"disk full while writing the feature cache at .*train/text-00000\.npy"
+                                              r".*cache\.dir") as err:
+        build_cache(params, "synthetic", tiny_backbones, progress=False)
+    assert len(str(err.value).splitlines()) == 1 and len(calls) == 3
+    root = params.features_dir("synthetic")
+    assert not list(root.rglob("*.tmp")), "no temp file is left"
+    assert sorted(p.name for p in (root / "train").glob("image-*.npy")) == ["image-00000.npy", "image-00001.npy"]
+    assert not list((root / "train").glob("text-*.npy")), "the shard the disk could not hold is not there"
+    index = json.loads((root / "index.json").read_text())
+    assert index["complete"] is False and "train/text-00000.npy" not in index["files"]
+    # the twin: with space again the next run resumes and the cache opens
+    monkeypatch.undo()
+    build_cache(params, "synthetic", tiny_backbones, progress=False)
+    assert json.loads((root / "index.json").read_text())["complete"] is True
+    open_cache(params, "synthetic", tiny_backbones)
+
+
+def test_shards_are_written_without_a_memory_map_and_byte_for_byte_as_before(tmp_path, monkeypatch):
+    import numpy as np
+
+    from mitp.cache import storage
+
+    def no_memmap(*args, **kwargs):
+        raise AssertionError("a shard written through a memory map")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", no_memmap)
+    monkeypatch.setattr(np, "memmap", no_memmap)
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((10, 3, 4)).astype(np.float16)
+    storage.write_shard(tmp_path / "new.npy", (10, 3, 4), "float16", [rows[:4], rows[4:8], rows[8:]])
+    buf = io.BytesIO()
+    np.save(buf, rows, allow_pickle=False)  # the bytes open_memmap wrote: header 1.0, C order
+    assert (tmp_path / "new.npy").read_bytes() == buf.getvalue()
+    assert (tmp_path / "new.npy").stat().st_size == storage.npy_bytes((10, 3, 4), "float16")
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_cache_stage_with_one_line(cache_params):
+    params = cache_params()
+    flat = {"data.root": params.data.root, "backbone.dir": params.backbone.dir, "cache.dir": params.cache.dir,
+            "mlflow.tracking_uri": params.mlflow.tracking_uri, "cache.layer": params.cache.layer,
+            "model.interaction.start": params.model.interaction.start, "cache.shard_size": params.cache.shard_size,
+            "cache.batch_size": params.cache.batch_size, "sweep.space": "{model.prompt_length: {grid: [4, 8]}}"}
+    for key in ("n_train", "n_val", "n_test", "hypotheses_per_image"):
+        flat[f"data.synthetic.{key}"] = getattr(params.data.synthetic, key)
+    argv = ["pipeline.cache", "--dataset", "synthetic", *(a for k, v in flat.items() for a in ("-S", f"{k}={v}"))]
+    full = ("import errno, os, runpy, sys\n"
+            "def full(fd, offset, length):\n"
+            "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+            "os.posix_fallocate = full\n"
+            f"sys.argv = {argv!r}\n"
+            "runpy.run_module('pipeline.cache', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", full], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "disk full while writing the feature cache" in errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    root = params.features_dir("synthetic")
+    assert not list(root.rglob("*.tmp")) and not list(root.rglob("image-*.npy"))

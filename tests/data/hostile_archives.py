@@ -9,6 +9,7 @@ import os
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 # a component of 247 characters: 16 of them nest deeper than PATH_MAX (4096) on Linux
@@ -113,4 +114,78 @@ def tar_bomb(path: Path, size: int = 50 * 1024 * 1024) -> Path:
                 return bytes(n)
 
         tf.addfile(info, Zeros())
+    return path
+
+
+def _local_header(name: bytes, crc: int, packed: int, size: int) -> bytes:
+    return (b"PK\x03\x04" + (20).to_bytes(2, "little") + bytes(2) + (8).to_bytes(2, "little") + bytes(4)
+            + crc.to_bytes(4, "little") + packed.to_bytes(4, "little") + size.to_bytes(4, "little")
+            + len(name).to_bytes(2, "little") + bytes(2) + name)
+
+
+def _central_entry(name: bytes, crc: int, packed: int, size: int, offset: int) -> bytes:
+    return (b"PK\x01\x02" + (20).to_bytes(2, "little") + (20).to_bytes(2, "little") + bytes(2)
+            + (8).to_bytes(2, "little") + bytes(4) + crc.to_bytes(4, "little") + packed.to_bytes(4, "little")
+            + size.to_bytes(4, "little") + len(name).to_bytes(2, "little") + bytes(8)
+            + (0o100644 << 16).to_bytes(4, "little") + offset.to_bytes(4, "little") + name)
+
+
+def overlapping_zip_bomb(path: Path, members: int = 40, kernel_size: int = (1 << 20) - 4096) -> Path:
+    """The overlapping zip bomb (Fifield's construction): one DEFLATE kernel of just under 1 MiB of
+    zeros, shared by every member. Member i's data is a stored block quoting member i+1's local
+    header, then member i+1's data; so the members together unpack to ``members`` MiB from a few
+    KB, while the per-member ratio check sees each member's size against its own (overlapping)
+    compressed size. Python 3.11.7's ``zipfile`` reads it without complaint (3.11.8 added an
+    overlap check)."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    kernel = comp.compress(bytes(kernel_size)) + comp.flush()
+    zeros_crc = zlib.crc32(bytes(kernel_size))
+    names = [f"part{i:04d}.bin".encode() for i in range(members)]
+    headers: list[bytes] = [b""] * members
+    sizes: list[tuple[int, int, int]] = [(0, 0, 0)] * members  # crc, packed, size
+    data, quoted_all = kernel, b""  # member i's compressed data; the local headers it quotes
+    for i in range(members - 1, -1, -1):
+        if i < members - 1:
+            quoted = headers[i + 1]
+            data = b"\x00" + len(quoted).to_bytes(2, "little") + (0xFFFF ^ len(quoted)).to_bytes(2, "little") + quoted + data
+            quoted_all = quoted + quoted_all
+        crc = zlib.crc32(bytes(kernel_size), zlib.crc32(quoted_all)) if quoted_all else zeros_crc
+        sizes[i] = (crc, len(data), len(quoted_all) + kernel_size)
+        headers[i] = _local_header(names[i], *sizes[i])
+    # the file: header 0, then member 0's data, which holds every other header and the kernel
+    body = headers[0] + data
+    offsets, at = [], 0
+    for i in range(members):
+        offsets.append(at)
+        at += len(headers[i]) + 5  # the next header starts after this one and a stored-block header
+    central = b"".join(_central_entry(names[i], *sizes[i], offsets[i]) for i in range(members))
+    end = (b"PK\x05\x06" + bytes(4) + members.to_bytes(2, "little") * 2 + len(central).to_bytes(4, "little")
+           + len(body).to_bytes(4, "little") + bytes(2))
+    path.write_bytes(body + central + end)
+    return path
+
+
+def many_small_members_zip(path: Path, members: int = 24, size: int = 1 << 20) -> Path:
+    """``members`` separate members of ``size`` zeros each: none passes the 1 MiB floor of the
+    per-member ratio check, but together they unpack ~1,000 times the archive's size."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for i in range(members):
+            zf.writestr(f"zeros{i:03d}.bin", bytes(size))
+    return path
+
+
+def deep_path_tar(path: Path, levels: int = 2100) -> Path:
+    """A gzipped tar of one file ``a/a/.../a/x`` ``levels`` deep (a few hundred bytes): a naive
+    extractor nests folders until the path passes PATH_MAX, and recursive clean-up then fails."""
+    name = "a/" * levels + "x"
+    with tarfile.open(path, "w:gz", format=tarfile.GNU_FORMAT) as tf:
+        _add(tf, name, data=b"x")
+    return path
+
+
+def many_members_tar(path: Path, members: int) -> Path:
+    """A gzipped tar of ``members`` empty files (an inode bomb)."""
+    with tarfile.open(path, "w:gz") as tf:
+        for i in range(members):
+            _add(tf, f"m/{i:06d}", data=b"")
     return path

@@ -8,12 +8,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import sys
 import tarfile
 
 import pytest
 from fixture_layouts import mmimdb_layout, snli_ve_layout
-from hostile_archives import pathmax_symlink_chain_tar, tree_snapshot, zip_symlink_chain
+from hostile_archives import (
+    deep_path_tar,
+    overlapping_zip_bomb,
+    pathmax_symlink_chain_tar,
+    tree_snapshot,
+    zip_symlink_chain,
+)
 from loopback_server import LoopbackServer
 
 import pipeline.download
@@ -158,3 +165,39 @@ def test_redirect_is_recorded_in_the_lock_and_cross_host_http_refused(server, mo
         assert entry["url"] == server.url("/mmimdb.tar.gz") and entry["final_url"] == server.url("/v2/mmimdb.tar.gz")
     finally:
         other.stop()
+
+
+@pytest.mark.parametrize(("name", "build", "expect"), [
+    ("mmimdb.tar.gz", lambda p: deep_path_tar(p, 2100), "2101 levels deep"),  # clean-up crashed (RecursionError)
+    ("mmimdb.tar.gz", lambda p: deep_path_tar(p, 1500), "1501 levels deep"),  # the layout-miss undo crashed
+    ("mmimdb.zip", overlapping_zip_bomb, "overlap"),  # 5 KB wrote 40 MB
+])
+def test_bombs_are_refused_by_the_stage_and_leave_nothing(server, monkeypatch, capsys, tmp_path, name, build, expect):
+    server.files[f"/{name}"] = build(tmp_path / name).read_bytes()
+    (tmp_path / name).unlink()
+    for _attempt in range(2):  # a retry leaves nothing more behind either
+        code, err = _run_stage(monkeypatch, capsys, tmp_path, "mmimdb", _sources(name, [server.url(f"/{name}")], "auto"))
+        line = _error_line(err)
+        assert code == 2 and name in line and expect in line and len(line) < 700, line[:1000]
+        assert "Traceback" not in err
+        raw = tmp_path / "data" / "raw" / "mmimdb"
+        left = sorted(str(p.relative_to(raw)) for p in raw.rglob("*"))
+        assert left in ([], ["downloads"], [STATE_FILE], ["downloads", STATE_FILE]), left[:5]
+        assert not (tmp_path / "locks").exists()
+
+
+def test_the_layout_miss_undo_removes_a_tree_deeper_than_the_recursion_limit(tmp_path):
+    """The undo itself, on a tree 1,500 levels deep (what the 1,500-level tar made before the depth cap)."""
+    from mitp.data.download import _remove
+
+    top = tmp_path / "mmimdb"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1500):
+        os.mkdir("a", dir_fd=fd)
+        new = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = new
+    os.close(fd)
+    _remove(top)
+    assert list(tmp_path.iterdir()) == []

@@ -185,3 +185,74 @@ def test_shown_paths_do_not_depend_on_the_checkout():
     assert shown_path(str(REPO_ROOT / "ray_results" / "x")) == "ray_results/x"
     assert shown_path("/elsewhere/data") == "/elsewhere/data"  # outside: as given
     assert shown_path("data/raw") == "data/raw" and shown_path("s3://bucket/ray") == "s3://bucket/ray"
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 21: an alias bomb in -S, values the schema let through that failed later
+# --------------------------------------------------------------------------------------------
+
+ALIAS_BOMB = "[" + ", ".join(["&a0 [1, 1]"] + [f"&a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 30)]) + "]"
+
+
+def test_yaml_alias_bomb_in_an_override_is_refused_at_once():
+    """~500 characters standing for 2**30 items: it reached 4 GB and rendered the whole expansion."""
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"override seed: line 1: a YAML anchor \(&name\) is not allowed") as err:
+        load_params(overrides=[f"seed={ALIAS_BOMB}"])
+    assert time.perf_counter() - t0 < 5 and len(str(err.value)) < 400
+    with pytest.raises(ConfigError, match=r"alias \(\*name\)"):
+        parse_override("model.hub_size=*a")
+    # the twin: flow-style lists and mappings still parse
+    assert parse_override("sweep.space={model.hub_size: [16, 64]}")[1] == {"model.hub_size": [16, 64]}
+
+
+def test_alias_bomb_in_a_params_file_is_refused_by_its_expanded_size(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text((REPO_ROOT / "params.yaml").read_text() + f"\nbomb: {ALIAS_BOMB}\n")
+    with pytest.raises(ConfigError, match="aliases expand to more than") as err:
+        load_params(p)
+    assert len(str(err.value)) < 400
+    ok = tmp_path / "ok.yaml"  # the twin: a small alias in a file is fine
+    ok.write_text((REPO_ROOT / "params.yaml").read_text().replace("\nseed: 0", "\nseed: &s 0") + "\nx_seed_copy: *s\n")
+    with pytest.raises(ConfigError, match="x_seed_copy: unknown key"):
+        load_params(ok)
+
+
+def test_a_long_bad_value_is_quoted_short():
+    big = "[" + ", ".join(["1"] * 50_000) + "]"
+    with pytest.raises(ConfigError) as err:
+        load_params(overrides=[f"seed={big}"])
+    assert "seed: Input should be a valid integer" in str(err.value) and len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("seed=-1", "seed"),
+    ("seed=1180591620717411303424", "seed"),  # 2**70
+    ("seed=4294967296", "seed"),  # 2**32: numpy's seeding refuses it
+    ("extra_seeds=[1, -2]", "extra_seeds.1"),
+    ("model.hub_size=1000000000", "model.hub_size"),
+    ("model.prompt_length=100000", "model.prompt_length"),
+    ("train.batch_size=10000000", "train.batch_size"),
+    ("cache.shard_size=1000000000", "cache.shard_size"),
+    ("data.synthetic.n_train=1000000000000", "data.synthetic.n_train"),
+    ("data.mmimdb.max_text_length=100000", "data.mmimdb.max_text_length"),
+])
+def test_out_of_range_values_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=rf"params.yaml: {re.escape(key)}: Input should be"):
+        load_params(overrides=[override])
+
+
+def test_the_paper_settings_and_the_seed_range_ends_pass():
+    p = load_params(overrides=["seed=4294967295", "extra_seeds=[0, 1]", "model.hub_size=384",
+                               "model.prompt_length=16", "data.mmimdb.max_text_length=256"])
+    assert (p.seed, p.model.hub_size, p.model.prompt_length) == (2**32 - 1, 384, 16)
+
+
+def test_out_of_range_seed_ends_the_stage_with_one_line():
+    run = subprocess.run([sys.executable, "-m", "pipeline.info", "-S", "seed=-1"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert [ln for ln in run.stderr.splitlines() if ln.startswith("error:")] == [
+        "error: params.yaml: seed: Input should be greater than or equal to 0 (got -1)"]
