@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MAX_TEXT_LENGTH = 512  # tokens: the position embeddings of every backbone this project builds
+
 
 class Strict(BaseModel):
     """Unknown keys are errors; inf/nan are never a sensible setting (a timeout of inf hangs)."""
@@ -76,7 +78,7 @@ class DatasetConfig(Strict):
     """Settings every dataset has."""
 
     task: Literal["single_label", "multi_label"] = "single_label"
-    max_text_length: int = Field(40, ge=2)
+    max_text_length: int = Field(40, ge=2, le=MAX_TEXT_LENGTH)
     local_path: str | None = Field(None, description="a copy the user already has (raw layout)")
     sources: list[SourceFile] = Field(default_factory=list, description="where to get it: set in params.yaml")
     bad_records: Literal["skip", "fail"] = "skip"
@@ -89,7 +91,7 @@ class DatasetConfig(Strict):
 class SyntheticConfig(DatasetConfig):
     """The generated visual-entailment set (SNLI-VE layout; :mod:`mitp.data.synthetic` makes it)."""
 
-    max_text_length: int = Field(16, ge=2)
+    max_text_length: int = Field(16, ge=2, le=MAX_TEXT_LENGTH)
     n_train: int = Field(3000, ge=3)
     n_val: int = Field(600, ge=3)
     n_test: int = Field(600, ge=3)
@@ -99,7 +101,7 @@ class SyntheticConfig(DatasetConfig):
 
 
 class Food101Config(DatasetConfig):
-    max_text_length: int = Field(40, ge=2)
+    max_text_length: int = Field(40, ge=2, le=MAX_TEXT_LENGTH)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     split_seed: int = 0
     text_source: Literal["titles"] = "titles"
@@ -107,11 +109,11 @@ class Food101Config(DatasetConfig):
 
 class MMIMDBConfig(DatasetConfig):
     task: Literal["single_label", "multi_label"] = "multi_label"
-    max_text_length: int = Field(256, ge=2)
+    max_text_length: int = Field(256, ge=2, le=MAX_TEXT_LENGTH)
 
 
 class SNLIVEConfig(DatasetConfig):
-    max_text_length: int = Field(40, ge=2)
+    max_text_length: int = Field(40, ge=2, le=MAX_TEXT_LENGTH)
     images_path: str | None = Field(None, description="Flickr30k images folder (<id>.jpg), if not in the raw layout")
 
 

@@ -56,6 +56,13 @@ MODEL_KINDS: dict[str, str] = {
 }
 ModelKind = Literal[tuple(MODEL_KINDS)]  # type: ignore[valid-type]
 
+# Upper bounds of the model's sizes (far above any sensible setting): a typo, or a model card
+# naming hub_size 10**7, is refused before anything is allocated. Trained-model cards are
+# checked against the same bounds (mitp.models.card).
+MAX_PROMPTS = 1024  # prompt tokens per layer (model.prompt_length, PMF's n_qp/n_qcp/n_fcp)
+MAX_WIDTH = 8192  # hidden widths (model.hub_size, model.pmf.mapper_hidden)
+MAX_LAYERS = 256  # layer indices and counts
+
 
 class BackboneConfig(Strict):
     """Which frozen encoders to use.
@@ -87,17 +94,17 @@ class InteractionConfig(Strict):
 class PMFParams(Strict):
     """``model.pmf``: PMF's sizes (defaults of its official model file)."""
 
-    n_fusion_layers: int = Field(2, ge=1, description="F: prompted top layers (first one: depth - F)")
-    n_qp: int = Field(4, ge=1, description="query prompts per fusion layer and direction")
-    n_qcp: int = Field(4, ge=0, description="query-context prompts per fusion layer and direction")
-    n_fcp: int = Field(4, ge=0, description="fusion-context prompts per fusion layer and tower")
-    mapper_hidden: int | None = Field(None, ge=1, description="null: max(d_v, d_t) / 2")
+    n_fusion_layers: int = Field(2, ge=1, le=MAX_LAYERS, description="F: prompted top layers (first one: depth - F)")
+    n_qp: int = Field(4, ge=1, le=MAX_PROMPTS, description="query prompts per fusion layer and direction")
+    n_qcp: int = Field(4, ge=0, le=MAX_PROMPTS, description="query-context prompts per fusion layer and direction")
+    n_fcp: int = Field(4, ge=0, le=MAX_PROMPTS, description="fusion-context prompts per fusion layer and tower")
+    mapper_hidden: int | None = Field(None, ge=1, le=MAX_WIDTH, description="null: max(d_v, d_t) / 2")
 
 
 class ModelConfig(Strict):
     kind: ModelKind = "mitp"
-    prompt_length: int = Field(8, ge=1)
-    hub_size: int = Field(64, ge=1)
+    prompt_length: int = Field(8, ge=1, le=MAX_PROMPTS)
+    hub_size: int = Field(64, ge=1, le=MAX_WIDTH)
     interaction: InteractionConfig = InteractionConfig()
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     tau_init: float = Field(1.0 / 0.07, gt=0.0)
