@@ -183,7 +183,8 @@ class Card(_Strict):
             raise ValueError(f"trained_from.layer: {self.trained_from.layer} is beyond the backbone depth {depth}")
         if (self.trained_from.source == "cache") != (self.trained_from.dtype is not None):
             raise ValueError("trained_from: a model trained from the cache names its dtype, one from raw inputs none")
-        if isinstance(self.model, MITPSection) and self.model.start >= depth:
+        if isinstance(self.model, MITPSection) and MODEL_KINDS[self.model.kind] == "interaction" \
+                and self.model.start >= depth:
             raise ValueError(f"model.start: {self.model.start} must be below the backbone depth {depth}")
         if isinstance(self.model, PMFSection) and self.model.n_fusion_layers > depth:
             raise ValueError(f"model.n_fusion_layers: {self.model.n_fusion_layers} is more than the depth {depth}")
@@ -205,6 +206,6 @@ def validate(raw: Any, source: str) -> dict[str, Any]:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            lines.append(f"{source}: {key or '<root>'}: {msg}")
+            lines.append(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")
         raise ValueError("; ".join(lines)) from None
     return raw

@@ -22,6 +22,7 @@ import base64
 import binascii
 import contextlib
 import io
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,8 @@ def probabilities(tm: TrainedModel, logits: torch.Tensor) -> torch.Tensor:
 
 def decide(tm: TrainedModel, probs: Sequence[float]) -> Prediction:
     names = tm.labels
+    if not all(math.isfinite(p) for p in probs):  # never a label from nan: the row is an error
+        return Prediction(error="model: non-finite output for this row")
     if tm.multi_label:
         threshold = tm.card["task"]["threshold"]
         return Prediction(list(probs), labels=[n for n, p in zip(names, probs, strict=True) if p >= threshold])

@@ -241,3 +241,23 @@ def test_tampered_packed_weights_are_used_never_regenerated(trained_run, tmp_pat
     got = dict(tm.model.named_parameters()) | dict(tm.backbones.vision.named_parameters())
     assert any(torch.equal(p.detach().cpu(), state[name]) for n, p in got.items() if n.endswith(name))
     assert _snapshot(folder) == before
+
+
+def test_non_finite_output_is_an_error_row_never_a_label():
+    """Behind the weights check: a nan probability (from any cause) gives no label."""
+    tm = trained_model.TrainedModel(model=None, backbones=None, card={"labels": ["a", "b"], "task": {"type": "x"}},
+                                    folder=Path("."), device=torch.device("cpu"))
+    pred = inference.decide(tm, [float("nan"), float("nan")])
+    assert pred.label is None and pred.labels is None and "non-finite" in pred.error
+
+
+def test_late_fusion_card_may_name_any_start(trained_run):
+    """Twin of the depth checks: ``start`` bounds only the kinds that use it."""
+    from mitp.models import card as card_schema
+
+    card = json.loads((trained_run.folder / trained_model.CARD).read_text())
+    card["model"].update(kind="late_fusion", start=9)
+    card_schema.validate(card, "card")
+    card["model"]["kind"] = "mitp"
+    with pytest.raises(ValueError, match="model.start: 9 must be below the backbone depth 4"):
+        card_schema.validate(card, "card")
