@@ -184,7 +184,16 @@ def log_pyfunc(folder: Path, card: dict[str, Any]):
             signature=signature(card["labels"]), input_example=input_example(card),
             pip_requirements=requirements(files),  # explicit: inferring them would load the model in a subprocess
             metadata={"mitp_card_format": card["format"], "dataset": card["dataset"]["name"]},
+            # the logged model keeps the name `model` (runs:/<id>/model); these describe it in lists
+            model_type=f"mitp-{card['model']['kind']}", tags=model_tags(card),
         )
+
+
+def model_tags(card: dict[str, Any]) -> dict[str, str]:
+    """What the logged model is, for MLflow's model lists (its name stays ``model``)."""
+    return {"mitp.kind": card["model"]["kind"], "mitp.dataset": card["dataset"]["name"],
+            "mitp.backbone": card["backbone"]["config"]["preset"], "mitp.labels": str(len(card["labels"])),
+            "mitp.task": card["task"]["type"]}
 
 
 def register(run_id: str, name: str) -> str:

@@ -133,3 +133,28 @@ def test_scoring_server_base64_image_and_strict_json(trained_run, server, tmp_pa
         assert row["label"] is None and row["error"]
         assert all(v is None for k, v in row.items() if k.startswith("prob_"))
     assert "not accepted" in rows[1]["error"]
+
+
+def test_logged_model_is_described_and_keeps_its_uri(trained_run):
+    """The name stays ``model`` (``runs:/<id>/model`` users); kind, dataset and backbone are the
+    logged model's type and tags in MLflow's model lists."""
+    mlflow.set_tracking_uri(trained_run.tracking_uri)
+    found = mlflow.search_logged_models(filter_string=f"source_run_id = '{trained_run.run_id}'",
+                                        output_format="list")
+    assert [m.name for m in found] == ["model"]
+    assert found[0].model_type == "mitp-mitp"
+    assert found[0].tags["mitp.dataset"] == "synthetic" and found[0].tags["mitp.backbone"] == "tiny-random"
+
+
+def test_serve_config_from_the_environment_allows_paths_under_the_root(trained_run, logged, monkeypatch):
+    """``mlflow models serve`` has no --model-config: MLFLOW_PYFUNC_INFERENCE_CONFIG sets image_root."""
+    import pandas as pd
+
+    manifest = read_split(trained_run.params.prepared_dir("synthetic"), "test")
+    root = manifest.image_path(0).parent
+    monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", json.dumps({"image_root": str(root)}))
+    model = mlflow.pyfunc.load_model(str(logged))
+    got = model.predict(pd.DataFrame({"image": [manifest.image_path(0).name, "../" + root.name + "/x/../../.."],
+                                      "text": ["a text", "a text"]}))
+    assert got["label"].iat[0] and got["error"].iat[0] is None
+    assert got["label"].iat[1] is None and "under the image root" in got["error"].iat[1]
