@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes 0 .. 2**32 - 1
-MAX_TEXT_LENGTH = 8192  # tokens (the datasets use 16 to 256; BERT-base takes at most 512)
+MAX_TEXT_LENGTH = 512  # tokens: the position embeddings of every backbone this project builds
 
 
 class Strict(BaseModel):

@@ -33,8 +33,7 @@ from mitp.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
-SIZE_MAX = 1 << 16  # upper bound of the model and batch sizes (the paper: hub 384, prompts 16, batch 64)
-DEPTH_MAX = 1024  # upper bound of layer indices and counts (the backbones have 12)
+SIZE_MAX = 1 << 16  # upper bound of the batch sizes (the paper: 32 to 64)
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
 
 
@@ -63,6 +62,13 @@ MODEL_KINDS: dict[str, str] = {
 }
 ModelKind = Literal[tuple(MODEL_KINDS)]  # type: ignore[valid-type]
 
+# Upper bounds of the model's sizes (far above any sensible setting): a typo, or a model card
+# naming hub_size 10**7, is refused before anything is allocated. Trained-model cards are
+# checked against the same bounds (mitp.models.card).
+MAX_PROMPTS = 1024  # prompt tokens per layer (model.prompt_length, PMF's n_qp/n_qcp/n_fcp)
+MAX_WIDTH = 8192  # hidden widths (model.hub_size, model.pmf.mapper_hidden)
+MAX_LAYERS = 256  # layer indices and counts
+
 
 class BackboneConfig(Strict):
     """Which frozen encoders to use.
@@ -87,24 +93,24 @@ class BackboneConfig(Strict):
 
 
 class InteractionConfig(Strict):
-    start: int = Field(0, ge=0, le=DEPTH_MAX, description="first interaction layer s (from the top-aligned towers)")
-    interval: int = Field(1, ge=1, le=DEPTH_MAX, description="distance D between interaction layers")
+    start: int = Field(0, ge=0, le=MAX_LAYERS, description="first interaction layer s (from the top-aligned towers)")
+    interval: int = Field(1, ge=1, le=MAX_LAYERS, description="distance D between interaction layers")
 
 
 class PMFParams(Strict):
     """``model.pmf``: PMF's sizes (defaults of its official model file)."""
 
-    n_fusion_layers: int = Field(2, ge=1, le=DEPTH_MAX, description="F: prompted top layers (first one: depth - F)")
-    n_qp: int = Field(4, ge=1, le=4096, description="query prompts per fusion layer and direction")
-    n_qcp: int = Field(4, ge=0, le=4096, description="query-context prompts per fusion layer and direction")
-    n_fcp: int = Field(4, ge=0, le=4096, description="fusion-context prompts per fusion layer and tower")
-    mapper_hidden: int | None = Field(None, ge=1, le=SIZE_MAX, description="null: max(d_v, d_t) / 2")
+    n_fusion_layers: int = Field(2, ge=1, le=MAX_LAYERS, description="F: prompted top layers (first one: depth - F)")
+    n_qp: int = Field(4, ge=1, le=MAX_PROMPTS, description="query prompts per fusion layer and direction")
+    n_qcp: int = Field(4, ge=0, le=MAX_PROMPTS, description="query-context prompts per fusion layer and direction")
+    n_fcp: int = Field(4, ge=0, le=MAX_PROMPTS, description="fusion-context prompts per fusion layer and tower")
+    mapper_hidden: int | None = Field(None, ge=1, le=MAX_WIDTH, description="null: max(d_v, d_t) / 2")
 
 
 class ModelConfig(Strict):
     kind: ModelKind = "mitp"
-    prompt_length: int = Field(8, ge=1, le=4096, description="M: prompts per layer (the paper: 16)")
-    hub_size: int = Field(64, ge=1, le=SIZE_MAX, description="h: hub vectors (the paper: 384)")
+    prompt_length: int = Field(8, ge=1, le=MAX_PROMPTS, description="M: prompts per layer (the paper: 16)")
+    hub_size: int = Field(64, ge=1, le=MAX_WIDTH, description="h: hub vectors (the paper: 384)")
     interaction: InteractionConfig = InteractionConfig()
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     tau_init: float = Field(1.0 / 0.07, gt=0.0)
@@ -125,7 +131,7 @@ class ModelConfig(Strict):
 
 class CacheConfig(Strict):
     enabled: bool = True
-    layer: int = Field(0, ge=0, le=DEPTH_MAX, description="k: hidden states entering layer k are cached")
+    layer: int = Field(0, ge=0, le=MAX_LAYERS, description="k: hidden states entering layer k are cached")
     dir: str = "data/features"
     dtype: Literal["float16", "float32"] = "float16"
     shard_size: int = Field(4096, ge=1, le=1 << 20, description="samples (or unique images) per shard")

@@ -30,10 +30,17 @@ def encode_labels(values: Sequence, labels: list[str], multi_label: bool) -> tor
     return out
 
 
-def pixel_values(image, image_processor) -> torch.Tensor:
+class TooManyPixels(ValueError):
+    """An image whose header declares more pixels than the caller reads."""
+
+
+def pixel_values(image, image_processor, max_pixels: int | None = None) -> torch.Tensor:
     """An image (a path or a binary file object) -> (3, H, W) pixel values, as the model sees them
-    on the raw path and in the feature cache alike."""
+    on the raw path and in the feature cache alike. ``max_pixels``: refuse a larger image from
+    its header (``Image.open`` reads only the header), before any pixel is decoded."""
     with Image.open(image) as img:
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise TooManyPixels(f"{img.width}x{img.height} pixels")
         return image_processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
 

@@ -283,10 +283,12 @@ def load(cfg: BackboneConfig, device: torch.device | str = "cpu") -> Backbones:
     spec = BackboneSpec(**{k: resolved[k] for k in ("preset", "vision", "text", "vision_revision",
                                                      "text_revision", "image_processor_backend")},
                         tiny_seed=resolved.get("tiny_seed"))
-    vision = ViTModel.from_pretrained(root / "vision", add_pooling_layer=False)
-    text = BertModel.from_pretrained(root / "text", add_pooling_layer=False)
-    image_processor = AutoImageProcessor.from_pretrained(root / "vision", backend=spec.image_processor_backend)
-    tokenizer = AutoTokenizer.from_pretrained(root / "text")
+    # the local copy only: a missing file is an error here, never a fetch from the hub
+    vision = ViTModel.from_pretrained(root / "vision", add_pooling_layer=False, local_files_only=True)
+    text = BertModel.from_pretrained(root / "text", add_pooling_layer=False, local_files_only=True)
+    image_processor = AutoImageProcessor.from_pretrained(root / "vision", backend=spec.image_processor_backend,
+                                                         local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(root / "text", local_files_only=True)
     for m in (vision, text):
         freeze(m)
         m.to(device)

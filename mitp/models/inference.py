@@ -8,15 +8,21 @@ output is rounded to the cache dtype, exactly as the feature cache stored it; fr
 model runs as in training. So a model evaluated from raw inputs reproduces the metrics it
 reached on the cache.
 
-A row is ``(image, text)``: image a path or the image's bytes. With ``base`` (the folder of a
-``pipeline.predict`` input file) paths are relative to it and must stay inside it; without it
-(manifests, the pyfunc model's DataFrame) they are used as given.
+A row is ``(image, text)``: image the image's bytes or a path, read as :class:`ImagePolicy`
+says: relative to and confined to a root (``pipeline.predict``: the input file's folder; the
+pyfunc model: the ``image_root`` its owner configured, else no paths at all), or as given
+(manifests written by prepare). Requests are bounded: a text is cut to
+``max_text_length * CHARS_PER_TOKEN`` characters before it is tokenized, and an image whose
+header declares more than ``MAX_PIXELS`` pixels is refused before it is decoded.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import io
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +31,33 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mitp.data.dataset import TextImageCollator, pixel_values
+from mitp.data.dataset import TextImageCollator, TooManyPixels, pixel_values
 from mitp.models.trained import TrainedModel
 
 INPUT_COLUMNS = ("image", "text")
+# A wordpiece token covers at least one character: max_text_length tokens never need more than
+# this many characters each (long words, spaces between tokens); the rest is never tokenized.
+CHARS_PER_TOKEN = 32
+MAX_PIXELS = 4096 * 4096  # larger images are refused from their header, before decoding
+SHOWN = 80  # characters of a rejected image name echoed in its error
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Where a row's image may come from.
+
+    ``root``: a path is relative to it and must resolve (symlinks followed) inside it.
+    ``any_path``: a path is used as given (trusted rows: manifests written by prepare).
+    Neither: paths are refused; only image bytes are read.
+    ``decode_base64``: a string holding no ``.`` that decodes as strict base64 is the image's bytes
+    (JSON carries bytes so; a path is told apart by its file extension).
+    ``private``: a refused path gets the same error whether or not something exists there.
+    """
+
+    root: Path | None = None
+    any_path: bool = False
+    decode_base64: bool = False
+    private: bool = False
 
 
 @dataclass
@@ -41,34 +70,69 @@ class Prediction:
     error: str | None = None
 
 
-def _open_source(image: Any, base: Path | None):
-    """A path (relative to ``base``) or raw bytes -> something ``PIL.Image.open`` reads."""
+def _shown(image: Any) -> str:
+    text = str(image)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."
+
+
+def _base64_bytes(image: str) -> bytes | None:
+    """The bytes a base64 string (or ``data:...;base64,`` URI) holds; None when it is not one."""
+    text = image.strip()
+    if text.startswith("data:") and ";base64," in text[:100]:
+        text = text.split(";base64,", 1)[1]
+    elif "." in text:  # never in base64: a file name
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _open_source(image: Any, policy: ImagePolicy):
+    """Image bytes or a path allowed by ``policy`` -> something ``PIL.Image.open`` reads."""
     if isinstance(image, bytes | bytearray | memoryview):
         if not len(image):
             raise ValueError("image: empty bytes")
         return io.BytesIO(bytes(image))
     if not isinstance(image, str | Path) or not str(image).strip():
-        raise ValueError("image: missing (expected a file path or image bytes)")
+        raise ValueError("image: missing (expected image bytes or a file path)")
+    if policy.decode_base64 and isinstance(image, str):
+        data = _base64_bytes(image)
+        if data:
+            return io.BytesIO(data)
+    if policy.root is None and not policy.any_path:
+        raise ValueError("image: file paths are not accepted here; send the image's bytes (base64 in JSON)")
+    hidden = f"image: {_shown(image)} is not a readable file under the image root"
     path = Path(image)
-    if base is not None:  # rows of an input file: never read outside its folder
-        path = (base / path).resolve()
-        if not path.is_relative_to(base.resolve()):
-            raise ValueError(f"image: {image} is outside the input file's folder")
-    if not path.is_file():
-        raise ValueError(f"image: {image} not found")
+    try:
+        if policy.root is not None:  # never read outside the root
+            root = policy.root.resolve()
+            path = (root / path).resolve()
+            if not path.is_relative_to(root):
+                raise ValueError(hidden if policy.private else f"image: {_shown(image)} is outside the input file's folder")
+        found = path.is_file()
+    except OSError:  # a name too long for the file system, a loop of links, ...
+        found = False
+    if not found:
+        raise ValueError(hidden if policy.private else f"image: {_shown(image)} not found")
     return path
 
 
-def preprocess(tm: TrainedModel, image: Any, text: Any, base: Path | None) -> dict:
+def preprocess(tm: TrainedModel, image: Any, text: Any, policy: ImagePolicy) -> dict:
     """One row -> ``{"pixel_values", "text"}``; ValueError with a message naming the problem."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text: empty")
-    source = _open_source(image, base)
+    text = text[:tm.card["preprocessing"]["max_text_length"] * CHARS_PER_TOKEN]  # never tokenize the rest
+    source = _open_source(image, policy)
+    shown = "<bytes>" if isinstance(source, io.BytesIO) else _shown(image)
     try:
-        pixels = pixel_values(source, tm.backbones.image_processor)
+        pixels = pixel_values(source, tm.backbones.image_processor, max_pixels=MAX_PIXELS)
+    except TooManyPixels as exc:
+        raise ValueError(f"image: {shown} is {exc}; at most {MAX_PIXELS} pixels are read") from None
     except Exception as exc:  # PIL raises many types for bad files
-        raise ValueError(f"image: {image if not isinstance(source, io.BytesIO) else '<bytes>'} is not a readable "
-                         f"image ({type(exc).__name__})") from None
+        if policy.private and not isinstance(source, io.BytesIO):
+            raise ValueError(f"image: {shown} is not a readable file under the image root") from None
+        raise ValueError(f"image: {shown} is not a readable image ({type(exc).__name__})") from None
     return {"pixel_values": pixels, "text": text}
 
 
@@ -105,6 +169,8 @@ def probabilities(tm: TrainedModel, logits: torch.Tensor) -> torch.Tensor:
 
 def decide(tm: TrainedModel, probs: Sequence[float]) -> Prediction:
     names = tm.labels
+    if not all(math.isfinite(p) for p in probs):  # never a label from nan: the row is an error
+        return Prediction(error="model: non-finite output for this row")
     if tm.multi_label:
         threshold = tm.card["task"]["threshold"]
         return Prediction(list(probs), labels=[n for n, p in zip(names, probs, strict=True) if p >= threshold])
@@ -113,9 +179,14 @@ def decide(tm: TrainedModel, probs: Sequence[float]) -> Prediction:
 
 
 def predict_rows(tm: TrainedModel, rows: Iterable[tuple[Any, Any]], base: Path | None = None, batch_size: int = 64,
-                 total: int | None = None, progress: bool = True) -> tuple[list[Prediction], torch.Tensor]:
+                 total: int | None = None, progress: bool = True,
+                 policy: ImagePolicy | None = None) -> tuple[list[Prediction], torch.Tensor]:
     """``(image, text)`` rows -> one Prediction per row, plus the logits (N_ok, K) of the rows that
-    ran (in row order). A row that cannot be preprocessed gets its error and no probabilities."""
+    ran (in row order). A row that cannot be preprocessed gets its error and no probabilities.
+
+    Images: ``policy``, else paths relative to and inside ``base``, else bytes only."""
+    if policy is None:
+        policy = ImagePolicy(root=base)
     collate = TextImageCollator(tm.backbones.tokenizer, tm.card["preprocessing"]["max_text_length"])
     out: list[Prediction] = []
     all_logits: list[torch.Tensor] = []
@@ -134,9 +205,11 @@ def predict_rows(tm: TrainedModel, rows: Iterable[tuple[Any, Any]], base: Path |
         for i, (image, text) in enumerate(rows):
             out.append(Prediction())
             try:
-                pending.append((i, preprocess(tm, image, text, base)))
+                pending.append((i, preprocess(tm, image, text, policy)))
             except ValueError as exc:
                 out[i] = Prediction(error=str(exc))
+            except OSError as exc:  # a file system error on one row is that row's error
+                out[i] = Prediction(error=f"image: could not be read ({type(exc).__name__})")
             if len(pending) >= batch_size:
                 flush()
             bar.update(1)
@@ -161,7 +234,8 @@ def evaluate_split(tm: TrainedModel, prepared_dir: Path, split: str, batch_size:
         raise UserError(f"{prepared_dir / 'labels.json'}: labels {manifest.labels[:5]}... differ from the model's "
                         f"{tm.labels[:5]}...; the model was trained on another label set")
     rows = ((str(manifest.image_path(i)), manifest.frame["text"].iat[i]) for i in range(len(manifest)))
-    preds, logits = predict_rows(tm, rows, batch_size=batch_size, total=len(manifest), progress=progress)
+    preds, logits = predict_rows(tm, rows, batch_size=batch_size, total=len(manifest), progress=progress,
+                                 policy=ImagePolicy(any_path=True))  # written by prepare
     bad = [(i, p.error) for i, p in enumerate(preds) if p.error]
     if bad:
         i, err = bad[0]

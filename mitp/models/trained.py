@@ -36,14 +36,14 @@ from mitp.atomic import atomic_dir
 from mitp.config.params import BackboneConfig, Params
 from mitp.errors import UserError
 from mitp.models import backbones as backbones_mod
+from mitp.models import card as card_schema
+from mitp.models.card import CARD_FORMAT, PACKED
 from mitp.models.kinds import from_config
 from mitp.models.mitp import TwoTowers
 from mitp.models.weights import load_weights, save_weights
 
 CARD = "model_card.json"
 WEIGHTS = "weights.safetensors"
-PACKED = "backbones"
-CARD_FORMAT = 1
 THRESHOLD = 0.5  # multi-label decision threshold (the one the metrics use)
 ARTIFACT_KEY = "model"  # the model folder's name among an MLflow pyfunc model's artifacts
 
@@ -163,30 +163,69 @@ def copy(src: str | Path, dest: str | Path) -> Path:
 
 
 def read_card(folder: str | Path) -> dict[str, Any]:
+    """The folder's card, checked against the strict schema (:mod:`mitp.models.card`)."""
     path = Path(folder) / CARD
     if not path.is_file():
         raise ModelFolderError(f"{path}: not found; not a model folder (expected {CARD} and {WEIGHTS})")
     try:
-        card = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFolderError(f"{path}: not valid JSON: {exc}") from exc
-    if card.get("format") != CARD_FORMAT:
-        raise ModelFolderError(f"{path}: card format {card.get('format')!r}, this code reads {CARD_FORMAT}")
-    return card
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFolderError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        got = card.get("format") if isinstance(card, dict) else type(card).__name__
+        raise ModelFolderError(f"{path}: card format {got!r}, this code reads {CARD_FORMAT}")
+    try:
+        return card_schema.validate(card, str(path))
+    except ValueError as exc:
+        raise ModelFolderError(str(exc)) from None
+
+
+def _inside(folder: Path, path: Path, what: str) -> Path:
+    """``path`` resolved (links followed); refused unless it stays inside ``folder``."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder.resolve()):
+        raise ModelFolderError(f"{path}: {what} leads outside the model folder")
+    return resolved
+
+
+def check_packed(folder: Path, card: dict[str, Any]) -> Path:
+    """The packed tiny-random pair: complete (its ``spec.json`` present, so loading never builds
+    into the folder), every file inside the folder (no link out), configs of the recipe (so no
+    config.json can make the loader allocate what it likes). Returns the packed folder."""
+    packed = folder / card["backbone"]["packed"]
+    _inside(folder, packed, "backbone.packed")
+    spec = packed / backbones_mod.SPEC_FILE
+    if not spec.is_file():
+        raise ModelFolderError(f"{spec}: not found; the packed backbones are incomplete (they are never rebuilt "
+                               f"into a model folder)")
+    for path in packed.rglob("*"):
+        _inside(folder, path, "a packed backbone file")
+    vision_cfg, text_cfg = backbones_mod.tiny_configs()
+    for part, want in (("vision", vision_cfg), ("text", text_cfg)):
+        path = packed / part / "config.json"
+        try:
+            got = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelFolderError(f"{path}: unreadable ({type(exc).__name__})") from None
+        keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "image_size", "patch_size", "num_channels", "vocab_size", "max_position_embeddings")
+        wanted = want.to_dict()
+        bad = [k for k in keys if k in wanted and (not isinstance(got, dict) or got.get(k) != wanted[k])]
+        if bad or (isinstance(got, dict) and "auto_map" in got):
+            raise ModelFolderError(f"{path}: {(bad or ['auto_map'])[0]} is not the tiny-random recipe's")
+    return packed
 
 
 def backbone_config(card: dict[str, Any], folder: Path, backbone_dir: str | Path | None = None) -> BackboneConfig:
-    """The card's backbone settings; ``dir`` points at the packed copy when there is one."""
+    """The card's backbone settings (validated by :func:`read_card`); ``dir`` is the packed copy
+    when there is one, else ``backbone_dir`` or the project's backbone folder (never the card's)."""
     section = card["backbone"]
     cfg = dict(section["config"])
     if section.get("packed"):
-        packed = (folder / section["packed"]).resolve()
-        if not packed.is_relative_to(folder.resolve()):
-            raise ModelFolderError(f"{folder / CARD}: backbone.packed {section['packed']!r} leaves the model folder")
-        cfg["dir"] = str(packed.parent)
+        cfg["dir"] = str(check_packed(folder, card).parent)
     elif backbone_dir is not None:
         cfg["dir"] = str(backbone_dir)
-    else:  # hub backbones: the project's backbone folder, fetched at the pinned revisions if missing
+    if not section.get("packed"):  # a preset's hub pair, at its pinned revisions (checked by the schema)
         revs = section.get("resolved_revisions") or {}
         cfg.update({f"{part}_revision": revs.get(part) or cfg.get(f"{part}_revision") for part in ("vision", "text")})
     return BackboneConfig(**cfg)
@@ -197,20 +236,49 @@ def load_backbones(cfg: BackboneConfig, device: torch.device) -> backbones_mod.B
     return backbones_mod.load(cfg, device)
 
 
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        raise ModelFolderError(f"{path}: not a readable safetensors file ({type(exc).__name__})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelFolderError(f"{path}: {name} holds non-finite values (nan or inf); refusing to predict with it")
+    return state
+
+
 def load(folder: str | Path, device: str | torch.device = "cpu", backbone_dir: str | Path | None = None) -> TrainedModel:
-    """Rebuild the model of a folder: backbones, the model of the card's kind, trainable weights."""
+    """Rebuild the model of a folder: backbones, the model of the card's kind, trainable weights.
+
+    Read-only: nothing is written into the folder. Every problem is one ModelFolderError line
+    naming the file (and the card key)."""
     folder = Path(folder)
     card = read_card(folder)
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise ModelFolderError(f"{weights}: not found; the model folder is incomplete")
+    _inside(folder, weights, WEIGHTS)
+    state = _read_weights(weights)
     device = torch.device(device)
-    bb = load_backbones(backbone_config(card, folder, backbone_dir), device)
-    model = from_config(card["model"], bb.vision, bb.text)
+    cfg = backbone_config(card, folder, backbone_dir)
+    if card["backbone"].get("packed"):
+        try:
+            bb = load_backbones(cfg, device)
+        except Exception as exc:  # a damaged packed file: name the folder, never rebuild it
+            raise ModelFolderError(f"{folder / card['backbone']['packed']}: the packed backbones cannot be loaded "
+                                   f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    else:
+        bb = load_backbones(cfg, device)
     try:
-        load_weights(model, weights)
-    except ValueError as exc:
-        raise ModelFolderError(f"{weights}: {exc}") from exc
+        model = from_config(card["model"], bb.vision, bb.text)
+    except (ValueError, UserError) as exc:
+        raise ModelFolderError(f"{folder / CARD}: model: {exc}") from None
+    try:
+        load_weights(model, state)
+    except (ValueError, RuntimeError) as exc:  # names or shapes that are not the card's model
+        raise ModelFolderError(f"{weights}: {str(exc).splitlines()[0][:300]}") from None
     model.to(device).eval()
     return TrainedModel(model, bb, card, folder, device)
 

@@ -2,17 +2,29 @@
 every training run logs beside its metrics (history, figures, per-class scores, input dataset).
 
 ``mlflow.pyfunc.load_model("runs:/<id>/model").predict(df)`` takes a DataFrame with an ``image``
-column (a file path or the image's bytes) and a ``text`` column, and returns one row per input:
-``label`` (the class; for multi-label sets the classes at or above 0.5, joined by ``|``),
-``prob_<class>`` for every class, and ``error`` (why a row could not be scored, else empty).
+column and a ``text`` column, and returns one row per input: ``label`` (the class; for
+multi-label sets the classes at or above 0.5, joined by ``|``), ``prob_<class>`` for every
+class, and ``error`` (why a row could not be scored); a failed row has ``None`` (JSON ``null``,
+never NaN) in ``label`` and the probabilities.
+
+The served model is reachable by anyone who can reach the server, so what it reads is bounded:
+``image`` is the image's bytes (raw bytes, or a base64 string as JSON carries them, as in the
+logged ``serving_input_example.json``); a file path is accepted only when the model's owner set
+``image_root`` in the model config (``mlflow.pyfunc.load_model(uri, model_config={"image_root":
+"/srv/images"})``, or ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"image_root": "/srv/images"}'`` for
+``mlflow models serve``), relative to it and inside it; a path elsewhere gets a per-row error that does
+not say whether the file exists. Texts are cut before tokenizing, images larger than
+``inference.MAX_PIXELS`` are refused from their header (:mod:`mitp.models.inference`).
 
 The model folder (``mitp.models.trained``) travels as the pyfunc model's artifact ``model``:
-tiny-random backbones are packed inside it; hub backbones are referenced by id and pinned
-revision and fetched on first load. Loading needs this project importable (``pip install -e .``).
+tiny-random backbones are packed inside it; the preset hub backbones are fetched at their pinned
+commits on first load. The logged model is self-contained: its ``code/`` holds the ``mitp``
+modules it imports and its requirements list every package they import.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
@@ -27,7 +39,7 @@ import mlflow
 import pandas as pd
 import torch
 
-from mitp.config.params import Params, shown_path
+from mitp.config.params import REPO_ROOT, Params, shown_path
 from mitp.models import inference, metrics
 from mitp.models import trained as trained_model
 from mitp.models.inference import Prediction
@@ -39,7 +51,19 @@ MODEL_NAME = "model"  # the pyfunc model's name in the run (runs:/<id>/model)
 LABEL_JOIN = "|"
 DVC_EXP_ENV = "DVC_EXP_NAME"
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # models from code: no pickled Python object
-REQUIREMENTS = ("torch", "transformers", "safetensors", "pillow", "pandas", "mlflow")
+REQUIREMENTS = ("torch", "transformers", "safetensors", "pillow", "pandas", "mlflow")  # always listed
+IMAGE_ROOT = "image_root"  # model_config key: the folder served paths may point into (none by default)
+CODE_DATA = ("mitp/models/backbone_configs",)  # data files the logged code reads
+
+
+def image_policy(model_config: dict[str, Any] | None) -> inference.ImagePolicy:
+    """What a served row's ``image`` may be: bytes or base64 always, paths only under ``image_root``."""
+    root = (model_config or {}).get(IMAGE_ROOT)
+    if root is not None:
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"model_config {IMAGE_ROOT}: {root} is not a folder")
+    return inference.ImagePolicy(root=root, decode_base64=True, private=True)
 
 
 class MITPPyfunc(mlflow.pyfunc.PythonModel):
@@ -47,6 +71,7 @@ class MITPPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.policy = image_policy(getattr(context, "model_config", None))
         self.tm = trained_model.load(context.artifacts[trained_model.ARTIFACT_KEY], device)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -54,8 +79,15 @@ class MITPPyfunc(mlflow.pyfunc.PythonModel):
         if missing:
             raise ValueError(f"input DataFrame: missing columns {missing} (expected {list(inference.INPUT_COLUMNS)})")
         rows = zip(model_input["image"].tolist(), model_input["text"].tolist(), strict=True)
-        preds, _ = inference.predict_rows(self.tm, rows, total=len(model_input), progress=False)
-        return pd.DataFrame([prediction_record(self.tm.labels, p) for p in preds])
+        preds, _ = inference.predict_rows(self.tm, rows, total=len(model_input), progress=False,
+                                          policy=self.policy)
+        return records_frame([prediction_record(self.tm.labels, p) for p in preds])
+
+
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Output rows as a DataFrame whose missing values stay ``None``: JSON ``null`` once the scoring
+    server writes them (a float column would turn them into NaN, which is not JSON)."""
+    return pd.DataFrame(records, dtype=object)
 
 
 def prediction_record(labels: list[str], pred: Prediction) -> dict[str, Any]:
@@ -80,18 +112,42 @@ def signature(labels: list[str]):
 
 
 def input_example(card: dict[str, Any]) -> pd.DataFrame:
-    """One row with a grey PNG (bytes: the example must not depend on a file on this machine)."""
+    """One row with a grey PNG as a base64 string, as JSON clients send it (the example must not
+    depend on a file on this machine); MLflow writes it as ``serving_input_example.json``."""
     from PIL import Image
 
     size = card["preprocessing"]["image_size"] or {"height": 32, "width": 32}
     buf = io.BytesIO()
     Image.new("RGB", (size.get("width", 32), size.get("height", 32)), (128, 128, 128)).save(buf, format="PNG")
-    return pd.DataFrame({"image": [buf.getvalue()], "text": ["a photo of something"]})
+    return pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode("ascii")],
+                         "text": ["a photo of something"]})
 
 
-def _requirements() -> list[str]:
+def third_party_imports(files: list[str], repo: Path = REPO_ROOT) -> set[str]:
+    """Top-level names of the non-standard-library modules the given project files import."""
+    import ast
+    import sys
+
+    names: set[str] = set()
+    for rel in files:
+        for node in ast.walk(ast.parse((repo / rel).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("mitp", "pipeline", "__future__")}
+
+
+def requirements(files: list[str]) -> list[str]:
+    """Pinned requirements: every distribution the logged code imports, plus ``REQUIREMENTS``."""
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    wanted = set(REQUIREMENTS)
+    for name in third_party_imports(files):
+        wanted.update(dists.get(name, [name]))
     out = []
-    for name in REQUIREMENTS:
+    for name in sorted(wanted, key=str.lower):
         try:
             out.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:
@@ -99,14 +155,45 @@ def _requirements() -> list[str]:
     return out
 
 
+def code_files() -> list[str]:
+    """The project files the pyfunc model imports (repo-relative), from the static import closure."""
+    from mitp.code_closure import closure
+
+    return closure([ENTRY.relative_to(REPO_ROOT).with_suffix("").as_posix().replace("/", ".")])
+
+
+def _pack_code(dest: Path, files: list[str]) -> Path:
+    """A ``mitp`` folder holding ``files`` and ``CODE_DATA``: the logged model's ``code/mitp``."""
+    for rel in files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / rel, dest / rel)
+    for rel in CODE_DATA:
+        shutil.copytree(REPO_ROOT / rel, dest / rel, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest / "mitp"
+
+
 def log_pyfunc(folder: Path, card: dict[str, Any]):
     """Log the model folder as the active run's pyfunc model ``model``; returns MLflow's ModelInfo."""
-    return mlflow.pyfunc.log_model(
-        name=MODEL_NAME, python_model=str(ENTRY), artifacts={trained_model.ARTIFACT_KEY: str(folder)},
-        signature=signature(card["labels"]), input_example=input_example(card),
-        pip_requirements=_requirements(),  # explicit: inferring them would load the model in a subprocess
-        metadata={"mitp_card_format": card["format"], "dataset": card["dataset"]["name"]},
-    )
+    files = code_files()
+    with tempfile.TemporaryDirectory(prefix="mitp-code-") as code:
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME, python_model=str(ENTRY), artifacts={trained_model.ARTIFACT_KEY: str(folder)},
+            code_paths=[str(_pack_code(Path(code), files))],
+            model_config={IMAGE_ROOT: None},  # the owner's to set at load (no paths by default)
+            signature=signature(card["labels"]), input_example=input_example(card),
+            pip_requirements=requirements(files),  # explicit: inferring them would load the model in a subprocess
+            metadata={"mitp_card_format": card["format"], "dataset": card["dataset"]["name"]},
+            # the logged model keeps the name `model` (runs:/<id>/model); these describe it in lists
+            model_type=f"mitp-{card['model']['kind']}", tags=model_tags(card),
+        )
+
+
+def model_tags(card: dict[str, Any]) -> dict[str, str]:
+    """What the logged model is, for MLflow's model lists (its name stays ``model``)."""
+    return {"mitp.kind": card["model"]["kind"], "mitp.dataset": card["dataset"]["name"],
+            "mitp.backbone": card["backbone"]["config"]["preset"], "mitp.labels": str(len(card["labels"])),
+            "mitp.task": card["task"]["type"]}
 
 
 def register(run_id: str, name: str) -> str:

@@ -12,6 +12,8 @@ from mitp.data.manifests import manifest_hash
 from mitp.models import inference
 from mitp.models import trained as trained_model
 
+TRUSTED = inference.ImagePolicy(any_path=True)  # manifest rows, as evaluate reads them
+
 
 def test_card_describes_the_model(trained_run):
     card = json.loads((trained_run.folder / trained_model.CARD).read_text())
@@ -41,11 +43,11 @@ def test_round_trip_gives_the_same_logits(trained_run, tmp_path):
     again = trained_model.load(copy)
     rows = [(str(tm.folder.parent), "x")]  # not an image: a per-row error, not a crash
     manifest_rows = _first_rows(trained_run.params, 8)
-    a, la = inference.predict_rows(tm, manifest_rows, progress=False)
-    b, lb = inference.predict_rows(again, manifest_rows, progress=False)
+    a, la = inference.predict_rows(tm, manifest_rows, progress=False, policy=TRUSTED)
+    b, lb = inference.predict_rows(again, manifest_rows, progress=False, policy=TRUSTED)
     assert torch.equal(la, lb) and la.shape == (8, len(tm.labels))
     assert [p.label for p in a] == [p.label for p in b]
-    bad, _ = inference.predict_rows(tm, rows, progress=False)
+    bad, _ = inference.predict_rows(tm, rows, progress=False, policy=TRUSTED)
     assert bad[0].error and bad[0].probabilities is None
 
 
@@ -99,5 +101,5 @@ def test_loading_and_predicting_change_no_byte_of_the_folder(trained_run, tmp_pa
 
     before = snapshot()
     tm = trained_model.load(folder)
-    inference.predict_rows(tm, _first_rows(trained_run.params, 4), progress=False)
+    inference.predict_rows(tm, _first_rows(trained_run.params, 4), progress=False, policy=TRUSTED)
     assert snapshot() == before

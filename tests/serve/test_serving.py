@@ -3,6 +3,7 @@ on raw inputs, and registration."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -58,17 +59,20 @@ def test_evaluate_cli_reproduces_the_logged_metric_from_the_run(trained_run, tmp
 
 def test_pyfunc_predict_agrees_with_evaluate(trained_run):
     mlflow.set_tracking_uri(trained_run.tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{trained_run.run_id}/model")
     manifest = read_split(trained_run.params.prepared_dir("synthetic"), "test")
+    root = manifest.image_path(0).parent
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{trained_run.run_id}/model", model_config={"image_root": str(root)})
     n = 32
-    images: list = [str(manifest.image_path(i)) for i in range(n)]
-    images[1] = manifest.image_path(1).read_bytes()  # bytes work as well as paths
+    images: list = [base64.b64encode(manifest.image_path(i).read_bytes()).decode() for i in range(n)]
+    images[1] = manifest.image_path(1).read_bytes()  # raw bytes work as well as base64
+    images[2] = manifest.image_path(2).relative_to(root).as_posix()  # a path under the owner's image_root
+    assert all(manifest.image_path(i).parent == root for i in range(n))
     df = pd.DataFrame({"image": pd.Series(images, dtype=object), "text": manifest.frame["text"].iloc[:n].tolist()})
     got = pyfunc.predict(df)
     tm = trained_model.load(trained_run.folder)
     _, preds, _ = inference.evaluate_split(tm, trained_run.params.prepared_dir("synthetic"), "test", progress=False)
     assert got["label"].tolist() == [p.label for p in preds[:n]]
-    probs = got[[f"prob_{name}" for name in tm.labels]].to_numpy()
+    probs = got[[f"prob_{name}" for name in tm.labels]].to_numpy(dtype=float)
     assert probs.sum(axis=1) == pytest.approx([1.0] * n, abs=1e-5)
     assert np.allclose(probs, np.array([p.probabilities for p in preds[:n]]), atol=1e-5)
     assert got["error"].isna().all()
