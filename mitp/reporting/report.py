@@ -4,7 +4,7 @@ Inputs (per dataset, under ``metrics/<dataset>/``): ``train_<kind>.json`` and
 ``train_<kind>_history.json`` for each model variant, ``train_<kind>_seed<N>.json`` for its runs
 on the other seeds, ``sweep.csv`` and ``sweep_best.json``.
 Outputs (under ``reports/``): ``report.md`` (summary, main table, ablation tables, cost per
-trial, lineage), PNG plots, and ``summary.json`` (a DVC metric).
+trial, lineage), PNG plots, and ``summary.json`` (its figures as data: the README block).
 
 Every compared figure is a mean over seeds with its sample std (ddof = 1); a difference of two
 means comes with Welch's 95% t interval and a verdict read off it
