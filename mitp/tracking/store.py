@@ -4,6 +4,8 @@ Default store: ``sqlite:///<repo>/mlflow.db`` (absolute, so Ray workers in other
 to the same database); ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` in params point at a
 server on clusters. With a sqlite store, artifacts of the experiments this code creates go to
 ``mlartifacts/`` beside the database file (``<repo>/mlartifacts`` for the default store).
+In a copy DVC made for ``dvc exp run --temp`` / ``--queue``, ``<repo>`` is the repository that
+holds the copy (:func:`mitp.config.params.home_root`): the copy is deleted after the experiment.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from mitp.config.params import REPO_ROOT, Params
+from mitp.config.params import REPO_ROOT, Params, home_root
 from mitp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,8 @@ def tracking_uri(params: Params) -> str:
         return env
     if params.mlflow.tracking_uri:
         return params.mlflow.tracking_uri
-    return f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    # a `dvc exp run --temp/--queue` copy logs into its repository's store, not into the copy
+    return f"sqlite:///{home_root() / 'mlflow.db'}"
 
 
 # What the pipeline itself writes into the tree: a stage that rewrites them (dvc.lock after the
