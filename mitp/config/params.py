@@ -29,20 +29,6 @@ from mitp.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
-# where DVC copies the repository for `dvc exp run --temp / --queue / --dry`: <repo>/.dvc/tmp/exps/...
-DVC_EXP_COPIES = (".dvc", "tmp", "exps")
-
-
-def home_root(root: Path = REPO_ROOT) -> Path:
-    """The repository whose history a run belongs to: ``root``, or, when ``root`` is a copy DVC
-    made for an experiment (``<repo>/.dvc/tmp/exps/<copy>``, deleted once the experiment is
-    committed), the repository that holds it. The default MLflow store lives there, so a queued
-    experiment's runs and models are in the same ``mlflow.db`` as the workspace's."""
-    parts = root.parts
-    for i in range(len(parts) - len(DVC_EXP_COPIES)):
-        if parts[i:i + len(DVC_EXP_COPIES)] == DVC_EXP_COPIES:
-            return Path(*parts[:i])
-    return root
 
 
 def shown_path(path: str | Path) -> str:

@@ -6,7 +6,7 @@
 * `--queue` + `dvc queue start`: the offline default runs whole in the queue's copy (the synthetic
   raw data and its features, `cache: false`, are regenerated there: seconds), the experiment's
   quality figures come back to `dvc exp show`, and its MLflow runs land in the repository's own
-  store (mitp.config.params.home_root), not in the copy DVC deletes.
+  store (mitp.tracking.store.home_root), not in the copy DVC deletes.
 """
 
 from __future__ import annotations

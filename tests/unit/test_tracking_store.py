@@ -41,8 +41,9 @@ def test_the_commit_is_dirty_for_code_changes_not_for_the_pipelines_outputs(tmp_
 def test_a_dvc_experiment_copy_logs_into_its_repositorys_store(tmp_path, monkeypatch):
     """`dvc exp run --temp/--queue` runs the stages in <repo>/.dvc/tmp/exps/<copy>, deleted after:
     the default store is the repository's mlflow.db, not the copy's."""
-    from mitp.config.params import home_root, load_params
+    from mitp.config.params import load_params
     from mitp.tracking import store as tracking
+    from mitp.tracking.store import home_root
 
     repo = tmp_path / "repo"
     assert home_root(repo) == repo
