@@ -3,8 +3,10 @@
     python -m pipeline.sweep --dataset NAME [-S key=value ...] [--csv-out PATH] [--best-out PATH] [--fresh]
 
 Writes ``metrics/<NAME>/sweep.csv`` (one row per trial: config, final metrics, cost figures,
-MLflow run id) and ``metrics/<NAME>/sweep_best.json`` (the best trial by ``sweep.metric``,
-with ``best.model_uri``). ``--model-out DIR`` copies the best trial's model folder there;
+MLflow run id), ``metrics/<NAME>/sweep_best.json`` (the best trial by ``sweep.metric``,
+with ``best.model_uri``, lineage and cost), and for DVC ``sweep_points.json`` (each trial's swept
+keys, dot-free, and metrics: what ``dvc plots`` draws) and ``sweep_quality.json`` (the best
+trial's and configuration's quality figures only: the ``dvc metrics`` file). ``--model-out DIR`` copies the best trial's model folder there;
 ``--register NAME`` (or ``mlflow.register_model``) registers it in the MLflow model registry.
 Runs on ``ray.address`` / ``RAY_ADDRESS`` if set, else on a local Ray sized to this machine.
 With ``cache.enabled`` the feature cache is built (or verified) first; every trial reads it.
@@ -21,7 +23,10 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
+from mitp.atomic import write_json
+from mitp.sweep import results
 from mitp.sweep.runner import run_sweep
 from pipeline import cli
 
@@ -30,6 +35,10 @@ def main() -> int:
     p = cli.parser(__doc__.splitlines()[0])
     p.add_argument("--csv-out", default=None, help="results table (default metrics/<dataset>/sweep.csv)")
     p.add_argument("--best-out", default=None, help="best configuration (default metrics/<dataset>/sweep_best.json)")
+    p.add_argument("--points-out", default=None,
+                   help="the points of dvc plots, dot-free names (default: sweep_points.json beside --csv-out)")
+    p.add_argument("--quality-out", default=None,
+                   help="the DVC metric: quality figures only (default: sweep_quality.json beside --best-out)")
     p.add_argument("--fresh", action="store_true", help="discard this sweep's Ray experiment folder and start over")
     p.add_argument("--model-out", default=None, help="copy the best trial's model folder here")
     p.add_argument("--register", default=None, metavar="NAME",
@@ -39,12 +48,16 @@ def main() -> int:
     metrics_dir = params.resolve("metrics") / dataset
     csv_out = args.csv_out or metrics_dir / "sweep.csv"
     best_out = args.best_out or metrics_dir / "sweep_best.json"
+    points_out = args.points_out or Path(csv_out).parent / "sweep_points.json"
+    quality_out = args.quality_out or Path(best_out).parent / "sweep_quality.json"
     # Every checkpoint forces an experiment snapshot (so old checkpoints can be pruned safely);
     # with short epochs Tune would warn about that on every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     outcome = run_sweep(params, dataset, fresh=args.fresh, outputs=(csv_out, best_out), say=print,
                         model_out=args.model_out,
                         register=args.register or params.mlflow.register_model)
+    write_json(points_out, results.plot_points(outcome.rows, outcome.space.swept_keys))
+    write_json(quality_out, results.quality(outcome.best))
 
     best = outcome.best
     if best.get("trial_id"):
@@ -57,7 +70,7 @@ def main() -> int:
           f"{best['errors']} failed) in {outcome.wall_s:.1f} s; MLflow parent run {outcome.parent_run_id}")
     if best.get("best.registered_model"):
         print(f"best model registered as {best['best.registered_model']}")
-    print(f"results: {csv_out}\nbest: {best_out}")
+    print(f"results: {csv_out}\nbest: {best_out}\nplot points: {points_out}\nquality (DVC metric): {quality_out}")
     if outcome.failed:
         print(f"error: {outcome.failure_message()}", file=sys.stderr)
         return 1

@@ -4,7 +4,7 @@ Inputs (per dataset, under ``metrics/<dataset>/``): ``train_<kind>.json`` and
 ``train_<kind>_history.json`` for each model variant, ``train_<kind>_seed<N>.json`` for its runs
 on the other seeds, ``sweep.csv`` and ``sweep_best.json``.
 Outputs (under ``reports/``): ``report.md`` (summary, main table, ablation tables, cost per
-trial, lineage), PNG plots, and ``summary.json`` (a DVC metric).
+trial, lineage), PNG plots, and ``summary.json`` (its figures as data: the README block).
 
 Every input is checked before anything is written (:func:`check_inputs`): a metrics file that is
 not JSON, holds NaN or Infinity, lacks the dataset's metric, or has a string or an out-of-range

@@ -1,5 +1,7 @@
 """The sweep's outputs: one row per trial (config, final metrics, cost figures, MLflow run id),
-the best trial and the ``sweep_best.json`` content, the CSV text (the runner writes both).
+the best trial and the ``sweep_best.json`` content, the CSV text (the runner writes both); and
+what DVC reads (``pipeline.sweep`` writes them): the points of ``dvc plots`` under dot-free names
+(:func:`plot_points`) and the quality figures of ``dvc metrics`` (:func:`quality`).
 
 Row status: ``COMPLETED`` (every epoch and test), ``STOPPED`` (by the scheduler; last epoch's
 metrics, no test), ``ERROR`` (after its retries), or Tune's status of a trial never ended.
@@ -117,3 +119,35 @@ def best_summary(best: dict[str, Any] | None, *, dataset: str, sweep: str, metri
                                    f"{metric}_std": chosen.val_std, f"test_{metric[4:]}_mean": chosen.test_mean,
                                    f"test_{metric[4:]}_std": chosen.test_std, "test_n": chosen.test_n}
     return out
+
+
+def plot_field(key: str) -> str:
+    """A swept key's name in the files ``dvc plots`` reads: Vega-Lite reads ``model.hub_size`` as
+    the field ``hub_size`` of an object ``model``, so every dot becomes ``_`` (``model_hub_size``)."""
+    return key.replace(".", "_")
+
+
+def plot_points(rows: list[dict[str, Any]], swept_keys: list[str]) -> list[dict[str, Any]]:
+    """``sweep_points.json``: one point per trial that has a number for a metric (completed or
+    stopped), with its swept keys under :func:`plot_field` names and its ``val_*`` / ``test_*``
+    numbers; ``trial_id`` and ``status`` for the tooltip."""
+    points = []
+    for row in rows:
+        figures = {k: v for k, v in row.items()
+                   if k.startswith(("val_", "test_")) and is_number(v) and not math.isnan(v)}
+        if not figures or row.get("status") not in (COMPLETED, STOPPED):
+            continue
+        points.append({"trial_id": row["trial_id"], "status": row["status"],
+                       **{plot_field(k): row.get(k) for k in swept_keys}, **figures})
+    return points
+
+
+def quality(best: dict[str, Any]) -> dict[str, Any]:
+    """``sweep_quality.json`` (a DVC metric): the quality figures of ``sweep_best.json`` only, the
+    best trial's ``val_*`` / ``test_*`` (the same names as the main table's quality files, so
+    ``dvc metrics show`` lines them up) and the chosen configuration's ``*_mean`` / ``*_std`` over
+    its seeds; run ids, paths, counts and cost stay in ``sweep_best.json`` and ``sweep.csv``."""
+    trial = {k: v for k, v in (best.get("metrics") or {}).items() if k.startswith(("val_", "test_"))}
+    stats = {k: v for k, v in (best.get("config_stats") or {}).items()
+             if k.startswith(("val_", "test_")) and k.endswith(("_mean", "_std")) and v is not None}
+    return {**trial, **stats}

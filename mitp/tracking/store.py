@@ -4,6 +4,8 @@ Default store: ``sqlite:///<repo>/mlflow.db`` (absolute, so Ray workers in other
 to the same database); ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` in params point at a
 server on clusters. With a sqlite store, artifacts of the experiments this code creates go to
 ``mlartifacts/`` beside the database file (``<repo>/mlartifacts`` for the default store).
+In a copy DVC made for ``dvc exp run --temp`` / ``--queue``, ``<repo>`` is the repository that
+holds the copy (:func:`home_root`): the copy is deleted after the experiment.
 """
 
 from __future__ import annotations
@@ -26,13 +28,30 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 
 
+# where DVC copies the repository for `dvc exp run --temp / --queue / --dry`: <repo>/.dvc/tmp/exps/...
+DVC_EXP_COPIES = (".dvc", "tmp", "exps")
+
+
+def home_root(root: Path = REPO_ROOT) -> Path:
+    """The repository whose history a run belongs to: ``root``, or, when ``root`` is a copy DVC
+    made for an experiment (``<repo>/.dvc/tmp/exps/<copy>``, deleted once the experiment is
+    committed), the repository that holds it. The default MLflow store lives there, so a queued
+    experiment's runs and models are in the same ``mlflow.db`` as the workspace's."""
+    parts = root.parts
+    for i in range(len(parts) - len(DVC_EXP_COPIES)):
+        if parts[i:i + len(DVC_EXP_COPIES)] == DVC_EXP_COPIES:
+            return Path(*parts[:i])
+    return root
+
+
 def tracking_uri(params: Params) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     if params.mlflow.tracking_uri:
         return params.mlflow.tracking_uri
-    return f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    # a `dvc exp run --temp/--queue` copy logs into its repository's store, not into the copy
+    return f"sqlite:///{home_root() / 'mlflow.db'}"
 
 
 # What the pipeline itself writes into the tree: a stage that rewrites them (dvc.lock after the

@@ -10,8 +10,10 @@ MLflow) are paid once per worker, not once per run.
 
 Outputs per run: ``metrics/<dataset>/train_<kind>.json`` for ``seed`` and
 ``metrics/<dataset>/seeds/train_<kind>_seed<N>.json`` for the others (each with its
-``_history.json``); the model folder ``models/<dataset>/<kind>`` of the ``seed`` run of every
-kind that reads the cache.
+``_history.json``): the run's record as ``pipeline.train`` writes it (quality, lineage, cost);
+``metrics/<dataset>/quality/train_<kind>[_seed<N>].json``: its quality figures only (``val_*``,
+``test_*``), the files ``dvc metrics`` reads (:func:`quality`); the model folder
+``models/<dataset>/<kind>`` of the ``seed`` run of every kind that reads the cache.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ log = logging.getLogger(__name__)
 # longest runs start first and the pool does not end on one long run alone.
 COST_ORDER = ("mitp", "finetune", "pmf", "mitp_no_hub", "late_fusion")
 
+# metrics/<dataset>/quality: the files `dvc metrics show / diff` read (dvc.yaml), one per run
+QUALITY_DIR = "quality"
+
+
+def quality(metrics: dict[str, Any]) -> dict[str, float]:
+    """A run's quality figures: its ``val_*`` (best epoch) and ``test_*`` numbers, nothing else
+    (run ids, commits, machine tags, timings, memory and sizes stay in the run's record)."""
+    return {k: v for k, v in metrics.items() if k.startswith(("val_", "test_"))}
+
 
 @dataclass(frozen=True)
 class TableRun:
@@ -47,6 +58,7 @@ class TableRun:
     metrics_out: str
     history_out: str
     model_out: str | None
+    quality_out: str | None = None
 
 
 @dataclass
@@ -74,6 +86,7 @@ def plan(params: Params, dataset: str, kinds: tuple[str, ...] | None = None, *,
             base = seed == params.seed
             # the extra seeds' runs in their own folder: one DVC output however many seeds there are
             stem = f"train_{kind}" if base else f"seeds/train_{kind}_seed{seed}"
+            name = f"train_{kind}" if base else f"train_{kind}_seed{seed}"
             overrides: dict[str, Any] = {"model.kind": kind, "seed": seed}
             if raw_inputs:
                 overrides["cache.enabled"] = False
@@ -81,7 +94,8 @@ def plan(params: Params, dataset: str, kinds: tuple[str, ...] | None = None, *,
                 kind=kind, seed=seed, overrides=overrides,
                 run_name=f"{dataset}-{kind}" if base else f"{dataset}-{kind}-seed{seed}",
                 metrics_out=str(metrics / f"{stem}.json"), history_out=str(metrics / f"{stem}_history.json"),
-                model_out=str(params.resolve(models_dir) / dataset / kind) if base and not raw_inputs else None))
+                model_out=str(params.resolve(models_dir) / dataset / kind) if base and not raw_inputs else None,
+                quality_out=str(metrics / QUALITY_DIR / f"{name}.json")))
     return runs
 
 
@@ -105,6 +119,10 @@ def _run_one(params_path: str | None, cli_overrides: list[str], run: TableRun, d
     result = fit_and_record(params, dataset, run_name=run.run_name, metrics_out=run.metrics_out,
                             history_out=run.history_out, model_out=run.model_out,
                             register=params.mlflow.register_model, fresh=True)
+    if run.quality_out:
+        from mitp.atomic import write_json
+
+        write_json(run.quality_out, quality(result.metrics))
     figures = {k: v for k, v in result.metrics.items() if k.startswith("test_") or k in ("best_epoch", "epochs_run")}
     return {**figures, "wall_s": time.perf_counter() - t0}
 

@@ -73,6 +73,16 @@ def test_dvc_repro_end_to_end(tmp_path):
             extra = json.loads((repo / "metrics" / "synthetic" / "seeds" / f"train_{kind}_seed{seed}.json").read_text())
             assert extra["seed"] == seed and extra["model_kind"] == kind
     assert summary["synthetic"]["sweep"]["trials"] == 2
+    # the DVC metrics files: each run's quality figures only (tests/pipeline/test_dvc_metrics.py)
+    from mitp.training.table import quality
+
+    for kind in KINDS:
+        record = json.loads((repo / "metrics" / "synthetic" / f"train_{kind}.json").read_text())
+        assert json.loads((repo / "metrics" / "synthetic" / "quality" / f"train_{kind}.json").read_text()) \
+            == quality(record)
+    assert json.loads((repo / "metrics" / "synthetic" / "sweep_quality.json").read_text())["val_accuracy"] > 0
+    points = json.loads((repo / "metrics" / "synthetic" / "sweep_points.json").read_text())
+    assert sorted(p["model_hub_size"] for p in points) == [16, 64]
     pngs = list((repo / "reports" / "figures").glob("*.png"))
     assert any(p.name == "synthetic_curves.png" for p in pngs)
     assert any("hub_size" in p.name for p in pngs)

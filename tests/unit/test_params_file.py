@@ -63,3 +63,60 @@ def test_a_removed_key_is_reported(key):
     del node[last]
     assert missing_keys(raw) == [key]
 
+
+
+# `dvc exp run -S key=value` rewrites params.yaml with DVC's own writer (dvc.utils.hydra.apply_overrides:
+# ruamel round trip, every list and null re-emitted); the file is kept in the form it writes back.
+def _dvc_set(tmp_path, overrides: list[str]) -> tuple[list[str], list[str]]:
+    from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
+
+    copy_ = tmp_path / "params.yaml"
+    copy_.write_text(DEFAULT_PARAMS.read_text(encoding="utf-8"), encoding="utf-8")
+    dvc_apply_overrides(copy_, overrides)
+    return DEFAULT_PARAMS.read_text(encoding="utf-8").splitlines(), copy_.read_text(encoding="utf-8").splitlines()
+
+
+def _changed(before: list[str], after: list[str]) -> list[str]:
+    import difflib
+
+    return [ln for ln in difflib.ndiff(before, after) if ln.startswith(("- ", "+ "))]
+
+
+def test_dvc_writes_params_yaml_back_unchanged(tmp_path):
+    before, after = _dvc_set(tmp_path, ["seed=0"])  # a key set to its own value
+    assert _changed(before, after) == []
+
+
+@pytest.mark.parametrize(("override", "key", "value", "removed", "added"), [
+    ("seed=7", "seed", 7, 1, 1),                                            # top level
+    ("model.hub_size=32", "model.hub_size", 32, 1, 1),                      # nested
+    ("train.lr=0.001", "train.lr", 0.001, 1, 1),                            # a float written as 2.0e-3
+    ("backbone.vision=org/vit", "backbone.vision", "org/vit", 1, 1),        # a null (empty) value
+    ("data.mmimdb.download.retries=3", "data.mmimdb.download.retries", 3, 1, 1),  # inside a flow mapping
+    ("extra_seeds=[1,5]", "extra_seeds", [1, 5], 1, 1),                     # a list: one item changed
+    ("extra_seeds=[1,2,3]", "extra_seeds", [1, 2, 3], 0, 1),                # a list: one item added
+    ("datasets=[synthetic,mmimdb]", "datasets", ["synthetic", "mmimdb"], 0, 1),
+])
+def test_dvc_set_param_changes_one_line(tmp_path, override, key, value, removed, added):
+    before, after = _dvc_set(tmp_path, [override])
+    changed = _changed(before, after)
+    assert (sum(ln.startswith("- ") for ln in changed), sum(ln.startswith("+ ") for ln in changed)) == (removed, added), \
+        "\n".join(changed)
+    old, new = yaml.safe_load("\n".join(before)), yaml.safe_load("\n".join(after))
+    node = new
+    for part in key.split("."):
+        node = node[part]
+    assert node == value
+    # the rest of the file loads to the same values, and validates
+    node = old
+    *path, last = key.split(".")
+    for part in path:
+        node = node[part]
+    node[last] = value
+    assert old == new
+    Params.model_validate(new)
+
+
+def test_every_commented_key_keeps_its_comment_after_a_dvc_write(tmp_path):
+    before, after = _dvc_set(tmp_path, ["model.hub_size=32"])
+    assert sum("#" in ln for ln in before) == sum("#" in ln for ln in after)

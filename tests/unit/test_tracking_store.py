@@ -36,3 +36,20 @@ def test_the_commit_is_dirty_for_code_changes_not_for_the_pipelines_outputs(tmp_
     assert tracking.git_commit() == head
     (repo / "code.py").write_text("b\n")  # the code differs from the commit
     assert tracking.git_commit() == head + "-dirty"
+
+
+def test_a_dvc_experiment_copy_logs_into_its_repositorys_store(tmp_path, monkeypatch):
+    """`dvc exp run --temp/--queue` runs the stages in <repo>/.dvc/tmp/exps/<copy>, deleted after:
+    the default store is the repository's mlflow.db, not the copy's."""
+    from mitp.config.params import load_params
+    from mitp.tracking import store as tracking
+    from mitp.tracking.store import home_root
+
+    repo = tmp_path / "repo"
+    assert home_root(repo) == repo
+    assert home_root(repo / ".dvc" / "tmp" / "exps" / "tmpab12cd") == repo  # --temp
+    assert home_root(repo / ".dvc" / "tmp" / "exps" / "run" / "f00" / "tmpab12cd") == repo  # --queue worker
+    assert home_root(repo / ".dvc" / "tmp") == repo / ".dvc" / "tmp"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "home_root", lambda: repo)
+    assert tracking.tracking_uri(load_params()) == f"sqlite:///{repo / 'mlflow.db'}"
