@@ -94,6 +94,8 @@ def test_optuna_search_runs_a_small_budget_under_one_parent(sweep_params, tmp_pa
         assert child.data.tags["mlflow.source.name"].endswith("pipeline/sweep.py")
     assert parent.data.metrics["best_n_seeds"] == 1 and "best_mean_test_accuracy" in parent.data.metrics
 
-    # quiet trials: no tqdm bars ("epoch 1/1", "batch/s") in the stage's output
+    # quiet trials: no tqdm bars ("epoch 1/1", "batch/s") in the stage's output (without the fix the
+    # trials' train and val bars were there); Tune's status table shows the metric
     log = out.stdout + out.stderr
     assert "epoch 1/1" not in log and "batch/s" not in log, log[-3000:]
+    assert [ln for ln in out.stdout.splitlines() if "Trial name" in ln and "val_accuracy" in ln], out.stdout[-3000:]
