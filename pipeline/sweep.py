@@ -15,6 +15,11 @@ Killed? Run the same command again: the sweep resumes (finished trials are kept,
 continue from their last checkpoint, the same MLflow parent run is reopened). ``--fresh``
 discards the sweep's Ray experiment folder and starts over (a new MLflow parent run).
 
+``--collect [DIR]`` writes the two outputs from a sweep's Ray experiment folder alone (a cluster
+job's, on shared storage; default: the folder these params and this commit name under
+``ray.storage_path``): nothing trains, no Ray starts (docs/cluster.md, "Results back into
+metrics/").
+
 Exit status: 0 when every trial finished; 1 when some ended in error after their retries
 (named on stderr) or did not finish; 2 for configuration errors (nothing started).
 """
@@ -27,7 +32,7 @@ from pathlib import Path
 
 from mitp.atomic import write_json
 from mitp.sweep import results
-from mitp.sweep.runner import run_sweep
+from mitp.sweep.runner import collect_sweep, run_sweep
 from pipeline import cli
 
 
@@ -43,6 +48,9 @@ def main() -> int:
     p.add_argument("--model-out", default=None, help="copy the best trial's model folder here")
     p.add_argument("--register", default=None, metavar="NAME",
                    help="register the best trial's model under NAME (default mlflow.register_model)")
+    p.add_argument("--collect", nargs="?", const="", default=None, metavar="DIR",
+                   help="write the outputs from a finished sweep's Ray experiment folder (default: this sweep's "
+                        "under ray.storage_path); trains nothing")
     args = p.parse_args()
     params, dataset = cli.load(args)
     metrics_dir = params.resolve("metrics") / dataset
@@ -53,9 +61,13 @@ def main() -> int:
     # Every checkpoint forces an experiment snapshot (so old checkpoints can be pruned safely);
     # with short epochs Tune would warn about that on every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    outcome = run_sweep(params, dataset, fresh=args.fresh, outputs=(csv_out, best_out), say=print,
-                        model_out=args.model_out,
-                        register=args.register or params.mlflow.register_model)
+    if args.collect is not None:
+        outcome = collect_sweep(params, dataset, outputs=(csv_out, best_out), experiment_path=args.collect or None,
+                                say=print)
+    else:
+        outcome = run_sweep(params, dataset, fresh=args.fresh, outputs=(csv_out, best_out), say=print,
+                            model_out=args.model_out,
+                            register=args.register or params.mlflow.register_model)
     write_json(points_out, results.plot_points(outcome.rows, outcome.space.swept_keys))
     write_json(quality_out, results.quality(outcome.best))
 
@@ -67,7 +79,7 @@ def main() -> int:
         print(f"best trial {best['trial_id']} ({cfg}): {outcome.metric} {best['value']:.4f}"
               + (f", {shown}" if shown else "") + f"; MLflow run {best['mlflow_run_id']}")
     print(f"{len(outcome.rows)} trials ({best['completed']} completed, {best['stopped']} stopped early, "
-          f"{best['errors']} failed) in {outcome.wall_s:.1f} s; MLflow parent run {outcome.parent_run_id}")
+          f"{best['errors']} failed) in {outcome.wall_s:.1f} s; MLflow parent run {outcome.parent_run_id or '-'}")
     if best.get("best.registered_model"):
         print(f"best model registered as {best['best.registered_model']}")
     print(f"results: {csv_out}\nbest: {best_out}\nplot points: {points_out}\nquality (DVC metric): {quality_out}")

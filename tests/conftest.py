@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import SMALL_SYNTHETIC, prepare_synthetic, test_params
+from tests.factories import SMALL_SYNTHETIC, params_under, prepare_synthetic
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -22,12 +22,13 @@ def shared_root(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_params(tmp_path, shared_root, monkeypatch):
-    """``make_params({"model.hub_size": 8})`` -> validated Params writing under tmp_path (the
-    tracking store is the params' own: ``MLFLOW_TRACKING_URI`` is unset for the test, then restored)."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    """``make_params({"model.hub_size": 8})`` -> validated Params writing under tmp_path. Their
+    tracking store is their own: ``MLFLOW_TRACKING_URI`` (which ``mlflow.set_tracking_uri`` sets)
+    is unset at each call, and restored after the test."""
 
     def _make(overrides: dict | None = None, root: Path | None = None):
-        return test_params(root or tmp_path, shared_root / "backbones", overrides)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return params_under(root or tmp_path, shared_root / "backbones", overrides)
 
     return _make
 

@@ -34,7 +34,7 @@ SMALL_SYNTHETIC = {
 }
 
 
-def test_params(root: Path, backbones_dir: Path, overrides: dict | None = None):
+def params_under(root: Path, backbones_dir: Path, overrides: dict | None = None):
     """Validated Params writing under ``root``, sharing the tiny-random backbones in ``backbones_dir``."""
     from mitp.config.params import load_params
 

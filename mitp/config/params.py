@@ -194,7 +194,12 @@ class SweepConfig(Strict):
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     space: dict[str, Any] = Field(default_factory=dict)
-    num_samples: int = Field(1, ge=1, le=100_000, description="repeats of the grid (each with its own seed) or random samples")
+    search: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="grid / random: Tune's variant generator (every grid value, choice and ranges drawn at "
+                            "random, num_samples repeats, each with its own seed); optuna: Optuna's TPE proposes "
+                            "num_samples trials from the space (grid lists become choices)")
+    num_samples: int = Field(1, ge=1, le=100_000, description="repeats of the grid (each with its own seed) or random samples; "
+                                                  "search=optuna: the number of trials TPE proposes")
     metric: str = Field("auto", description="auto: val_accuracy (single-label) or val_f1_micro (multi-label)")
     mode: Literal["max", "min"] = "max"
     scheduler: Literal["none", "asha"] = "none"

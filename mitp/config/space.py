@@ -1,6 +1,8 @@
 """The grammar of a sweep's search space: ``sweep.space`` in params.yaml -> :class:`SweepSpace`
 (forms: docs/cluster.md, "The search space"; ``num_samples > 1`` without ``seed`` in the space
 becomes a seed grid ``seed, seed + 1, ...``; a key in the space wins over ``sweep.train``).
+With ``sweep.search: optuna`` the space is sampled, never enumerated: a grid list becomes a
+choice TPE picks from, and ``num_samples`` is the number of trials it proposes (no seed grid).
 
 The one parser of the space. It knows no Ray (:mod:`mitp.sweep.search` turns a space into Tune's
 ``param_space``) and no model: the rule on ``cache.layer`` that reads the space lives with the
@@ -160,6 +162,9 @@ def build_space(params: Params) -> SweepSpace:
     train = normalize_train(sweep.train)
     swept = [k for k, d in dims.items() if d.form != "fixed"]
     num_samples, seeds = sweep.num_samples, None
+    if sweep.search == "optuna":  # a searcher samples the space: Tune's grid_search cannot go to it
+        dims = {k: Dim(k, "choice", d.args) if d.form == "grid" else d for k, d in dims.items()}
+        return SweepSpace(dims, train, num_samples, None, swept)
     if num_samples > 1 and "seed" not in dims:
         seeds = [params.seed + i for i in range(num_samples)]
         dims["seed"] = Dim("seed", "grid", tuple(seeds))

@@ -151,3 +151,32 @@ def quality(best: dict[str, Any]) -> dict[str, Any]:
     stats = {k: v for k, v in (best.get("config_stats") or {}).items()
              if k.startswith(("val_", "test_")) and k.endswith(("_mean", "_std")) and v is not None}
     return {**trial, **stats}
+
+
+def parent_summary(summary: dict[str, Any], rows: list[dict[str, Any]], swept_keys: list[str]) -> dict[str, float]:
+    """The sweep parent run's metrics, from ``summary`` (:func:`best_summary`) and the rows.
+
+    The chosen configuration (the best mean of the validation metric over its seeds, as the
+    report picks it) over its completed trials: ``best_mean_<m>`` for every ``val_*`` and
+    ``test_*`` metric, ``best_std_<m>`` (sample std) when it has more than one trial, and
+    ``best_n_seeds``; then ``best_trial_<metric>``, the value of the trial whose model is
+    published (``best.run_id``). Without a validation metric to select on (``train_loss``), or
+    without completed trials, the configuration is that trial alone."""
+    metric, mode = summary["metric"], summary["mode"]
+    members: list[dict[str, Any]] = []
+    if metric.startswith("val_"):
+        done = [r for r in rows if r["status"] == COMPLETED]
+        chosen = ablation_stats.select_best(done, swept_keys, metric, None, mode) if done else None
+        members = chosen.rows if chosen is not None else []
+    if not members:
+        members = [r for r in rows if r["trial_id"] == summary["trial_id"]]
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for r in members for k in r if k.startswith(("val_", "test_"))):
+        mean, std, n = ablation_stats.mean_std(r.get(key) for r in members)
+        if n:
+            out[f"best_mean_{key}"] = mean
+            if n > 1:
+                out[f"best_std_{key}"] = std
+    out["best_n_seeds"] = float(len(members))
+    out[f"best_trial_{metric}"] = float(summary["value"])
+    return out

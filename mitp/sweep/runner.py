@@ -22,7 +22,7 @@ from mitp.config.params import REPO_ROOT, Params, shown_path, to_flat_dict
 from mitp.config.space import SweepSpace, base_raw_of, build_space
 from mitp.errors import ConfigError
 from mitp.sweep import results as results_mod
-from mitp.sweep.search import param_space, validate_trials
+from mitp.sweep.search import param_space, search_alg, validate_trials
 from mitp.sweep.trainable import TrialHooks, TrialSpec, run_trial
 from mitp.tracking import store as tracking
 
@@ -105,7 +105,11 @@ def connect_ray(params: Params) -> bool:
         return False
     address = params.ray.address or os.environ.get("RAY_ADDRESS")  # the param wins over the environment
     log.info("Ray: %s", f"the cluster at {address}" if address else f"local, {params.ray.num_cpus or 'all'} CPUs")
-    ray.init(**({"address": address} if address else {"num_cpus": params.ray.num_cpus, "include_dashboard": False}))
+    if address:  # a submitted job's runtime_env (cluster/runtime_env.yaml) already sets the environment
+        ray.init(address=address)
+    else:  # trial processes start with tqdm's bars off (run_trial also turns them off, for any Ray)
+        ray.init(num_cpus=params.ray.num_cpus, include_dashboard=False,
+                 runtime_env={"env_vars": {"TQDM_DISABLE": "1"}})
     return True
 
 
@@ -157,13 +161,13 @@ def find_parent(params: Params, exp_path: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def _log_best(mlflow, outcome_best: dict[str, Any], metric: str) -> None:
+def _log_best(mlflow, outcome_best: dict[str, Any], rows: list[dict[str, Any]], swept_keys: list[str]) -> None:
+    """The parent's summary: the chosen configuration's mean (and std) over its seeds, as the
+    report gives it (:func:`mitp.sweep.results.parent_summary`), and which trial and run hold
+    its published model (tags ``best.*``)."""
     if not outcome_best.get("trial_id"):
         return
-    metrics = {f"best_{k}": float(v) for k, v in outcome_best.get("metrics", {}).items()
-               if results_mod.is_number(v)}
-    metrics[f"best_{metric}"] = float(outcome_best["value"])
-    mlflow.log_metrics(metrics)
+    mlflow.log_metrics(results_mod.parent_summary(outcome_best, rows, swept_keys))
     tags = {"best.trial_id": outcome_best["trial_id"], "best.run_id": outcome_best["mlflow_run_id"],
             "best.config": json.dumps(outcome_best["config"], default=str)[:5000]}
     tags.update({f"best.{k}": str(v) for k, v in outcome_best["config"].items()})
@@ -219,7 +223,21 @@ def experiment_name(params: Params, dataset: str, space: SweepSpace, metric: str
     s = params.sweep
     parts = (dataset, base, space.describe(), space.train_overrides, space.num_samples, s.scheduler,
              s.asha.model_dump() if s.scheduler == "asha" else None, metric, s.mode, code_fingerprint())
+    if s.search == "optuna":  # grid and random are the same generator (and grid's folder names stay)
+        parts = (*parts, s.search, params.seed)
     return f"{dataset}-{s.name}-{hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]}"
+
+
+def _legacy_reporter(space: SweepSpace, metric: str):
+    """Tune's status table with the sweep's metric: Ray 2.60's default output shows a result's
+    first four metrics (a trial reports the metric, epoch and train loss first) and ignores any
+    ``progress_reporter``; with ``RAY_AIR_NEW_OUTPUT=0`` (the older output) a CLIReporter names
+    the columns."""
+    if os.environ.get("RAY_AIR_NEW_OUTPUT", "1") != "0":
+        return None
+    from ray.tune import CLIReporter
+
+    return CLIReporter(metric_columns=[metric, "epoch", "train_loss"], parameter_columns=space.swept_keys)
 
 
 def _tuner(params: Params, space: SweepSpace, spec: TrialSpec, exp_name: str, storage: str, exp_path: str,
@@ -243,16 +261,63 @@ def _tuner(params: Params, space: SweepSpace, spec: TrialSpec, exp_name: str, st
         scheduler = ASHAScheduler(time_attr="epoch", max_t=horizon, grace_period=grace,
                                   reduction_factor=params.sweep.asha.reduction_factor)
     tune_config = tune.TuneConfig(metric=metric, mode=params.sweep.mode, num_samples=space.num_samples,
-                                  scheduler=scheduler, max_concurrent_trials=params.sweep.max_concurrent_trials,
-                                  reuse_actors=True)
+                                  search_alg=search_alg(params, space), scheduler=scheduler,
+                                  max_concurrent_trials=params.sweep.max_concurrent_trials, reuse_actors=True)
     run_config = tune.RunConfig(
         name=exp_name, storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=params.sweep.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=1,
+        progress_reporter=_legacy_reporter(space, metric),
     )
     return tune.Tuner(trainable, param_space=param_space(space), tune_config=tune_config,
                       run_config=run_config), False
+
+
+def collect_sweep(
+    params: Params,
+    dataset: str,
+    *,
+    outputs: tuple[str | Path, str | Path],
+    experiment_path: str | None = None,
+    say: Callable[[str], None] = log.info,
+) -> SweepOutcome:
+    """Write the results table and the best configuration (``outputs``: csv, best JSON) of a sweep
+    that ran elsewhere, from its Ray experiment folder alone: a cluster job's folder on shared
+    storage (``experiment_path``, default ``<ray.storage_path>/<the sweep's folder name>`` for
+    these params and this code). Nothing trains and no Ray starts; the MLflow parent run's id is
+    filled in when the tracking store holds it. An unfinished sweep is collected as it stands
+    (its rows say which trials did not finish). A missing folder is a ConfigError."""
+    from ray import tune
+
+    t0 = time.perf_counter()
+    space, metric, s = build_space(params), resolve_metric(params, dataset), params.sweep
+    exp_path = (experiment_path or f"{storage_root(params)}/{experiment_name(params, dataset, space, metric)}").rstrip("/")
+    if "://" not in exp_path:
+        exp_path = str(Path(exp_path).absolute())
+    if not tune.Tuner.can_restore(exp_path):
+        raise ConfigError(f"--collect: no Ray experiment at {exp_path}: pass the sweep's folder "
+                          "(<ray.storage_path>/<dataset>-<sweep.name>-<hash>, named in the sweep's log and in its "
+                          "sweep_best.json as ray_experiment), or the same params and commit the sweep ran with")
+    rows = collect_rows(exp_path, [], space)
+    try:
+        parent_id = find_parent(params, exp_path) or ""
+    except Exception as exc:  # the cluster's tracking server may be out of reach: the table does not need it
+        log.warning("could not look up the sweep's MLflow parent run: %s", exc)
+        parent_id = ""
+    best = results_mod.best_row(rows, metric, s.mode, keys=space.swept_keys)
+    summary = results_mod.best_summary(best, dataset=dataset, sweep=s.name, metric=metric, mode=s.mode,
+                                       swept_keys=space.swept_keys, rows=rows, parent_run_id=parent_id,
+                                       overrides=space.trial_overrides(best) if best else {},
+                                       experiment_path=shown_path(exp_path))
+    if summary.get("mlflow_run_id"):  # as the sweep itself records it (publish_best); nothing is registered
+        from mitp.tracking.pyfunc import MODEL_NAME
+
+        summary["best.model_uri"] = f"runs:/{summary['mlflow_run_id']}/{MODEL_NAME}"
+    write_text(outputs[0], results_mod.to_csv(rows))
+    write_json(outputs[1], summary)
+    say(f"collected {len(rows)} trials of {exp_path}")
+    return SweepOutcome(dataset, exp_path, parent_id, metric, rows, summary, True, time.perf_counter() - t0, space)
 
 
 def run_sweep(
@@ -298,7 +363,8 @@ def run_sweep(
                 f"{storage} on this node; set it to a path every node mounts (or a URI) so retries on other "
                 "nodes can resume")
         parent_id = None if fresh else find_parent(params, exp_path)
-        tags = {**tracking.lineage_tags(params, dataset), "sweep": s.name, PARENT_TAG: exp_path,
+        source = tracking.source_tags()  # the parent's, given to every trial run as well
+        tags = {**tracking.lineage_tags(params, dataset), **source, "sweep": s.name, PARENT_TAG: exp_path,
                 "mitp.role": "sweep-parent", **({"cache_fingerprint": fingerprint} if fingerprint else {})}
         if "model.kind" in space.swept_keys:
             tags.pop("model.kind", None)
@@ -308,7 +374,8 @@ def run_sweep(
                 tracking.log_params(mlflow, _parent_params(params, dataset, space, metric))
             parent_id = parent.info.run_id
             spec = TrialSpec(base_raw, space, dataset, s.name, exp_name, parent_id, uri, s.resources_per_trial.cpu,
-                             s.resources_per_trial.gpu, metric, hooks)
+                             s.resources_per_trial.gpu, metric, hooks,
+                             run_tags={**source, "git_commit": tags["git_commit"]})
             tuner, resumed = _tuner(params, space, spec, exp_name, storage, exp_path, metric, say)
             t_fit = time.perf_counter()
             grid = tuner.fit()
@@ -319,7 +386,7 @@ def run_sweep(
                                                swept_keys=space.swept_keys, rows=rows, parent_run_id=parent_id,
                                                overrides=space.trial_overrides(best) if best else {},
                                                experiment_path=shown_path(exp_path))
-            _log_best(mlflow, summary, metric)
+            _log_best(mlflow, summary, rows, space.swept_keys)
             if summary.get("mlflow_run_id"):  # the best trial's model: tagged, copied, registered
                 from mitp.tracking.pyfunc import publish_best
 

@@ -1,6 +1,6 @@
 """A parsed :class:`~mitp.config.space.SweepSpace` as Ray Tune sees it: each dimension as a Tune
-search form (:func:`param_space`), and every trial configuration checked before launch
-(:func:`validate_trials`)."""
+search form (:func:`param_space`), the search algorithm of ``sweep.search`` (:func:`search_alg`),
+and every trial configuration checked before launch (:func:`validate_trials`)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,26 @@ def param_space(space: SweepSpace) -> dict[str, Any]:
     return {key: to_tune(dim) for key, dim in space.dims.items()}
 
 
+def search_alg(params: Params, space: SweepSpace):
+    """Tune's ``search_alg`` for ``sweep.search``: None (Tune's variant generator, which enumerates
+    the grid and draws choices and ranges at random) for grid and random; for optuna, Ray Tune's
+    OptunaSearch with Optuna's TPE sampler seeded by ``seed`` (metric and mode come from the
+    TuneConfig). :func:`mitp.config.space.build_space` has already made grid lists choices."""
+    if params.sweep.search != "optuna":
+        return None
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial otherwise
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=params.seed))
+
+
 def validate_trials(params: Params, space: SweepSpace, base_raw: dict) -> int:
     """Validate every trial configuration the space can produce (ConfigError naming the key
     and the trial); returns how many were checked."""
+    if params.sweep.search == "optuna" and not space.swept_keys:
+        raise ConfigError("sweep.search: optuna needs something to search, but sweep.space has no key with a list, "
+                          "a choice or a range (search: grid runs the base configuration)")
     check_cache_layer(params)  # over every start the space can give: the clearest message first
     combos = combinations(space)
     for combo in combos:

@@ -7,6 +7,7 @@ a stopped trial ends KILLED, a diverged one reports its error and ends (docs/clu
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -67,10 +68,33 @@ class TrialSpec:
     gpus: float
     metric: str  # reported (as nan) by a diverged trial: Tune wants it in every result
     hooks: TrialHooks | None = None
+    # the driver's source and commit (mitp.tracking.store.source_tags, git_commit): a trial's own
+    # entry is Ray's default_worker.py, and on a cluster its copy of the code has no .git
+    run_tags: dict[str, str] = field(default_factory=dict)
 
 
 def _numeric(row: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in row.items() if is_number(v)}
+
+
+def quiet_progress_bars() -> None:
+    """Turn tqdm's bars off in this (trial) process: parallel trials' epoch bars would interleave
+    in the driver's log, and Tune's status table shows progress. ``TQDM_DISABLE`` counts only when
+    tqdm is first imported, and a trial process has imported it long before (mlflow does), so
+    tqdm's default for ``disable`` becomes True here; a bar that passes ``disable`` keeps it."""
+    from tqdm import std
+
+    if not getattr(std.tqdm.__init__, "_mitp_quiet", False):
+        quiet = functools.partialmethod(std.tqdm.__init__, disable=True)
+        quiet._mitp_quiet = True  # type: ignore[attr-defined]
+        std.tqdm.__init__ = quiet  # type: ignore[method-assign]
+
+
+def _first(metric: str, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with the sweep's metric, the epoch and the train loss first: Tune's status table
+    shows the first four metrics of a result."""
+    head = {k: row[k] for k in (metric, "epoch", "train_loss") if k in row}
+    return {**head, **{k: v for k, v in row.items() if k not in head}}
 
 
 def _mark_stopped(spec: TrialSpec, run_id: str, epoch: int) -> None:
@@ -87,9 +111,7 @@ def _mark_stopped(spec: TrialSpec, run_id: str, epoch: int) -> None:
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune function trainable (wrapped with ``tune.with_parameters(run_trial, spec=...)``)."""
-    # parallel trials' epoch bars would interleave in the driver's log; Tune's table shows progress
-    # (read when tqdm is first imported, which in a fresh trial process is below)
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    quiet_progress_bars()
     import ray
     import torch
     from ray import tune
@@ -113,7 +135,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     local_ckpt = workdir / "checkpoint"
     tags = {TRIAL_TAG: trial_id, "sweep": spec.sweep_name, "ray.experiment": spec.experiment,
             "ray.node_id": info.node_id, "ray.cpus": str(spec.cpus), "ray.gpu_fraction": str(spec.gpus),
-            "ray.gpu_ids": ",".join(gpu_ids) or "none"}
+            "ray.gpu_ids": ",".join(gpu_ids) or "none", **spec.run_tags}
     try:
         if ckpt is not None:
             ckpt.to_directory(str(local_ckpt))
@@ -130,7 +152,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             state["last_row"] = row  # the last epoch's train loss goes out with the final metrics
             if epoch >= params.train.epochs:  # the last one goes out with the final metrics
                 return
-            metrics = {**_numeric(row), DONE_KEY: 0, "mlflow_run_id": state["run_id"], **extra}
+            metrics = _first(spec.metric, {**_numeric(row), DONE_KEY: 0, "mlflow_run_id": state["run_id"], **extra})
             checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
             tune.report(metrics, checkpoint=checkpoint)
             if spec.hooks is not None:
@@ -168,6 +190,6 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         from mitp.training import checkpoint as checkpoint_mod
 
         last = tune.Checkpoint.from_directory(str(local_ckpt)) if checkpoint_mod.exists(local_ckpt) else None
-        tune.report(final, checkpoint=last)
+        tune.report(_first(spec.metric, final), checkpoint=last)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -6,6 +6,12 @@ server on clusters. With a sqlite store, artifacts of the experiments this code 
 ``mlartifacts/`` beside the database file (``<repo>/mlartifacts`` for the default store).
 In a copy DVC made for ``dvc exp run --temp`` / ``--queue``, ``<repo>`` is the repository that
 holds the copy (:func:`home_root`): the copy is deleted after the experiment.
+
+MLflow records artifact locations as absolute paths (it resolves a relative one against the
+working directory, and ``mlflow-artifacts:`` locations need a tracking server), so a copied or
+moved project would go on writing into the old folder: opening a sqlite store re-points those
+``mlartifacts/`` locations to the folder beside the database as it is now
+(:func:`follow_store_folder`).
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from filelock import FileLock, Timeout
 
@@ -72,6 +80,27 @@ def git_commit() -> str:
         return "unknown"
 
 
+# The tags MLflow derives from the process that starts a run (its entry script, and the git
+# commit of the repository that holds it).
+SOURCE_TAGS = ("mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit",
+               "mlflow.source.git.branch", "mlflow.source.git.repoURL")
+
+
+def source_tags() -> dict[str, str]:
+    """This process's source as MLflow would tag a run it starts (``mlflow.source.name``: the entry
+    script, ``mlflow.source.type``, ``mlflow.source.git.*``); the commit is the project's HEAD when
+    the entry script lies outside a git checkout (pytest, a Ray worker). A sweep computes these
+    in its driver and gives them to its trials, whose own entry is Ray's ``default_worker.py``."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {k: str(v) for k, v in resolve_tags().items() if k in SOURCE_TAGS}
+    if "mlflow.source.git.commit" not in tags:
+        head = git_commit().removesuffix("-dirty")
+        if head != "unknown":
+            tags["mlflow.source.git.commit"] = head
+    return tags
+
+
 def lineage_tags(params: Params, dataset: str) -> dict[str, str]:
     from mitp.models.backbones import spec_from_config
 
@@ -117,10 +146,67 @@ def sqlite_path(uri: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
+ARTIFACTS_DIR = "mlartifacts"  # a sqlite store's artifacts: this folder beside the database
+
+# The columns of a sqlite store that hold artifact locations: experiments, their runs, logged
+# models (MLflow 3) and registered model versions.
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"), ("model_versions", "source"),
+                     ("model_versions", "storage_location"))
+
+
+def artifacts_uri(db: Path) -> str:
+    """Where a sqlite store at ``db`` keeps artifacts: ``file://<folder of db>/mlartifacts``."""
+    return (db.parent.absolute() / ARTIFACTS_DIR).as_uri()
+
+
+def _file_path(uri: str) -> Path | None:
+    parts = urlsplit(uri)
+    return Path(unquote(parts.path)) if parts.scheme == "file" and not parts.netloc else None
+
+
+def follow_store_folder(db: Path) -> dict[str, str]:
+    """Re-point the artifact locations a copied or moved sqlite store recorded in its old folder.
+
+    Every experiment whose location is an ``mlartifacts`` folder (what :func:`setup` creates
+    beside a database) other than the one beside ``db`` now is moved to that one, with the
+    locations of its runs, logged models and model versions under it (the artifacts copied or
+    moved along with the project are found again; new ones land in the project as it is now).
+    Other locations (a server's, a bucket) are left alone. Returns ``{old: new}`` of what moved.
+    Call it holding the store's lock (:func:`ensure_store` does)."""
+    new = artifacts_uri(db)
+    if not db.exists():
+        return {}
+    con = sqlite3.connect(str(db), timeout=60)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return {}
+        moved = {}
+        for (old,) in con.execute("SELECT DISTINCT artifact_location FROM experiments WHERE artifact_location IS NOT NULL"):
+            path = _file_path(old)
+            if path is not None and path.name == ARTIFACTS_DIR and old != new:
+                moved[old] = new
+        with con:
+            for old, target in moved.items():
+                for table, column in _LOCATION_COLUMNS:
+                    if table in tables:
+                        con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608 (fixed names)
+                                    f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                                    (target, len(old) + 1, old, len(old) + 1, old + "/"))
+    finally:
+        con.close()
+    for old, target in moved.items():
+        log.warning("tracking store %s was copied or moved: artifact locations re-pointed from %s to %s",
+                    db, old, target)
+    return moved
+
+
 def ensure_store(uri: str) -> None:
     """Open the store once so that a new sqlite database gets its tables under a file lock
     (``<db>.lock`` beside it): concurrent first runs (trainings, sweep trials, the report) would
-    otherwise race in MLflow's schema migration. A known race error is retried once."""
+    otherwise race in MLflow's schema migration. A known race error is retried once. A sqlite
+    store's artifact locations then follow its folder (:func:`follow_store_folder`)."""
     from mlflow.tracking import MlflowClient
 
     if uri in _ready:
@@ -140,6 +226,8 @@ def ensure_store(uri: str) -> None:
                     if attempt == 2 or not any(m in str(exc) for m in _INIT_RACE):
                         raise
                     log.info("tracking store %s was being initialised concurrently; retrying", uri)
+            if db is not None:
+                follow_store_folder(db)
     except Timeout as exc:
         raise TrackingError(f"{exc.lock_file}: another process has held the tracking store's lock for "
                             f"{STORE_LOCK_TIMEOUT_S:.0f} s; is it stuck?") from None
@@ -165,7 +253,7 @@ def setup(params: Params):
     name = params.mlflow.experiment
     if mlflow.get_experiment_by_name(name) is None:
         db = sqlite_path(tracking_uri(params))
-        artifacts = (db.parent / "mlartifacts").as_uri() if db is not None else None
+        artifacts = artifacts_uri(db) if db is not None else None
         try:
             mlflow.create_experiment(name, artifact_location=artifacts)
         except Exception:  # created concurrently by another process (sweep trials)

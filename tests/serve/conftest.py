@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.factories import prepare_synthetic, test_params
+from tests.factories import params_under, prepare_synthetic
 
 SERVE_SET = {
     "data.synthetic.n_train": 96,
@@ -43,7 +43,7 @@ def trained_run(tmp_path_factory, shared_root) -> TrainedRun:
 
     root = tmp_path_factory.mktemp("serve")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    params = prepare_synthetic(test_params(root, shared_root / "backbones", SERVE_SET))
+    params = prepare_synthetic(params_under(root, shared_root / "backbones", SERVE_SET))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny towers are overhead-bound; one thread is faster on shared cores
     os.environ["DVC_EXP_NAME"] = "serve-exp"  # as `dvc exp run` sets it

@@ -290,3 +290,77 @@ def test_error_first_line():
           "mitp.training.steps.TrainingDiverged: loss became nan at epoch 1, step 2\n")
     assert first_line(tb) == "mitp.training.steps.TrainingDiverged: loss became nan at epoch 1, step 2"
     assert first_line(None) == ""
+
+
+def test_search_random_is_todays_generator_and_grid_stays_the_default(make_params):
+    from mitp.config.space import build_space
+    from mitp.sweep.runner import experiment_name
+    from mitp.sweep.search import param_space, search_alg
+
+    space_yaml = {"model.hub_size": [16, 32], "train.lr": {"loguniform": [1e-4, 1e-2]}}
+    grid = _params(make_params, **{"sweep.num_samples": 2, "sweep.space": space_yaml})
+    assert grid.sweep.search == "grid"
+    rand = _params(make_params, **{"sweep.num_samples": 2, "sweep.space": space_yaml, "sweep.search": "random"})
+    a, b = build_space(grid), build_space(rand)
+    assert a == b and param_space(a).keys() == param_space(b).keys()
+    assert search_alg(grid, a) is None and search_alg(rand, b) is None
+    assert a.n_trials == 4 and a.auto_seeds == [0, 1]  # today's: every grid value, repeats with their seeds
+    # grid and random name the same Ray folder (a grid sweep resumes as before)
+    assert experiment_name(grid, "synthetic", a, "val_accuracy") == experiment_name(rand, "synthetic", b, "val_accuracy")
+
+
+def test_search_optuna_samples_the_space_with_tpe(make_params):
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.sample import Categorical
+
+    from mitp.config.space import build_space
+    from mitp.sweep.runner import experiment_name
+    from mitp.sweep.search import param_space, search_alg, validate_trials
+
+    overrides = {"sweep.search": "optuna", "sweep.num_samples": 5,
+                 "sweep.space": {"model.hub_size": [16, 32], "train.lr": {"loguniform": [1e-4, 1e-2]}}}
+    params = _params(make_params, **overrides)
+    space = build_space(params)
+    # grid lists become choices TPE picks from; num_samples is the trial budget, no seed grid
+    assert space.dims["model.hub_size"].form == "choice" and space.auto_seeds is None
+    assert space.num_samples == 5 and space.n_trials == 5 and "seed" not in space.dims
+    ps = param_space(space)
+    assert isinstance(ps["model.hub_size"], Categorical) and "grid_search" not in str(ps)
+    alg = search_alg(params, space)
+    assert isinstance(alg, OptunaSearch)
+    assert alg.set_search_properties("val_accuracy", "max", ps)  # the space converts to Optuna's
+    grid = build_space(_params(make_params, **{**overrides, "sweep.search": "grid"}))
+    assert experiment_name(params, "synthetic", space, "val_accuracy") != experiment_name(
+        params, "synthetic", grid, "val_accuracy")
+    # nothing to search: a clear error before anything starts
+    fixed = _params(make_params, **{"sweep.search": "optuna", "sweep.space": {"model.hub_size": 16}})
+    with pytest.raises(ConfigError, match="sweep.search: optuna needs something to search"):
+        validate_trials(fixed, build_space(fixed), fixed.model_dump(mode="json"))
+
+
+def test_trials_turn_progress_bars_off_although_tqdm_is_already_imported():
+    """TQDM_DISABLE set after tqdm's import does nothing (what trials did); quiet_progress_bars
+    does, for bars that do not pass disable themselves."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import io, os, sys
+import tqdm
+os.environ["TQDM_DISABLE"] = "1"   # too late: read when tqdm was imported
+def shown():
+    out = io.StringIO()
+    for _ in tqdm.tqdm(range(3), file=out, desc="epoch 1/1", mininterval=0):
+        pass
+    return "epoch 1/1" in out.getvalue()
+before = shown()
+from mitp.sweep.trainable import quiet_progress_bars
+quiet_progress_bars(); quiet_progress_bars()
+out = io.StringIO()
+kept = list(tqdm.tqdm(range(2), file=out, disable=False, desc="explicit", mininterval=0))
+print(before, shown(), "explicit" in out.getvalue())
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.stdout.split() == ["True", "False", "True"], out.stderr[-2000:]

@@ -58,7 +58,12 @@ def test_grid_of_four_trials_parent_and_children(ray_local, sweep_params, tmp_pa
     for tag in ("dataset", "backbone", "git_commit"):
         assert parent.data.tags[tag]
     assert parent.data.tags["dataset"] == "synthetic"
-    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best["value"])
+    # the chosen configuration (here one seed each) summarised with clean names, as the report does
+    assert parent.data.metrics["best_trial_val_accuracy"] == pytest.approx(best["value"])
+    assert parent.data.metrics["best_mean_val_accuracy"] == pytest.approx(best["config_stats"]["val_accuracy_mean"])
+    assert parent.data.metrics["best_mean_test_accuracy"] == pytest.approx(best["config_stats"]["test_accuracy_mean"])
+    assert parent.data.metrics["best_n_seeds"] == best["config_stats"]["n"] == 1
+    assert not {"best_best_epoch", "best_epoch", "best_val_accuracy"} & set(parent.data.metrics)
     assert parent.data.tags["best.run_id"] == best["mlflow_run_id"]
     # children: the trial's config as params, per-epoch metrics, final metrics and cost figures,
     # and none of Ray's bookkeeping keys
@@ -68,10 +73,24 @@ def test_grid_of_four_trials_parent_and_children(ray_local, sweep_params, tmp_pa
         assert child.data.params["model.hub_size"] == row["model.hub_size"]
         assert child.data.params["train.epochs"] == "2"
         assert child.data.tags["sweep_trial_id"] == row["trial_id"]
+        # the driver's source and commit, as a standalone run has them (not Ray's default_worker.py)
+        for tag in ("mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit", "git_commit"):
+            assert child.data.tags[tag] == parent.data.tags[tag], tag
+        assert "default_worker" not in child.data.tags["mlflow.source.name"]
         assert epochs_logged(params, child.info.run_id) == [1, 2]
         for key in ("test_accuracy", "train_samples_per_s", "peak_memory_mb", "trainable_params", "trial_wall_s"):
             assert key in child.data.metrics
         assert not RAY_BOOKKEEPING & set(child.data.metrics)
+
+    # --collect: the same outputs from the Ray experiment folder alone (a cluster job's, on shared storage)
+    from mitp.sweep.runner import collect_sweep
+
+    for where in (None, outcome.experiment_path):
+        got_csv, got_best = tmp_path / "collected" / "sweep.csv", tmp_path / "collected" / "sweep_best.json"
+        collected = collect_sweep(params, "synthetic", outputs=(got_csv, got_best), experiment_path=where)
+        assert got_csv.read_text() == csv_path.read_text()
+        assert json.loads(got_best.read_text()) == best
+        assert collected.parent_run_id == parent.info.run_id
 
     # the same command again: the finished sweep is restored, nothing re-runs, no new runs
     again = run_sweep(params, "synthetic", outputs=(csv_path, best_path))

@@ -136,6 +136,34 @@ def test_sweep_best_row_and_summary_follow_the_validation_mean():
     assert stats["test_accuracy_mean"] == pytest.approx(0.66) and stats["n"] == 2
 
 
+def test_sweep_parent_summarises_the_chosen_configuration_over_its_seeds():
+    """The parent run's figures are the chosen configuration's means over its seeds (what the
+    report gives), with clean names; the best trial's own value is named as such."""
+    rows = hand_table()
+    for r in rows:  # figures a trial reports besides the metrics: never on the parent
+        r.update({"best_epoch": 1, "epoch": 2, "epochs_run": 2, "train_time_s": 1.0})
+    best = results.best_row(rows, "val_accuracy", "max", keys=KEYS)
+    summary = results.best_summary(best, dataset="synthetic", sweep="demo", metric="val_accuracy", mode="max",
+                                   swept_keys=KEYS, overrides={}, rows=rows, parent_run_id="p",
+                                   experiment_path="x")
+    figures = results.parent_summary(summary, rows, KEYS)
+    assert figures["best_mean_val_accuracy"] == pytest.approx(0.715)
+    assert figures["best_std_val_accuracy"] == pytest.approx(statistics.stdev([0.71, 0.72]))
+    assert figures["best_mean_test_accuracy"] == pytest.approx(0.66)
+    assert figures["best_std_test_accuracy"] == pytest.approx(statistics.stdev([0.65, 0.67]))
+    assert figures["best_n_seeds"] == 2
+    assert figures["best_trial_val_accuracy"] == pytest.approx(best["val_accuracy"])
+    assert set(figures) == {"best_mean_val_accuracy", "best_std_val_accuracy", "best_mean_test_accuracy",
+                            "best_std_test_accuracy", "best_n_seeds", "best_trial_val_accuracy"}
+    # one trial per configuration (random or optuna search): its own figures, no std
+    single = [rows[0]]
+    one = results.best_summary(rows[0], dataset="synthetic", sweep="demo", metric="val_accuracy", mode="max",
+                               swept_keys=KEYS, overrides={}, rows=single, parent_run_id="p", experiment_path="x")
+    assert results.parent_summary(one, single, KEYS) == {
+        "best_mean_val_accuracy": 0.70, "best_mean_test_accuracy": 0.69, "best_n_seeds": 1.0,
+        "best_trial_val_accuracy": 0.70}
+
+
 def test_one_axis_through_the_chosen_configuration():
     rows = hand_table()
     line = st.along_axis(rows, "model.prompt_length", {"model.prompt_length": 4, "model.hub_size": 64})

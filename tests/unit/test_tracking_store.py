@@ -53,3 +53,55 @@ def test_a_dvc_experiment_copy_logs_into_its_repositorys_store(tmp_path, monkeyp
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(tracking, "home_root", lambda: repo)
     assert tracking.tracking_uri(load_params()) == f"sqlite:///{repo / 'mlflow.db'}"
+
+
+def test_a_copied_project_logs_its_artifacts_into_the_copy(make_params, tmp_path):
+    """MLflow records artifact locations as absolute paths: a project copied elsewhere (or
+    moved) must write into its own mlartifacts/, and read the artifacts it brought along."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from mitp.tracking import store as tracking
+
+    old, new = tmp_path / "project", tmp_path / "elsewhere" / "project"
+    overrides = {"mlflow.experiment": "moving", "mlflow.log_system_metrics": False}
+    params = make_params(overrides, root=old)
+    with tracking.start_run(params, run_name="before") as run:
+        tracking.setup(params).log_text("logged before the copy", "note.txt")
+    before = run.info.run_id
+    assert (old / "mlartifacts").is_dir()
+
+    shutil.copytree(old, new)
+    copied = make_params(overrides, root=new)
+    with tracking.start_run(copied, run_name="after") as run:
+        tracking.setup(copied).log_text("logged from the copy", "note.txt")
+    after = run.info.run_id
+
+    client = MlflowClient(tracking.tracking_uri(copied))
+    exp = client.get_experiment_by_name("moving")
+    assert exp.artifact_location == (new / "mlartifacts").as_uri()
+    written = list(new.glob(f"mlartifacts/**/{after}/artifacts/note.txt"))
+    assert [p.read_text() for p in written] == ["logged from the copy"]
+    assert not list(old.glob(f"mlartifacts/**/{after}")), "the copy wrote into the old folder"
+    assert client.get_run(after).info.artifact_uri.startswith((new / "mlartifacts").as_uri() + "/")
+
+    # the old folder gone (a move): the run logged before reads its artifact from the copy
+    shutil.rmtree(old)
+    assert client.get_run(before).info.artifact_uri.startswith((new / "mlartifacts").as_uri() + "/")
+    got = Path(client.download_artifacts(before, "note.txt", str(tmp_path / "dl")))
+    assert got.read_text() == "logged before the copy"
+    # the original store (before the copy) is not touched by opening the copy
+    assert tracking.follow_store_folder(new / "mlflow.db") == {}
+
+
+def test_source_tags_name_the_entry_and_the_commit():
+    import subprocess
+
+    from mitp.config.params import REPO_ROOT
+    from mitp.tracking import store as tracking
+
+    tags = tracking.source_tags()
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == head
