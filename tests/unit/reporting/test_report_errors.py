@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
-from mitp.config.params import REPO_ROOT, load_params
+from mitp.config.params import load_params
 from mitp.reporting.report import ReportInputError, build
 
 GOOD_RUN = {"test_accuracy": 0.8, "val_accuracy": 0.81, "trainable_params": 100, "total_params": 1000,
@@ -39,19 +37,6 @@ def test_unreadable_metrics_file_is_refused_before_anything_is_written(tmp_path,
     out = tmp_path / "reports"
     with pytest.raises(ReportInputError, match=re.escape(str(bad))):
         build(load_params(), ["synthetic"], tmp_path / "metrics", out)
-    assert not out.exists(), "no partial report"
-
-
-def test_truncated_metrics_json_ends_the_report_stage_with_one_line(tmp_path):
-    bad = _metrics(tmp_path, "train_mitp.json", json.dumps(GOOD_RUN).encode()[:30])
-    out = tmp_path / "reports"
-    run = subprocess.run([sys.executable, "-m", "pipeline.report", "--datasets", "synthetic",
-                          "--metrics-dir", str(tmp_path / "metrics"), "-S", f"report.dir={out}"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 2, run.stderr[-3000:]
-    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
-    assert "Traceback" not in run.stderr and len(errors) == 1, run.stderr[-3000:]
-    assert str(bad) in errors[0] and "not valid JSON" in errors[0]
     assert not out.exists(), "no partial report"
 
 
@@ -129,21 +114,3 @@ def test_strict_json_turns_non_finite_numbers_into_null():
     got = strict_json({"a": math.nan, "b": [1.0, math.inf, np.float64(2.5)], "c": (np.int64(3), None, "x")})
     assert got == {"a": None, "b": [1.0, None, 2.5], "c": [3, None, "x"]}
     json.dumps(got, allow_nan=False)
-
-
-def test_a_nan_seed_ends_the_report_stage_with_one_line_naming_file_and_key(tmp_path):
-    d = tmp_path / "metrics" / "synthetic"
-    (d / "seeds").mkdir(parents=True)
-    (d / "train_mitp.json").write_text(json.dumps({**GOOD_RUN, "seed": 0}))
-    (d / "train_mitp_history.json").write_text(json.dumps(GOOD_HISTORY))
-    bad = d / "seeds" / "train_mitp_seed1.json"
-    bad.write_text('{"test_accuracy": NaN, "seed": 1}')
-    out = tmp_path / "reports"
-    run = subprocess.run([sys.executable, "-m", "pipeline.report", "--datasets", "synthetic",
-                          "--metrics-dir", str(tmp_path / "metrics"), "-S", f"report.dir={out}"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
-    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: {bad}: test_accuracy: NaN or Infinity, not a number (a diverged run?); "
-                      "re-run the stage that writes it"], run.stderr[-3000:]
-    assert not out.exists()

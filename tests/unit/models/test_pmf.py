@@ -1,7 +1,7 @@
 """PMF: only prompts, mappers and heads train, the layers below the fusion layers get no
 gradient, both directions carry information, the cache may start at most at the first fusion
 layer, and the count at the paper setting stays under 3% of the backbones. (Cached start ==
-raw start, for PMF and MITP alike: tests/unit/test_lazy_layers.py.)"""
+raw start, for PMF and MITP alike: tests/unit/models/test_lazy_layers.py.)"""
 
 from __future__ import annotations
 
