@@ -6,8 +6,9 @@ Writes ``metrics/<NAME>/sweep.csv`` (one row per trial: config, final metrics, c
 MLflow run id), ``metrics/<NAME>/sweep_best.json`` (the best trial by ``sweep.metric``,
 with ``best.model_uri``, lineage and cost), and for DVC ``sweep_points.json`` (each trial's swept
 keys, dot-free, and metrics: what ``dvc plots`` draws) and ``sweep_quality.json`` (the best
-trial's and configuration's quality figures only: the ``dvc metrics`` file). ``--model-out DIR`` copies the best trial's model folder there;
-``--register NAME`` (or ``mlflow.register_model``) registers it in the MLflow model registry.
+trial's and configuration's quality figures only: the ``dvc metrics`` file).
+``--model-out DIR`` copies the best trial's model folder there; ``--register NAME`` (or
+``mlflow.register_model``) registers it in the MLflow model registry.
 Runs on ``ray.address`` / ``RAY_ADDRESS`` if set, else on a local Ray sized to this machine.
 With ``cache.enabled`` the feature cache is built (or verified) first; every trial reads it.
 

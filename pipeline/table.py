@@ -3,7 +3,8 @@
 Every model kind on ``seed`` and each of ``extra_seeds``, ``--jobs`` trainings at a time (default:
 the CPUs over ``train.threads``), each exactly as ``python -m pipeline.train -S model.kind=K
 -S seed=N --fresh`` trains it (mitp/training/table.py). Writes ``metrics/<dataset>/train_<kind>[_seed<N>].json``
-and their histories, and ``models/<dataset>/<kind>``; one MLflow run per training. A failed
+and their histories, each run's quality figures in ``metrics/<dataset>/quality/`` (the DVC
+metrics), and ``models/<dataset>/<kind>``; one MLflow run per training. A failed
 training is named at the end (exit status 2) after the others finish.
 """
 
