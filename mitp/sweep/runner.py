@@ -192,6 +192,37 @@ def collect_rows(exp_path: str, grid, space: SweepSpace) -> list[dict[str, Any]]
     return rows
 
 
+def settle_stopped_runs(uri: str, rows: list[dict[str, Any]]) -> int:
+    """End the MLflow runs of the trials the scheduler stopped as KILLED, without an error tag.
+
+    A stopped trial does this itself (:func:`mitp.sweep.trainable._mark_stopped`), but Tune may end
+    the trial's process first (seen on a loaded machine): its run then stays FAILED with Tune's
+    ``SystemExit`` as its ``error`` tag. The driver knows which trials were stopped and settles
+    them; returns how many runs it changed."""
+    from mlflow.tracking import MlflowClient
+
+    client, changed = MlflowClient(uri), 0
+    for r in rows:
+        run_id = r.get("mlflow_run_id")
+        if r["status"] != results_mod.STOPPED or not run_id:
+            continue
+        try:
+            run = client.get_run(run_id)
+            stray_error = run.data.tags.get("error", "").startswith("SystemExit")
+            if run.info.status == "KILLED" and not stray_error:
+                continue
+            if run.info.status != "KILLED":
+                client.set_terminated(run_id, status="KILLED")
+            if "stopped_early" not in run.data.tags:
+                client.set_tag(run_id, "stopped_early", f"stopped by the scheduler after epoch {r.get('epoch')}")
+            if stray_error:
+                client.delete_tag(run_id, "error")
+            changed += 1
+        except Exception as exc:  # bookkeeping: never fail the sweep for it
+            log.warning("could not mark run %s of stopped trial %s as KILLED: %s", run_id, r["trial_id"], exc)
+    return changed
+
+
 # The sweep's entry module: its import closure is the code behind a trial's numbers.
 SWEEP_ENTRY = "pipeline.sweep"
 
@@ -381,6 +412,7 @@ def run_sweep(
             grid = tuner.fit()
             timings["tune_fit_s"] = time.perf_counter() - t_fit
             rows = collect_rows(exp_path, grid, space)
+            settle_stopped_runs(uri, rows)
             best = results_mod.best_row(rows, metric, s.mode, keys=space.swept_keys)
             summary = results_mod.best_summary(best, dataset=dataset, sweep=s.name, metric=metric, mode=s.mode,
                                                swept_keys=space.swept_keys, rows=rows, parent_run_id=parent_id,

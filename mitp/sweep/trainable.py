@@ -90,6 +90,19 @@ def quiet_progress_bars() -> None:
         std.tqdm.__init__ = quiet  # type: ignore[method-assign]
 
 
+# INFO lines every trial (or every epoch of every trial) would add to the driver's log; their
+# warnings and errors still show
+CHATTY_LOGGERS = ("mlflow.system_metrics", "mlflow.pyfunc", "ray.train._internal.storage")
+
+
+def quiet_trial_logs() -> None:
+    """Progress bars off (:func:`quiet_progress_bars`) and the per-trial INFO chatter of MLflow's
+    system-metrics monitor, its model validation and Tune's checkpoint writes down to warnings."""
+    quiet_progress_bars()
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _first(metric: str, row: dict[str, Any]) -> dict[str, Any]:
     """``row`` with the sweep's metric, the epoch and the train loss first: Tune's status table
     shows the first four metrics of a result."""
@@ -111,7 +124,7 @@ def _mark_stopped(spec: TrialSpec, run_id: str, epoch: int) -> None:
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune function trainable (wrapped with ``tune.with_parameters(run_trial, spec=...)``)."""
-    quiet_progress_bars()
+    quiet_trial_logs()
     import ray
     import torch
     from ray import tune

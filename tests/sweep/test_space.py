@@ -364,3 +364,32 @@ print(before, shown(), "explicit" in out.getvalue())
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.stdout.split() == ["True", "False", "True"], out.stderr[-2000:]
+
+
+def test_driver_settles_the_runs_of_stopped_trials(make_params):
+    """Tune may end a stopped trial's process before the trial marks its run KILLED: the run is
+    then FAILED with Tune's SystemExit as its error; the driver settles it, and only it."""
+    from mlflow.tracking import MlflowClient
+
+    from mitp.sweep.runner import settle_stopped_runs
+    from mitp.tracking import store as tracking
+
+    params = _params(make_params, **{"mlflow.log_system_metrics": False})
+    tracking.setup(params)
+    uri = tracking.tracking_uri(params)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(params.mlflow.experiment).experiment_id
+    ids = []
+    for error in ("SystemExit: 0", "RuntimeError: boom"):
+        run = client.create_run(exp)
+        client.set_tag(run.info.run_id, "error", error)
+        client.set_terminated(run.info.run_id, status="FAILED")
+        ids.append(run.info.run_id)
+    rows = [{"trial_id": "a", "status": "STOPPED", "mlflow_run_id": ids[0], "epoch": 1},
+            {"trial_id": "b", "status": "ERROR", "mlflow_run_id": ids[1], "epoch": 2}]
+    assert settle_stopped_runs(uri, rows) == 1
+    stopped, failed = client.get_run(ids[0]), client.get_run(ids[1])
+    assert stopped.info.status == "KILLED" and "error" not in stopped.data.tags
+    assert stopped.data.tags["stopped_early"] == "stopped by the scheduler after epoch 1"
+    assert failed.info.status == "FAILED" and failed.data.tags["error"] == "RuntimeError: boom"
+    assert settle_stopped_runs(uri, rows) == 0  # settled once

@@ -98,4 +98,7 @@ def test_optuna_search_runs_a_small_budget_under_one_parent(sweep_params, tmp_pa
     # trials' train and val bars were there); Tune's status table shows the metric
     log = out.stdout + out.stderr
     assert "epoch 1/1" not in log and "batch/s" not in log, log[-3000:]
+    chatter = [ln for ln in log.splitlines() if "run_trial pid=" in ln
+               and ("system_metrics" in ln or "Checkpoint successfully created" in ln)]
+    assert not chatter, chatter[:5]
     assert [ln for ln in out.stdout.splitlines() if "Trial name" in ln and "val_accuracy" in ln], out.stdout[-3000:]

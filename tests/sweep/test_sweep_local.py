@@ -156,10 +156,12 @@ def test_asha_stops_trials_early(ray_local, sweep_params, tmp_path):
     assert [r["status"] for r in rows] == ["COMPLETED", "STOPPED", "STOPPED"] and not outcome.failed
     _, children = mlflow_runs(params)
     status = {c.info.run_id: c.info.status for c in children}
+    tags = {c.info.run_id: c.data.tags for c in children}
     for r in rows:
         assert status[r["mlflow_run_id"]] == ("FINISHED" if r["status"] == "COMPLETED" else "KILLED")
         if r["status"] == "STOPPED":
             assert r["test_accuracy"] == "" and r["epoch"] == "1"
+            assert "error" not in tags[r["mlflow_run_id"]] and tags[r["mlflow_run_id"]]["stopped_early"]
 
 
 @pytest.mark.slow
