@@ -22,8 +22,8 @@ from pydantic import BaseModel
 
 ENV = "MITP_PARAM_READS"
 # (module file name, function): config checks that pipeline.cli.load runs for every stage
-FILE_CHECKS = {("backbones.py", "check_depth"), ("space.py", "check_params"),
-               ("space.py", "check_cache_layer")}  # fit applies the cache-layer rule again
+FILE_CHECKS = {("backbones.py", "check_depth"), ("rules.py", "check_params"),
+               ("rules.py", "check_cache_layer")}  # fit applies the cache-layer rule again
 
 
 def _in_file_check() -> bool:
@@ -37,7 +37,7 @@ def _in_file_check() -> bool:
 
 
 def install(path: str | Path) -> None:
-    from mitp.config.params import params as config
+    from mitp.config import params as config
 
     sections: dict[int, tuple[str, BaseModel]] = {}  # id -> (dotted path, the object, kept alive)
     seen: set[str] = set()
