@@ -35,7 +35,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default: train.eval_batch_size")
     args = p.parse_args()
     params, dataset = cli.load(args)
-    tm = trained_model.load_uri(args.model, pick_device(params.train.device), tracking_uri(params))
+    tm = trained_model.load_uri(args.model, pick_device(params.train.device), tracking_uri(params.mlflow))
     result, _, manifest = inference.evaluate_split(tm, params.prepared_dir(dataset), args.split,
                                                    batch_size=args.batch_size or params.train.eval_batch_size)
     out = (Path(args.metrics_out) if args.metrics_out

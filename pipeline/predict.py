@@ -103,7 +103,7 @@ def main() -> int:
     rows = read_rows(args.input)
     if not rows:
         raise UserError(f"--input {args.input}: no rows")
-    tm = trained_model.load_uri(args.model, pick_device(params.train.device), tracking_uri(params))
+    tm = trained_model.load_uri(args.model, pick_device(params.train.device), tracking_uri(params.mlflow))
     preds, _ = inference.predict_rows(tm, _inputs(rows), base=args.input.resolve().parent,
                                       batch_size=args.batch_size or params.train.eval_batch_size, total=len(rows))
     records = []

@@ -18,7 +18,7 @@ from typing import Any
 
 from mitp.atomic import write_json, write_text
 from mitp.code_closure import closure
-from mitp.config.params import REPO_ROOT, Params, shown_path, to_flat_dict
+from mitp.config.params import REPO_ROOT, Params, RayConfig, shown_path, to_flat_dict
 from mitp.config.space import SweepSpace, base_raw_of, build_space
 from mitp.errors import ConfigError
 from mitp.sweep import results as results_mod
@@ -81,12 +81,12 @@ def resolve_metric(params: Params, dataset: str) -> str:
     return metric
 
 
-def storage_root(params: Params) -> str:
+def storage_root(ray_cfg: RayConfig) -> str:
     """``ray.storage_path`` as Tune takes it: an absolute local path or a URI."""
-    raw = params.ray.storage_path
+    raw = ray_cfg.storage_path
     if raw and "://" in raw:
         return raw.rstrip("/")
-    return str(params.resolve(raw) if raw else REPO_ROOT / "ray_results")
+    return str(REPO_ROOT / raw if raw else REPO_ROOT / "ray_results")  # REPO_ROOT / an absolute path: that path
 
 
 def delete_experiment(exp_path: str) -> None:
@@ -97,18 +97,18 @@ def delete_experiment(exp_path: str) -> None:
         fs.delete_dir(path)
 
 
-def connect_ray(params: Params) -> bool:
+def connect_ray(ray_cfg: RayConfig) -> bool:
     """Connect to (or start) Ray; returns True if this call did (so the caller shuts it down)."""
     import ray
 
     if ray.is_initialized():
         return False
-    address = params.ray.address or os.environ.get("RAY_ADDRESS")  # the param wins over the environment
-    log.info("Ray: %s", f"the cluster at {address}" if address else f"local, {params.ray.num_cpus or 'all'} CPUs")
+    address = ray_cfg.address or os.environ.get("RAY_ADDRESS")  # the param wins over the environment
+    log.info("Ray: %s", f"the cluster at {address}" if address else f"local, {ray_cfg.num_cpus or 'all'} CPUs")
     if address:  # a submitted job's runtime_env (cluster/runtime_env.yaml) already sets the environment
         ray.init(address=address)
     else:  # trial processes start with tqdm's bars off (run_trial also turns them off, for any Ray)
-        ray.init(num_cpus=params.ray.num_cpus, include_dashboard=False,
+        ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=False,
                  runtime_env={"env_vars": {"TQDM_DISABLE": "1"}})
     return True
 
@@ -154,7 +154,7 @@ def _parent_params(params: Params, dataset: str, space: SweepSpace, metric: str)
 
 def find_parent(params: Params, exp_path: str) -> str | None:
     """The MLflow parent run of the sweep in ``exp_path`` (the latest, if ``--fresh`` made several)."""
-    runs = tracking.setup(params).search_runs(
+    runs = tracking.setup(params.mlflow).search_runs(
         experiment_names=[params.mlflow.experiment], output_format="list", max_results=1,
         filter_string=f"tags.`{PARENT_TAG}` = '{exp_path}' and tags.`mitp.role` = 'sweep-parent'",
         order_by=["attributes.start_time DESC"])
@@ -323,7 +323,7 @@ def collect_sweep(
 
     t0 = time.perf_counter()
     space, metric, s = build_space(params), resolve_metric(params, dataset), params.sweep
-    exp_path = (experiment_path or f"{storage_root(params)}/{experiment_name(params, dataset, space, metric)}").rstrip("/")
+    exp_path = (experiment_path or f"{storage_root(params.ray)}/{experiment_name(params, dataset, space, metric)}").rstrip("/")
     if "://" not in exp_path:
         exp_path = str(Path(exp_path).absolute())
     if not tune.Tuner.can_restore(exp_path):
@@ -370,21 +370,21 @@ def run_sweep(
     t0 = time.perf_counter()
     space, metric, s = build_space(params), resolve_metric(params, dataset), params.sweep
     check_resources(params)
-    uri = tracking.tracking_uri(params)
+    uri = tracking.tracking_uri(params.mlflow)
     base_raw = base_raw_of(params)
     base_raw["mlflow"]["tracking_uri"] = uri  # trials on other nodes do not see this process's environment
     n_checked = validate_trials(params, space, base_raw)
     say(f"sweep {s.name} on {dataset}: {space.n_trials} trials ({n_checked} configurations validated), metric "
         f"{metric} ({s.mode}), {s.resources_per_trial.cpu:g} CPU + {s.resources_per_trial.gpu:g} GPU per trial")
     fingerprint = ensure_cache(params, dataset, say)
-    storage = storage_root(params)
+    storage = storage_root(params.ray)
     exp_name = experiment_name(params, dataset, space, metric)
     exp_path = f"{storage}/{exp_name}"
     if fresh:
         delete_experiment(exp_path)
     timings = {"setup_s": time.perf_counter() - t0}
 
-    started = connect_ray(params)
+    started = connect_ray(params.ray)
     try:
         import ray
 
@@ -399,8 +399,8 @@ def run_sweep(
                 "mitp.role": "sweep-parent", **({"cache_fingerprint": fingerprint} if fingerprint else {})}
         if "model.kind" in space.swept_keys:
             tags.pop("model.kind", None)
-        with tracking.start_run(params, run_name=f"sweep {dataset}-{s.name}", tags=tags, run_id=parent_id) as parent:
-            mlflow = tracking.setup(params)
+        with tracking.start_run(params.mlflow, run_name=f"sweep {dataset}-{s.name}", tags=tags, run_id=parent_id) as parent:
+            mlflow = tracking.setup(params.mlflow)
             if parent_id is None:
                 tracking.log_params(mlflow, _parent_params(params, dataset, space, metric))
             parent_id = parent.info.run_id

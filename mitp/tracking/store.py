@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from filelock import FileLock, Timeout
 
-from mitp.config.params import REPO_ROOT, Params
+from mitp.config.params import REPO_ROOT, MlflowConfig, Params
 from mitp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,12 @@ def home_root(root: Path = REPO_ROOT) -> Path:
     return root
 
 
-def tracking_uri(params: Params) -> str:
+def tracking_uri(cfg: MlflowConfig) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    if params.mlflow.tracking_uri:
-        return params.mlflow.tracking_uri
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
     # a `dvc exp run --temp/--queue` copy logs into its repository's store, not into the copy
     return f"sqlite:///{home_root() / 'mlflow.db'}"
 
@@ -234,25 +234,25 @@ def ensure_store(uri: str) -> None:
     _ready.add(uri)
 
 
-def client(params: Params):
-    """An MlflowClient on the store of ``params``, initialised (see :func:`ensure_store`)."""
+def client(cfg: MlflowConfig):
+    """An MlflowClient on the store ``mlflow:`` names, initialised (see :func:`ensure_store`)."""
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(params)
+    uri = tracking_uri(cfg)
     ensure_store(uri)
     return MlflowClient(uri)
 
 
-def setup(params: Params):
+def setup(cfg: MlflowConfig):
     """Point MLflow at the store (initialised under a lock) and make sure the experiment exists;
     returns the module."""
     import mlflow
 
-    ensure_store(tracking_uri(params))
-    mlflow.set_tracking_uri(tracking_uri(params))
-    name = params.mlflow.experiment
+    ensure_store(tracking_uri(cfg))
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    name = cfg.experiment
     if mlflow.get_experiment_by_name(name) is None:
-        db = sqlite_path(tracking_uri(params))
+        db = sqlite_path(tracking_uri(cfg))
         artifacts = artifacts_uri(db) if db is not None else None
         try:
             mlflow.create_experiment(name, artifact_location=artifacts)
@@ -265,7 +265,7 @@ def setup(params: Params):
 
 @contextlib.contextmanager
 def start_run(
-    params: Params,
+    cfg: MlflowConfig,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
@@ -275,13 +275,13 @@ def start_run(
 
     An exception inside ends the run as FAILED with the error as the tag ``error``.
     """
-    mlflow = setup(params)
+    mlflow = setup(cfg)
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=all_tags or None,
                            nested=mlflow.active_run() is not None,
-                           log_system_metrics=params.mlflow.log_system_metrics)
+                           log_system_metrics=cfg.log_system_metrics)
     try:
         yield run
     except BaseException as exc:
@@ -291,7 +291,7 @@ def start_run(
     mlflow.end_run(status="FINISHED")
 
 
-def resumable_run(params: Params, run_id: str | None, checkpoint_dir: Path) -> str | None:
+def resumable_run(cfg: MlflowConfig, run_id: str | None, checkpoint_dir: Path) -> str | None:
     """``run_id`` if the tracking store holds it (not deleted); otherwise None, with a warning:
     the checkpoint was written against another store (or its run was deleted), so the resumed
     training logs to a new run."""
@@ -300,7 +300,7 @@ def resumable_run(params: Params, run_id: str | None, checkpoint_dir: Path) -> s
     from mlflow.exceptions import MlflowException
 
     try:
-        run = client(params).get_run(run_id)
+        run = client(cfg).get_run(run_id)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
@@ -309,7 +309,7 @@ def resumable_run(params: Params, run_id: str | None, checkpoint_dir: Path) -> s
         return run_id
     log.warning("checkpoint %s belongs to MLflow run %s, which the tracking store %s does not hold (written "
                 "against another store, or deleted): resuming into a new run", checkpoint_dir, run_id,
-                tracking_uri(params))
+                tracking_uri(cfg))
     return None
 
 

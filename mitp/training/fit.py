@@ -143,7 +143,7 @@ def setup(params: Params, dataset: str, checkpoint_dir: str | Path | None = None
         if progress.epochs_done > t.epochs:
             raise checkpoint.CheckpointError(f"{ckpt}: {progress.epochs_done} epochs done, more than train.epochs "
                                              f"{t.epochs}: not this run's checkpoint; start over with --fresh")
-        progress.run_id = tracking.resumable_run(params, meta.get("run_id"), ckpt)
+        progress.run_id = tracking.resumable_run(params.mlflow, meta.get("run_id"), ckpt)
         log.info("resuming %s from epoch %d (checkpoint %s)", dataset, progress.epochs_done, ckpt)
 
     # training memory from here on: loading the backbones whole (the cached path then releases the
@@ -288,9 +288,9 @@ def _fit(
     """
     s = setup(params, dataset, checkpoint_dir, extra_tags)
     p, t = s.progress, params.train
-    with tracking.start_run(params, run_name=run_name or f"{dataset}-{params.model.kind}", tags=s.tags,
+    with tracking.start_run(params.mlflow, run_name=run_name or f"{dataset}-{params.model.kind}", tags=s.tags,
                             parent_run_id=parent_run_id, run_id=p.run_id) as run:
-        mlflow = tracking.setup(params)
+        mlflow = tracking.setup(params.mlflow)
         if p.run_id is None:
             tracking.log_params(mlflow, tracking.run_params(params, dataset))
             mlflow.log_metrics(s.counts)

@@ -79,6 +79,6 @@ def test_peak_gpu_memory_is_logged(synthetic_prepared):
     params.train.epochs = 1
     torch.cuda.reset_peak_memory_stats()
     result = fit(params, "synthetic", run_name="cuda-peak")
-    logged = MlflowClient(tracking.tracking_uri(params)).get_run(result.run_id).data.metrics
+    logged = MlflowClient(tracking.tracking_uri(params.mlflow)).get_run(result.run_id).data.metrics
     assert logged["peak_memory_mb"] > 0
     assert logged["peak_memory_mb"] <= torch.cuda.get_device_properties(0).total_memory / 2**20

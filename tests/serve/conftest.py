@@ -54,4 +54,4 @@ def trained_run(tmp_path_factory, shared_root) -> TrainedRun:
         torch.set_num_threads(threads)
         os.environ.pop("DVC_EXP_NAME", None)
     return TrainedRun(params, root / "models" / "synthetic" / "mitp", result.run_id, result.metrics,
-                      tracking_uri(params))
+                      tracking_uri(params.mlflow))

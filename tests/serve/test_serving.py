@@ -172,7 +172,7 @@ def test_sweep_parent_points_at_the_registered_best_model(trained_run, tmp_path)
     """What the sweep runner does with its best trial (here: the trained run as the best)."""
     from mitp.tracking import store as tracking
 
-    with tracking.start_run(trained_run.params, run_name="sweep parent") as parent:
+    with tracking.start_run(trained_run.params.mlflow, run_name="sweep parent") as parent:
         tags = mlflow_model.publish_best(trained_run.run_id, tmp_path / "best", "mitp-sweep-best")
     run = MlflowClient(trained_run.tracking_uri).get_run(parent.info.run_id)
     assert run.data.tags["best.model_uri"] == f"runs:/{trained_run.run_id}/model"

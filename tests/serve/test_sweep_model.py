@@ -26,7 +26,7 @@ def test_sweep_registers_and_writes_the_best_trials_model(make_params, tmp_path)
                         model_out=tmp_path / "models" / "sweep_best", register="mitp-sweep")
     assert not outcome.failed and not outcome.unfinished
     best = json.loads(best_out.read_text())
-    client = MlflowClient(tracking_uri(params))
+    client = MlflowClient(tracking_uri(params.mlflow))
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.tags["best.model_uri"] == f"runs:/{best['mlflow_run_id']}/model"
     assert parent.data.tags["best.registered_model"] == best["best.registered_model"] == "mitp-sweep/1"
@@ -37,4 +37,4 @@ def test_sweep_registers_and_writes_the_best_trials_model(make_params, tmp_path)
     for row in outcome.rows:  # every trial holds its own model
         names = {a.path for a in client.list_artifacts(row["mlflow_run_id"])}
         assert "history.json" in names
-        assert trained_model.load_uri(f"runs:/{row['mlflow_run_id']}/model", tracking_uri=tracking_uri(params))
+        assert trained_model.load_uri(f"runs:/{row['mlflow_run_id']}/model", tracking_uri=tracking_uri(params.mlflow))

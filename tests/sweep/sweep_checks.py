@@ -12,7 +12,7 @@ def mlflow_runs(params):
 
     from mitp.tracking import store as tracking
 
-    client = MlflowClient(tracking.tracking_uri(params))
+    client = MlflowClient(tracking.tracking_uri(params.mlflow))
     exp = client.get_experiment_by_name(params.mlflow.experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -25,7 +25,7 @@ def metric_history(params, run_id: str, key: str) -> list:
 
     from mitp.tracking import store as tracking
 
-    return MlflowClient(tracking.tracking_uri(params)).get_metric_history(run_id, key)
+    return MlflowClient(tracking.tracking_uri(params.mlflow)).get_metric_history(run_id, key)
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -375,8 +375,8 @@ def test_driver_settles_the_runs_of_stopped_trials(make_params):
     from mitp.tracking import store as tracking
 
     params = _params(make_params, **{"mlflow.log_system_metrics": False})
-    tracking.setup(params)
-    uri = tracking.tracking_uri(params)
+    tracking.setup(params.mlflow)
+    uri = tracking.tracking_uri(params.mlflow)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(params.mlflow.experiment).experiment_id
     ids = []

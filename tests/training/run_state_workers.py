@@ -17,7 +17,7 @@ def open_new_store(uri: str, barrier, results) -> None:
     params = load_params()
     barrier.wait()
     try:
-        with tracking.start_run(params, run_name="race"):
+        with tracking.start_run(params.mlflow, run_name="race"):
             import mlflow
 
             mlflow.log_metric("x", 1.0)

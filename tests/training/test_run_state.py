@@ -24,7 +24,7 @@ WORKERS = Path(__file__).with_name("run_state_workers.py")
 
 
 def _runs(params) -> list:
-    client = MlflowClient(tracking_uri(params))
+    client = MlflowClient(tracking_uri(params.mlflow))
     exp = client.get_experiment_by_name(params.mlflow.experiment)
     return [] if exp is None else client.search_runs([exp.experiment_id])
 
@@ -108,7 +108,7 @@ def test_resume_against_another_tracking_store_starts_a_new_run_and_says_so(synt
         result = train.fit(other, "synthetic", checkpoint_dir=ckpt)
     assert result.run_id != old_run and [h["epoch"] for h in result.history] == [1, 2]
     assert any(old_run in r.getMessage() and "new run" in r.getMessage() for r in caplog.records), caplog.text
-    client = MlflowClient(tracking_uri(other))
+    client = MlflowClient(tracking_uri(other.mlflow))
     assert client.get_run(result.run_id).info.status == "FINISHED"
     # the new run holds the whole curve: the epoch done before the resume, then the resumed one
     assert [m.step for m in client.get_metric_history(result.run_id, "train_loss")] == [1, 2]
@@ -131,7 +131,7 @@ def test_run_summary_shows_the_selected_epoch_not_the_last(synthetic_prepared, m
     monkeypatch.setattr(train, "evaluate", evaluate)
     result = train.fit(params, "synthetic")
     assert result.best_epoch == 2 and result.metrics["val_accuracy"] == pytest.approx(0.90)
-    summary = MlflowClient(tracking_uri(params)).get_run(result.run_id).data.metrics
+    summary = MlflowClient(tracking_uri(params.mlflow)).get_run(result.run_id).data.metrics
     assert summary["best_val_accuracy"] == pytest.approx(result.metrics["val_accuracy"])
     assert summary["best_val_loss"] == pytest.approx(result.metrics["val_loss"])
     assert summary["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"])
@@ -214,7 +214,7 @@ def test_a_kill_around_an_epochs_end_logs_every_epoch_exactly_once(synthetic_pre
     params = _three_epochs(synthetic_prepared)
     killed, resumed = _killed_then_resumed(params, tmp_path, module, name, nth)
     assert resumed.run_id == killed
-    history = MlflowClient(tracking_uri(params)).get_metric_history(killed, "val_accuracy")
+    history = MlflowClient(tracking_uri(params.mlflow)).get_metric_history(killed, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [h["val_accuracy"] for h in resumed.history]
 

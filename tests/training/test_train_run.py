@@ -49,7 +49,7 @@ def test_train_entry_point_writes_metrics_and_mlflow_run(synthetic_prepared, tmp
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
 
-    client = MlflowClient(tracking_uri(params))
+    client = MlflowClient(tracking_uri(params.mlflow))
     run = client.get_run(m["run_id"])
     assert run.info.status == "FINISHED"
     p, tags, metrics = run.data.params, run.data.tags, run.data.metrics
@@ -89,7 +89,7 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run(synthetic_prepared, tm
     result = fit(params, "synthetic", checkpoint_dir=ckpt, on_epoch=lambda e, r, _: seen.append(e))
     assert seen == [2, 3], "epoch 1 must not run twice"
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    client = MlflowClient(tracking_uri(params))
+    client = MlflowClient(tracking_uri(params.mlflow))
     runs = client.search_runs([client.get_experiment_by_name(params.mlflow.experiment).experiment_id])
     assert len(runs) == 1 and runs[0].info.run_id == result.run_id
     assert runs[0].info.status == "FINISHED"

@@ -9,10 +9,10 @@ def test_artifacts_live_beside_the_sqlite_database(make_params, tmp_path):
     from mitp.tracking import store as tracking
 
     params = make_params({"mlflow.experiment": "artifacts-here"})
-    mlflow = tracking.setup(params)
+    mlflow = tracking.setup(params.mlflow)
     location = mlflow.get_experiment_by_name("artifacts-here").artifact_location
     assert location == (tmp_path / "mlartifacts").as_uri()
-    assert Path(tracking.sqlite_path(tracking.tracking_uri(params))).parent == tmp_path
+    assert Path(tracking.sqlite_path(tracking.tracking_uri(params.mlflow))).parent == tmp_path
 
 
 def test_the_commit_is_dirty_for_code_changes_not_for_the_pipelines_outputs(tmp_path, monkeypatch):
@@ -52,7 +52,7 @@ def test_a_dvc_experiment_copy_logs_into_its_repositorys_store(tmp_path, monkeyp
     assert home_root(repo / ".dvc" / "tmp") == repo / ".dvc" / "tmp"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(tracking, "home_root", lambda: repo)
-    assert tracking.tracking_uri(load_params()) == f"sqlite:///{repo / 'mlflow.db'}"
+    assert tracking.tracking_uri(load_params().mlflow) == f"sqlite:///{repo / 'mlflow.db'}"
 
 
 def test_a_copied_project_logs_its_artifacts_into_the_copy(make_params, tmp_path):
@@ -67,18 +67,18 @@ def test_a_copied_project_logs_its_artifacts_into_the_copy(make_params, tmp_path
     old, new = tmp_path / "project", tmp_path / "elsewhere" / "project"
     overrides = {"mlflow.experiment": "moving", "mlflow.log_system_metrics": False}
     params = make_params(overrides, root=old)
-    with tracking.start_run(params, run_name="before") as run:
-        tracking.setup(params).log_text("logged before the copy", "note.txt")
+    with tracking.start_run(params.mlflow, run_name="before") as run:
+        tracking.setup(params.mlflow).log_text("logged before the copy", "note.txt")
     before = run.info.run_id
     assert (old / "mlartifacts").is_dir()
 
     shutil.copytree(old, new)
     copied = make_params(overrides, root=new)
-    with tracking.start_run(copied, run_name="after") as run:
-        tracking.setup(copied).log_text("logged from the copy", "note.txt")
+    with tracking.start_run(copied.mlflow, run_name="after") as run:
+        tracking.setup(copied.mlflow).log_text("logged from the copy", "note.txt")
     after = run.info.run_id
 
-    client = MlflowClient(tracking.tracking_uri(copied))
+    client = MlflowClient(tracking.tracking_uri(copied.mlflow))
     exp = client.get_experiment_by_name("moving")
     assert exp.artifact_location == (new / "mlartifacts").as_uri()
     written = list(new.glob(f"mlartifacts/**/{after}/artifacts/note.txt"))
