@@ -9,7 +9,8 @@ extension), one row per input row, in order: ``label`` (multi-label: the classes
 0.5, joined by ``|``), ``prob_<class>`` for every class, and ``error`` naming what was wrong
 with a row that could not be scored (missing or unreadable image, empty text, missing columns,
 a line that is not JSON, a name the file system cannot take). Texts are cut before tokenizing
-and images above 4096x4096 pixels are refused from their header (``mitp.models.inference``).
+and images above 8.4 megapixels are refused from their header, JPEGs decoded reduced
+(``mitp.models.inference``).
 The output is written at once (temp file, then rename).
 
 Exit status: 0 when at least one row was scored; 1 when every row failed (no output written);
