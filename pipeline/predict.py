@@ -8,7 +8,10 @@ it. Other columns (an ``id``, ...) are copied to the output. ``--output``: CSV o
 extension), one row per input row, in order: ``label`` (multi-label: the classes at or above
 0.5, joined by ``|``), ``prob_<class>`` for every class, and ``error`` naming what was wrong
 with a row that could not be scored (missing or unreadable image, empty text, missing columns,
-a line that is not JSON). The output is written at once (temp file, then rename).
+a line that is not JSON, a name the file system cannot take). Texts are cut before tokenizing
+and images above 8.4 megapixels are refused from their header, JPEGs decoded reduced
+(``mitp.models.inference``).
+The output is written at once (temp file, then rename).
 
 Exit status: 0 when at least one row was scored; 1 when every row failed (no output written);
 2 for a bad command line, model or input file.

@@ -36,11 +36,22 @@ class TooManyPixels(ValueError):
 
 def pixel_values(image, image_processor, max_pixels: int | None = None) -> torch.Tensor:
     """An image (a path or a binary file object) -> (3, H, W) pixel values, as the model sees them
-    on the raw path and in the feature cache alike. ``max_pixels``: refuse a larger image from
-    its header (``Image.open`` reads only the header), before any pixel is decoded."""
+    on the raw path and in the feature cache alike.
+
+    ``max_pixels`` bounds what is decoded, judged from the header (``Image.open`` reads only the
+    header): a larger JPEG is decoded reduced (``draft``: 1/2, 1/4 or 1/8 scale, the smallest
+    reduction that fits; its pixels then differ slightly from a full decode), any other larger
+    image is refused with :class:`TooManyPixels` before a pixel is decoded."""
     with Image.open(image) as img:
         if max_pixels is not None and img.width * img.height > max_pixels:
-            raise TooManyPixels(f"{img.width}x{img.height} pixels")
+            size = f"{img.width}x{img.height} pixels"
+            if img.format == "JPEG":
+                for scale in (2, 4, 8):
+                    if (img.width // scale) * (img.height // scale) <= max_pixels:
+                        img.draft("RGB", (img.width // scale, img.height // scale))
+                        break
+            if img.width * img.height > max_pixels:
+                raise TooManyPixels(size)
         return image_processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
 

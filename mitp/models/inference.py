@@ -13,7 +13,8 @@ says: relative to and confined to a root (``pipeline.predict``: the input file's
 pyfunc model: the ``image_root`` its owner configured, else no paths at all), or as given
 (manifests written by prepare). Requests are bounded: a text is cut to
 ``max_text_length * CHARS_PER_TOKEN`` characters before it is tokenized, and an image whose
-header declares more than ``MAX_PIXELS`` pixels is refused before it is decoded.
+header declares more than ``MAX_PIXELS`` pixels is refused before it is decoded (a JPEG is
+decoded at a reduced scale instead); either costs under 200 MB.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ INPUT_COLUMNS = ("image", "text")
 # A wordpiece token covers at least one character: max_text_length tokens never need more than
 # this many characters each (long words, spaces between tokens); the rest is never tokenized.
 CHARS_PER_TOKEN = 32
-MAX_PIXELS = 4096 * 4096  # larger images are refused from their header, before decoding
+MAX_PIXELS = 2**23  # 8.4 MP (4096x2048): more is refused from the header (a JPEG is decoded reduced)
 SHOWN = 80  # characters of a rejected image name echoed in its error
 
 

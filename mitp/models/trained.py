@@ -14,6 +14,10 @@ cache layer and dtype the model was trained from, the dataset's manifest digest,
 and the run that produced it. The folder is written atomically: a reader sees the old model or
 the new one, never a mix.
 
+A folder is input: :func:`read_card` checks the card against a strict schema
+(:mod:`mitp.models.card`), :func:`load` confines every path to the folder, checks the packed
+backbones and the weights (names and shapes from the header, finite values) and writes nothing.
+
 Model URIs (:func:`fetched`, :func:`load_uri`): a local folder (a model folder, or a downloaded MLflow model
 holding one under ``artifacts/model``), ``runs:/<run id>/model`` or ``models:/<name>/<version>``.
 """
@@ -236,11 +240,28 @@ def load_backbones(cfg: BackboneConfig, device: torch.device) -> backbones_mod.B
     return backbones_mod.load(cfg, device)
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def _read_weights(path: Path, model: TwoTowers) -> dict[str, torch.Tensor]:
+    """The trainable weights, checked from the file's header (names and shapes of the card's
+    model, before any tensor is read) and then for finite values."""
+    from safetensors import safe_open
 
+    expected = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
     try:
-        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+            unexpected = sorted(set(names) - set(expected))
+            missing = sorted(set(expected) - set(names))
+            if unexpected or missing:
+                raise ModelFolderError(f"{path}: does not match the card's model: missing {missing[:3]}, "
+                                       f"unexpected {unexpected[:3]}")
+            for name in names:
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != expected[name]:
+                    raise ModelFolderError(f"{path}: {name} has shape {list(shape)}, the card's model "
+                                           f"{list(expected[name])}")
+            state = {name: f.get_tensor(name) for name in names}
+    except ModelFolderError:
+        raise
     except Exception as exc:  # safetensors raises its own error types for a damaged file
         raise ModelFolderError(f"{path}: not a readable safetensors file ({type(exc).__name__})") from None
     for name, tensor in state.items():
@@ -260,7 +281,6 @@ def load(folder: str | Path, device: str | torch.device = "cpu", backbone_dir: s
     if not weights.is_file():
         raise ModelFolderError(f"{weights}: not found; the model folder is incomplete")
     _inside(folder, weights, WEIGHTS)
-    state = _read_weights(weights)
     device = torch.device(device)
     cfg = backbone_config(card, folder, backbone_dir)
     if card["backbone"].get("packed"):
@@ -275,6 +295,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu", backbone_dir: s
         model = from_config(card["model"], bb.vision, bb.text)
     except (ValueError, UserError) as exc:
         raise ModelFolderError(f"{folder / CARD}: model: {exc}") from None
+    state = _read_weights(weights, model)
     try:
         load_weights(model, state)
     except (ValueError, RuntimeError) as exc:  # names or shapes that are not the card's model

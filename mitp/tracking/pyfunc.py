@@ -14,7 +14,8 @@ logged ``serving_input_example.json``); a file path is accepted only when the mo
 "/srv/images"})``, or ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"image_root": "/srv/images"}'`` for
 ``mlflow models serve``), relative to it and inside it; a path elsewhere gets a per-row error that does
 not say whether the file exists. Texts are cut before tokenizing, images larger than
-``inference.MAX_PIXELS`` are refused from their header (:mod:`mitp.models.inference`).
+``inference.MAX_PIXELS`` are refused from their header, JPEGs decoded reduced
+(:mod:`mitp.models.inference`).
 
 The model folder (``mitp.models.trained``) travels as the pyfunc model's artifact ``model``:
 tiny-random backbones are packed inside it; the preset hub backbones are fetched at their pinned

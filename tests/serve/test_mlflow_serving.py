@@ -158,3 +158,38 @@ def test_serve_config_from_the_environment_allows_paths_under_the_root(trained_r
                                       "text": ["a text", "a text"]}))
     assert got["label"].iat[0] and got["error"].iat[0] is None
     assert got["label"].iat[1] is None and "under the image root" in got["error"].iat[1]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_cli_answers_the_serving_example(trained_run, logged):
+    """The real ``mlflow models serve --env-manager local`` (uvicorn in its own process) on
+    127.0.0.1 answers the logged example with a label and refuses a path as a null row."""
+    import os
+    import signal
+
+    port = _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(logged), "--env-manager",
+                             "local", "-h", "127.0.0.1", "-p", str(port)], cwd=logged, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow models serve did not come up"
+                time.sleep(1)
+        status, text = _post(url, (logged / "serving_input_example.json").read_bytes())
+        assert status == 200, text
+        labels = mlflow_model.trained_model.read_card(trained_run.folder)["labels"]
+        assert _strict(text)["predictions"][0]["label"] in labels
+        body = {"dataframe_records": [{"image": "/etc/hostname.png", "text": "a text"}]}
+        status, text = _post(url, json.dumps(body).encode())
+        assert status == 200 and _strict(text)["predictions"][0]["label"] is None
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker, started here
+        proc.wait(timeout=30)

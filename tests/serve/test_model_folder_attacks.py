@@ -144,8 +144,9 @@ HOSTILE: dict[str, tuple[Callable[[Path], None], str]] = {
     "weights missing": (lambda f: (f / trained_model.WEIGHTS).unlink(), "weights.safetensors: not found"),
     "weights not safetensors": (_write(trained_model.WEIGHTS, b"garbage" * 10),
                                 "weights.safetensors: not a readable safetensors file"),
-    "weights all NaN": (_weights(_nan), "weights.safetensors: "),
-    "weights of another shape": (_weights(_reshape), "weights.safetensors: "),
+    "weights all NaN": (_weights(_nan), "holds non-finite values"),
+    "weights of another shape": (_weights(_reshape), "has shape [3, 3], the card's model"),
+    "weights of another model": (_weights(lambda st: {"evil": torch.zeros(2)}), "does not match the card's model"),
     "packed spec deleted": (lambda f: (_packed(f) / backbones_mod.SPEC_FILE).unlink(), "spec.json: not found"),
     "packed link out": (_link_out, "leads outside the model folder"),
     "packed config oversized": (_packed_config("hidden_size", 10**6), "config.json: hidden_size is not the tiny"),
@@ -261,3 +262,26 @@ def test_late_fusion_card_may_name_any_start(trained_run):
     card["model"]["kind"] = "mitp"
     with pytest.raises(ValueError, match="model.start: 9 must be below the backbone depth 4"):
         card_schema.validate(card, "card")
+
+
+@pytest.mark.parametrize("attack", ["hub_size 10**7", "packed leaves the folder", "weights all NaN"])
+def test_hostile_folder_through_predict_is_exit_2_and_one_line(trained_run, tmp_path, attack):
+    """What a user sees: ``pipeline.predict --model <hostile folder>`` stops with one line naming
+    the file, exit status 2, no traceback, nothing written."""
+    import subprocess
+    import sys
+
+    from mitp.config.params import REPO_ROOT
+
+    folder = _copy(trained_run, tmp_path)
+    HOSTILE[attack][0](folder)
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"image": "x.png", "text": "a text"}) + "\n")
+    p = trained_run.params
+    out = subprocess.run([sys.executable, "-m", "pipeline.predict", "--model", str(folder), "--input", str(src),
+                          "--output", str(tmp_path / "out.jsonl"), "-S", f"data.root={p.data.root}",
+                          "-S", f"mlflow.tracking_uri={p.mlflow.tracking_uri}", "-S", f"backbone.dir={p.backbone.dir}"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert str(folder) in errors[0] and not (tmp_path / "out.jsonl").exists()

@@ -125,8 +125,9 @@ def test_failed_rows_are_json_null_never_nan(trained_run, test_images):
 
 
 _COST = textwrap.dedent("""
-    import json, resource, sys, time
+    import io, json, resource, sys, time
     from types import SimpleNamespace
+    from PIL import Image
     import pandas as pd
     from mitp.tracking.pyfunc import MITPPyfunc
 
@@ -138,7 +139,9 @@ _COST = textwrap.dedent("""
         rows = {"image": [ok], "text": ["a dog " * (10 * 2**20 // 6)]}
     else:
         rows = {"image": [open(arg, "rb").read()], "text": ["a photo"]}
-    model.predict(None, pd.DataFrame({"image": [rows["image"][0]], "text": ["warm up"]}))
+    small = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(small, format="PNG")
+    model.predict(None, pd.DataFrame({"image": [small.getvalue()], "text": ["warm up"]}))  # not the measured row
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     out = model.predict(None, pd.DataFrame(rows))
@@ -195,3 +198,25 @@ def test_base64_string_is_decoded_in_memory(trained_run, test_images):
     data = base64.b64encode(test_images[2].read_bytes()).decode()
     assert inference._open_source(data, inference.ImagePolicy(decode_base64=True)).read() == \
         io.BytesIO(test_images[2].read_bytes()).read()
+
+
+def test_image_at_the_limit_costs_under_the_bounds(trained_run, tmp_path):
+    """Twin of the pixel bound: an RGBA PNG of exactly MAX_PIXELS is answered, < 2 s, < 200 MB."""
+    from PIL import Image
+
+    img = tmp_path / "limit.png"
+    Image.new("RGBA", (4096, inference.MAX_PIXELS // 4096), (10, 200, 30, 255)).save(img, format="PNG")
+    got = _cost(trained_run.folder, "image", img)
+    assert got["label"] and got["error"] is None
+    assert got["seconds"] < 2.0 and got["peak_growth_mb"] < 200, got
+
+
+def test_large_jpeg_is_decoded_reduced(trained_run, tmp_path):
+    """A 24 MP JPEG (a phone photo) is decoded at a reduced scale and answered, < 2 s, < 200 MB."""
+    from PIL import Image
+
+    img = tmp_path / "photo.jpg"
+    Image.new("RGB", (6000, 4000), (120, 80, 40)).save(img, format="JPEG", quality=80)
+    got = _cost(trained_run.folder, "image", img)
+    assert got["label"] and got["error"] is None
+    assert got["seconds"] < 2.0 and got["peak_growth_mb"] < 200, got
