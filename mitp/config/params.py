@@ -170,6 +170,8 @@ class MlflowConfig(Strict):
     experiment: str = "mitp"
     register_model: str | None = Field(None, description="registry name each training run's model is registered "
                                                           "under (the sweep: its best trial); null: none")
+    register_table: bool = Field(True, description="the main table registers each kind's run on `seed` as "
+                                                   "<kind>-<dataset> (when register_model is null)")
     log_system_metrics: bool = Field(True, description="CPU/GPU/memory of each run as MLflow system metrics")
 
 

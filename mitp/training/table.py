@@ -59,6 +59,7 @@ class TableRun:
     history_out: str
     model_out: str | None
     quality_out: str | None = None
+    register: str | None = None  # a model registry name
 
 
 @dataclass
@@ -95,8 +96,18 @@ def plan(params: Params, dataset: str, kinds: tuple[str, ...] | None = None, *,
                 run_name=f"{dataset}-{kind}" if base else f"{dataset}-{kind}-seed{seed}",
                 metrics_out=str(metrics / f"{stem}.json"), history_out=str(metrics / f"{stem}_history.json"),
                 model_out=str(params.resolve(models_dir) / dataset / kind) if base and not raw_inputs else None,
-                quality_out=str(metrics / QUALITY_DIR / f"{name}.json")))
+                quality_out=str(metrics / QUALITY_DIR / f"{name}.json"),
+                register=registry_name(params, dataset, kind, base)))
     return runs
+
+
+def registry_name(params: Params, dataset: str, kind: str, base_seed: bool) -> str | None:
+    """Where a table run's model is registered: under ``mlflow.register_model`` if it names one
+    (every run), else as ``<kind>-<dataset>`` for the run on ``seed`` if ``mlflow.register_table``
+    (so ``models:/mitp-synthetic/latest`` loads after ``make repro``), else nowhere."""
+    if params.mlflow.register_model:
+        return params.mlflow.register_model
+    return f"{kind}-{dataset}" if params.mlflow.register_table and base_seed else None
 
 
 def default_jobs(params: Params) -> int:
@@ -118,7 +129,7 @@ def _run_one(params_path: str | None, cli_overrides: list[str], run: TableRun, d
     params = validate(raw, f"{params_path or 'params.yaml'} (table run {run.run_name})")
     result = fit_and_record(params, dataset, run_name=run.run_name, metrics_out=run.metrics_out,
                             history_out=run.history_out, model_out=run.model_out,
-                            register=params.mlflow.register_model, fresh=True)
+                            register=run.register, fresh=True)
     if run.quality_out:
         from mitp.atomic import write_json
 

@@ -91,6 +91,20 @@ def test_dvc_repro_end_to_end(tmp_path):
 
     # the README's and docs' commands that use the demo's outputs (evaluate, predict) run as written
     run_needs_outputs(repo)
+    # the README's registry snippet, in the repository as a user runs it: the table registered
+    # each kind's run on seed 0 as <kind>-synthetic
+    snippet = ("import json, pathlib, mlflow, pandas as pd\n"
+               "model = mlflow.pyfunc.load_model('models:/mitp-synthetic/latest')\n"
+               "image = next(pathlib.Path('data/raw/synthetic').rglob('*.jpg')).read_bytes()\n"
+               "out = model.predict(pd.DataFrame({'image': [image], 'text': ['a red circle']}))\n"
+               "print(json.dumps({'label': out['label'][0], 'registered': sorted(m.name for m in "
+               "mlflow.MlflowClient().search_registered_models())}))\n")
+    out = subprocess.run([sys.executable, "-c", snippet], cwd=repo, env=workspace_env(repo), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    served = json.loads(out.stdout.strip().splitlines()[-1])
+    assert served["label"] in json.loads((repo / "data" / "prepared" / "synthetic" / "labels.json").read_text())
+    assert served["registered"] == sorted(f"{kind}-synthetic" for kind in KINDS)
 
     # the same configuration and seed, as a sweep trial (one thread in a Ray worker) and as a
     # run of the main table (a pool worker beside another training): the same numbers
