@@ -7,7 +7,6 @@ a stopped trial ends KILLED, a diverged one reports its error and ends (docs/clu
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -23,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from mitp.config.space import SweepSpace, describe_overrides, trial_params
 from mitp.sweep.results import is_number
+from mitp.training import runtime
 
 log = logging.getLogger(__name__)
 
@@ -77,28 +77,16 @@ def _numeric(row: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in row.items() if is_number(v)}
 
 
-def quiet_progress_bars() -> None:
-    """Turn tqdm's bars off in this (trial) process: parallel trials' epoch bars would interleave
-    in the driver's log, and Tune's status table shows progress. ``TQDM_DISABLE`` counts only when
-    tqdm is first imported, and a trial process has imported it long before (mlflow does), so
-    tqdm's default for ``disable`` becomes True here; a bar that passes ``disable`` keeps it."""
-    from tqdm import std
-
-    if not getattr(std.tqdm.__init__, "_mitp_quiet", False):
-        quiet = functools.partialmethod(std.tqdm.__init__, disable=True)
-        quiet._mitp_quiet = True  # type: ignore[attr-defined]
-        std.tqdm.__init__ = quiet  # type: ignore[method-assign]
-
-
 # INFO lines every trial (or every epoch of every trial) would add to the driver's log; their
 # warnings and errors still show
 CHATTY_LOGGERS = ("mlflow.system_metrics", "mlflow.pyfunc", "ray.train._internal.storage")
 
 
 def quiet_trial_logs() -> None:
-    """Progress bars off (:func:`quiet_progress_bars`) and the per-trial INFO chatter of MLflow's
-    system-metrics monitor, its model validation and Tune's checkpoint writes down to warnings."""
-    quiet_progress_bars()
+    """Progress bars off (:func:`~mitp.training.runtime.quiet_progress_bars`), and the per-trial
+    INFO chatter of MLflow's system-metrics monitor, its model validation and Tune's checkpoint
+    writes down to warnings."""
+    runtime.quiet_progress_bars()
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -27,6 +27,7 @@ autotuning); bf16 autocast stays, so CUDA numbers are not those of the CPU.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from typing import Any
@@ -100,3 +101,17 @@ def apply(train: Any, device: torch.device) -> dict[str, str]:
         "run.torch": torch.__version__,
         **({"run.cuda_deterministic": str(train.deterministic)} if device.type == "cuda" else {}),
     }
+
+
+def quiet_progress_bars() -> None:
+    """Turn tqdm's bars off in this process (a sweep trial, a worker of the main table): parallel
+    runs' epoch bars would interleave in one log, which shows a line per finished run instead.
+    ``TQDM_DISABLE`` counts only when tqdm is first imported, and such a process has imported it
+    long before (mlflow does), so tqdm's default for ``disable`` becomes True here; a bar that
+    passes ``disable`` keeps it."""
+    from tqdm import std
+
+    if not getattr(std.tqdm.__init__, "_mitp_quiet", False):
+        quiet = functools.partialmethod(std.tqdm.__init__, disable=True)
+        quiet._mitp_quiet = True  # type: ignore[attr-defined]
+        std.tqdm.__init__ = quiet  # type: ignore[method-assign]

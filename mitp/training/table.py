@@ -140,7 +140,9 @@ def _run_one(params_path: str | None, cli_overrides: list[str], run: TableRun, d
 
 def _quiet_worker() -> None:
     # parallel runs' epoch bars would interleave: the table prints one line per finished run
-    os.environ["TQDM_DISABLE"] = "1"
+    from mitp.training.runtime import quiet_progress_bars
+
+    quiet_progress_bars()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # its per-run INFO lines, times the table's runs
 

@@ -355,7 +355,7 @@ def shown():
         pass
     return "epoch 1/1" in out.getvalue()
 before = shown()
-from mitp.sweep.trainable import quiet_progress_bars
+from mitp.training.runtime import quiet_progress_bars
 quiet_progress_bars(); quiet_progress_bars()
 out = io.StringIO()
 kept = list(tqdm.tqdm(range(2), file=out, disable=False, desc="explicit", mininterval=0))
