@@ -1,5 +1,5 @@
 """Reading a cache: :func:`open_cache` checks it (fingerprint, index, completeness, files;
-docs/design.md, "Trust") and :class:`CachedSplit` gathers whole batches from the memory-mapped
+docs/design.md, "Trust") and :class:`CachedSplit` gathers whole batches from the
 shards (positioned reads straight into the batch). The DataLoaders live in :mod:`mitp.training.loaders`.
 """
 
