@@ -1,16 +1,18 @@
 """Reading a cache: :func:`open_cache` checks it (fingerprint, index, completeness, files;
-docs/design.md, "Trust") and :class:`CachedSplit` gathers whole batches from the memory-mapped
-shards (one vectorised read per shard). The DataLoaders live in :mod:`mitp.training.loaders`.
+docs/design.md, "Trust") and :class:`CachedSplit` gathers whole batches from the
+shards (positioned reads straight into the batch). The DataLoaders live in :mod:`mitp.training.loaders`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from mitp.cache import storage
 from mitp.cache.errors import CacheCorrupt, CacheIncomplete, CacheMismatch, CacheMissing, build_command
@@ -79,12 +81,66 @@ def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool 
     return OpenCache(root, index)
 
 
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor; in a DataLoader worker, allocated in shared memory at once, so
+    sending the batch to the main process passes a handle instead of copying every byte into a
+    new shared segment (the copy ``share_memory_`` makes when the batch is pickled)."""
+    if get_worker_info() is None or not hasattr(torch.UntypedStorage, "_new_shared"):
+        return torch.empty(shape, dtype=dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    storage = torch.UntypedStorage._new_shared(n * torch.empty((), dtype=dtype).element_size())
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def _read_rows(fd: int, offset: int, row_bytes: int, rows: np.ndarray, out: memoryview, take: int, path: Path) -> None:
+    """Read ``take`` bytes from the start of each of ``rows`` (file rows of ``row_bytes`` after a
+    header of ``offset`` bytes) into consecutive ``take``-byte slots of ``out``, with positioned
+    reads straight into the destination (no memory map to fault in, no temporary array). Runs of
+    consecutive full rows are one read each (a sequential loader reads a shard in few calls)."""
+    if take == row_bytes and len(rows) > 1:
+        starts = np.r_[0, np.flatnonzero(np.diff(rows) != 1) + 1]
+        stops = np.r_[starts[1:], len(rows)]
+    else:
+        starts = np.arange(len(rows))
+        stops = starts + 1
+    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+        want = (b - a) * take
+        got = os.preadv(fd, [out[a * take:a * take + want]], offset + int(rows[a]) * row_bytes)
+        if got != want:
+            raise CacheCorrupt(f"{path}: short read ({got} of {want} bytes at row {int(rows[a])}); the shard is "
+                               f"truncated. Rebuild it with the cache stage (it redoes only damaged files).")
+
+
+class _Shards:
+    """One process's open shard files of a kind: descriptor and header size of each."""
+
+    def __init__(self, files: list[Path]):
+        self.files, self.pid = files, os.getpid()
+        self.offsets: list[int] = []
+        self.fds: list[int] = []
+        for f in files:
+            self.offsets.append(int(np.load(f, mmap_mode="r").offset))  # the .npy header's size
+            self.fds.append(os.open(f, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+
+    def __del__(self) -> None:
+        if os.getpid() == self.pid:
+            self.close()
+
+
 class CachedSplit(Dataset):
     """One split of a cache; ``dataset[list_of_indices]`` -> a whole batch dict:
 
     ``hidden_v`` (B, N_v, d_v), ``hidden_t`` (B, N_t, d_t) with N_t the batch's longest text,
     ``attention_mask`` (B, N_t) int64, ``labels`` (B,) int64 or (B, K) float32.
-    Memory maps are opened lazily in each process (a DataLoader worker opens its own).
+    Samples come in sorted index order (one pass over each shard). Shards are read with
+    positioned reads straight into the batch's tensors (in a DataLoader worker: tensors in shared
+    memory), opened lazily in each process (a DataLoader worker opens its own).
     """
 
     def __init__(self, root: Path, split: str, index: dict):
@@ -99,6 +155,7 @@ class CachedSplit(Dataset):
         self.mask_files = [d / f"mask-{j:05d}.npy" for j in range(info["text_shards"])]
         self.image_files = [d / f"image-{j:05d}.npy" for j in range(info["image_shards"])]
         L = int(layout["text_length"])
+        self.text_length = L
         self.mask = (np.concatenate([np.load(f) for f in self.mask_files]) if self.mask_files
                      else np.zeros((0, L), np.uint8))
         # length to keep = 1 + position of the last attended token (robust to any padding side)
@@ -108,44 +165,56 @@ class CachedSplit(Dataset):
         self.image_shape = (int(layout["image_tokens"]), int(layout["image_width"]))
         self.text_width = int(layout["text_width"])
         self.torch_dtype = getattr(torch, layout["dtype"])
-        self._text: list[np.ndarray] | None = None
-        self._image: list[np.ndarray] | None = None
+        self.itemsize = np.dtype(layout["dtype"]).itemsize
+        self._text: _Shards | None = None
+        self._image: _Shards | None = None
 
     def __len__(self) -> int:
         return self.n
 
-    def __getstate__(self) -> dict:  # never pickle memory maps (that would copy the data)
+    def __getstate__(self) -> dict:  # never pickle open files
         state = dict(self.__dict__)
         state["_text"] = state["_image"] = None
         return state
 
     def _open(self) -> None:
-        if self._text is None:
-            self._text = [np.load(f, mmap_mode="r") for f in self.text_files]
-            self._image = [np.load(f, mmap_mode="r") for f in self.image_files]
+        if self._text is None or self._text.pid != os.getpid():  # a forked worker opens its own
+            self._text, self._image = _Shards(self.text_files), _Shards(self.image_files)
 
     def __getitem__(self, indices) -> dict:
         self._open()
         idx = np.sort(np.asarray(indices, dtype=np.int64).reshape(-1))
         B, S = len(idx), self.shard_size
         n_t = int(self.lengths[idx].max()) if B else 1
-        hidden_t = torch.empty((B, n_t, self.text_width), dtype=self.torch_dtype)
-        ht = hidden_t.numpy()
-        shard = idx // S
-        bounds = np.flatnonzero(np.diff(shard)) + 1  # idx sorted: each shard's rows are contiguous
-        for a, b in zip(np.r_[0, bounds], np.r_[bounds, B], strict=True):
-            s = int(shard[a])
-            ht[a:b] = self._text[s][idx[a:b] - s * S, :n_t]
+        hidden_t = _empty((B, n_t, self.text_width), self.torch_dtype)
+        out = memoryview(hidden_t.numpy().reshape(-1).view(np.uint8))
+        text_row = self.text_length * self.text_width * self.itemsize
+        self._gather(self._text, idx, S, text_row, n_t * self.text_width * self.itemsize, out)
         rows = self.image_index[idx]
-        hidden_v = torch.empty((B, *self.image_shape), dtype=self.torch_dtype)
-        hv = hidden_v.numpy()
-        ishard = rows // S
-        for s in np.unique(ishard):
-            sel = np.flatnonzero(ishard == s)
-            hv[sel] = self._image[int(s)][rows[sel] - int(s) * S]
+        order = np.argsort(rows, kind="stable")  # read each image shard in file order
+        hidden_v = _empty((B, *self.image_shape), self.torch_dtype)
+        image_row = self.image_shape[0] * self.image_shape[1] * self.itemsize
+        if B and np.all(order == np.arange(B)):
+            self._gather(self._image, rows, S, image_row, image_row, memoryview(hidden_v.numpy().reshape(-1).view(np.uint8)))
+        elif B:  # images not in sample order (shared images): read sorted, then place
+            tmp = np.empty((B, *self.image_shape), dtype=hidden_v.numpy().dtype)
+            self._gather(self._image, rows[order], S, image_row, image_row, memoryview(tmp.reshape(-1).view(np.uint8)))
+            hidden_v.numpy()[order] = tmp
         return {
             "hidden_v": hidden_v,
             "hidden_t": hidden_t,
             "attention_mask": torch.from_numpy(self.mask[idx, :n_t].astype(np.int64)),
             "labels": torch.from_numpy(self.labels[idx]),
         }
+
+    @staticmethod
+    def _gather(shards: _Shards, rows: np.ndarray, S: int, row_bytes: int, take: int, out: memoryview) -> None:
+        """Rows (sorted) of the kind's shards -> consecutive ``take``-byte slots of ``out``."""
+        shard = rows // S
+        bounds = np.flatnonzero(np.diff(shard)) + 1  # sorted: each shard's rows are contiguous
+        for a, b in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(rows)].tolist(), strict=True):
+            if a == b:
+                continue
+            s = int(shard[a])
+            _read_rows(shards.fds[s], shards.offsets[s], row_bytes, rows[a:b] - s * S, out[a * take:b * take], take,
+                       shards.files[s])

@@ -119,11 +119,15 @@ def _open_source(image: Any, policy: ImagePolicy):
     return path
 
 
-def preprocess(tm: TrainedModel, image: Any, text: Any, policy: ImagePolicy) -> dict:
-    """One row -> ``{"pixel_values", "text"}``; ValueError with a message naming the problem."""
+def preprocess(tm: TrainedModel, image: Any, text: Any, policy: ImagePolicy,
+               pixels: torch.Tensor | None = None) -> dict:
+    """One row -> ``{"pixel_values", "text"}``; ValueError with a message naming the problem.
+    ``pixels``: the image's pixel values, already computed (the image is not read again)."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text: empty")
     text = text[:tm.card["preprocessing"]["max_text_length"] * CHARS_PER_TOKEN]  # never tokenize the rest
+    if pixels is not None:
+        return {"pixel_values": pixels, "text": text}
     source = _open_source(image, policy)
     shown = "<bytes>" if isinstance(source, io.BytesIO) else _shown(image)
     try:
@@ -181,17 +185,20 @@ def decide(tm: TrainedModel, probs: Sequence[float]) -> Prediction:
 
 def predict_rows(tm: TrainedModel, rows: Iterable[tuple[Any, Any]], base: Path | None = None, batch_size: int = 64,
                  total: int | None = None, progress: bool = True,
-                 policy: ImagePolicy | None = None) -> tuple[list[Prediction], torch.Tensor]:
+                 policy: ImagePolicy | None = None, reuse_repeated: bool = False) -> tuple[list[Prediction], torch.Tensor]:
     """``(image, text)`` rows -> one Prediction per row, plus the logits (N_ok, K) of the rows that
     ran (in row order). A row that cannot be preprocessed gets its error and no probabilities.
 
-    Images: ``policy``, else paths relative to and inside ``base``, else bytes only."""
+    Images: ``policy``, else paths relative to and inside ``base``, else bytes only.
+    ``reuse_repeated``: a row whose image is the same path as the previous row's reuses its pixels
+    (SNLI-VE lists ~18 hypotheses per image one after another: each image is decoded once)."""
     if policy is None:
         policy = ImagePolicy(root=base)
     collate = TextImageCollator(tm.backbones.tokenizer, tm.card["preprocessing"]["max_text_length"])
     out: list[Prediction] = []
     all_logits: list[torch.Tensor] = []
     pending: list[tuple[int, dict]] = []
+    last: tuple[str, torch.Tensor] | None = None  # the previous row's image path and pixels
 
     def flush() -> None:
         if not pending:
@@ -206,7 +213,11 @@ def predict_rows(tm: TrainedModel, rows: Iterable[tuple[Any, Any]], base: Path |
         for i, (image, text) in enumerate(rows):
             out.append(Prediction())
             try:
-                pending.append((i, preprocess(tm, image, text, policy)))
+                again = reuse_repeated and isinstance(image, str) and last is not None and last[0] == image
+                item = preprocess(tm, image, text, policy, pixels=last[1] if again else None)
+                if reuse_repeated and isinstance(image, str):
+                    last = (image, item["pixel_values"])
+                pending.append((i, item))
             except ValueError as exc:
                 out[i] = Prediction(error=str(exc))
             except OSError as exc:  # a file system error on one row is that row's error
@@ -236,7 +247,7 @@ def evaluate_split(tm: TrainedModel, prepared_dir: Path, split: str, batch_size:
                         f"{tm.labels[:5]}...; the model was trained on another label set")
     rows = ((str(manifest.image_path(i)), manifest.frame["text"].iat[i]) for i in range(len(manifest)))
     preds, logits = predict_rows(tm, rows, batch_size=batch_size, total=len(manifest), progress=progress,
-                                 policy=ImagePolicy(any_path=True))  # written by prepare
+                                 policy=ImagePolicy(any_path=True), reuse_repeated=True)  # written by prepare
     bad = [(i, p.error) for i, p in enumerate(preds) if p.error]
     if bad:
         i, err = bad[0]

@@ -46,6 +46,14 @@ def raw_loaders(params: Params, dataset: str, backbones, device: torch.device) -
     return Loaders(make["train"], make["val"], make["test"], labels, multi, 0, "raw")
 
 
+# Cached-loader workers on CUDA when ``train.num_workers`` is 0 (capped at the CPUs less one): at
+# paper shapes (ViT-B/16 + BERT-base, k = 6, s = 8, M = 8, h = 384) a training step costs ~41 GFLOP
+# per sample (mitp.models.flops), so an H100/H200 at 40% of its ~989 dense bf16 TFLOPs trains
+# ~9,600 samples/s, and one worker delivers ~2,600 samples/s of 400 KB each (benchmarks/loader.py,
+# measured on a 2-core VM: docs/results.md, "At the size of the real datasets") -> 4 workers.
+CUDA_CACHE_WORKERS = 4
+
+
 def split_loader(split: CachedSplit, batch_size: int, shuffle: bool, workers: int, device: torch.device) -> DataLoader:
     sampler = RandomSampler(range(len(split))) if shuffle else SequentialSampler(range(len(split)))
     extra = dict(persistent_workers=True, prefetch_factor=4) if workers > 0 else {}
@@ -61,7 +69,7 @@ def cached_loaders(params: Params, dataset: str, backbones, device: torch.device
     device = torch.device(device)
     cache = open_cache(params, dataset, backbones)
     splits = {s: cache.split(s) for s in SPLITS}
-    workers = params.train.num_workers or cuda_workers(device, 4)  # gathering and pinning overlap the GPU's step
+    workers = params.train.num_workers or cuda_workers(device, CUDA_CACHE_WORKERS)  # overlap the GPU's step
     t = params.train
     made = {s: split_loader(splits[s], t.batch_size if s == "train" else t.eval_batch_size, s == "train",
                             workers, device) for s in SPLITS}

@@ -124,3 +124,51 @@ def test_train_speed_smoke_prints_the_json_line_with_matching_logits():
     assert result["max_abs_logit_diff"] <= LOGIT_TOL
     assert result["eager_samples_per_s"] > 0 and result["fast_samples_per_s"] > 0
     assert result["startup_to_first_step_s"] > 0
+
+
+def test_scale_smoke_prints_a_row_per_stage_and_the_loader():
+    result = _run("benchmarks/scale.py", "--smoke")
+    keys = {"stage", "n_samples", "seconds", "per_1k_s", "peak_rss_mb", "disk_mb", "disk_estimate_mb"}
+    rows = result["rows"]
+    assert {r["stage"] for r in rows} == {"generate", "prepare", "cache", "train", "evaluate", "report"}  # smoke: no sweep
+    for row in rows:
+        assert keys <= set(row), row
+        assert row["n_samples"] > 0 and row["seconds"] > 0 and row["per_1k_s"] > 0 and row["peak_rss_mb"] > 0
+        assert row["disk_mb"] >= 0
+        assert (row["disk_estimate_mb"] is None) == (row["stage"] != "cache")
+    cache = next(r for r in rows if r["stage"] == "cache")
+    assert cache["disk_mb"] > 0 and cache["disk_estimate_mb"] == pytest.approx(cache["disk_mb"], rel=0.05)
+    assert [r["workers"] for r in result["loader"]] == [1, 2]
+    for row in result["loader"]:
+        assert row["samples_per_s"] > 0 and row["gb_per_s"] > 0
+
+
+def test_loader_reads_what_the_cache_holds(tmp_path):
+    """The paper-shape loader benchmark's cache is read back exactly by the real reader, in and out
+    of a DataLoader worker (shared-memory batches)."""
+    import numpy as np
+
+    from mitp.cache.reader import CachedSplit
+    from mitp.training.loaders import split_loader
+
+    bench = _module("loader")
+    index = bench.write_cache(tmp_path, 300, shard_size=128, seed=3)
+    split = CachedSplit(tmp_path, "train", index)
+    image = np.concatenate([np.load(f) for f in split.image_files])
+    text = np.concatenate([np.load(f) for f in split.text_files])
+    for workers in (0, 1):
+        loader = split_loader(split, 64, True, workers, __import__("torch").device("cpu"))
+        seen = 0
+        for batch in loader:
+            n_t = batch["hidden_t"].shape[1]
+            # which samples: match by the mask rows' lengths is ambiguous; check against the sorted batch
+            assert batch["hidden_v"].shape[1:] == (bench.IMAGE_TOKENS, bench.WIDTH)
+            seen += len(batch["labels"])
+            assert n_t <= bench.TEXT_LENGTH
+        assert seen == 300
+    idx = np.array([299, 3, 128, 127, 200, 5])
+    batch = split[idx]
+    s = np.sort(idx)
+    n_t = batch["hidden_t"].shape[1]
+    assert np.array_equal(batch["hidden_v"].numpy(), image[s])
+    assert np.array_equal(batch["hidden_t"].numpy(), text[s, :n_t])

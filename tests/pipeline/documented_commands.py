@@ -51,6 +51,8 @@ RULES: list[tuple[str, str, str]] = [
     ("not_run", r"^python benchmarks/(cache_speedup|cost|cpu_kernels|sweep_efficiency|train_speed)\.py(?!.*\s--smoke(\s|$))",
      "a full benchmark: minutes"),
     ("not_run", r"^python benchmarks/gpu_rehearsal\.py(\s|$)", "the CUDA rehearsal: a GPU machine"),
+    ("not_run", r"^python benchmarks/(scale|loader)\.py(\s|$)",
+     "every stage at the real sets' sizes, a multi-GB loader cache: minutes (tests/benchmarks runs --smoke)"),
     ("not_run", r"^ray (start|stop|status|up|down|dashboard|get-auth-token|job)(\s|$)",
      "a Ray cluster (tests/cluster/test_job_submit.py submits the README's job to a local head)"),
     ("not_run", r"^(\.venv/bin/)?mlflow (ui|server)\s", "a server: runs until stopped"),

@@ -103,3 +103,18 @@ def test_loading_and_predicting_change_no_byte_of_the_folder(trained_run, tmp_pa
     tm = trained_model.load(folder)
     inference.predict_rows(tm, _first_rows(trained_run.params, 4), progress=False, policy=TRUSTED)
     assert snapshot() == before
+
+
+def test_rows_sharing_an_image_reuse_its_pixels_and_give_the_same_logits(trained_run, monkeypatch):
+    """evaluate reads SNLI-VE's ~18 hypotheses per image one after another: with ``reuse_repeated``
+    each image is decoded once, and the logits are those of decoding it every time."""
+    tm = trained_model.load(trained_run.folder)
+    first = _first_rows(trained_run.params, 3)
+    rows = [(first[0][0], t) for t in ("a red circle", "a blue square", "a shiny green triangle")] + first[1:]
+    plain, la = inference.predict_rows(tm, rows, progress=False, policy=TRUSTED)
+    calls = []
+    real = inference.pixel_values
+    monkeypatch.setattr(inference, "pixel_values", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reused, lb = inference.predict_rows(tm, rows, progress=False, policy=TRUSTED, reuse_repeated=True)
+    assert torch.equal(la, lb) and [p.label for p in plain] == [p.label for p in reused]
+    assert len(calls) == 1 + len({r[0] for r in first[1:]} - {first[0][0]})
