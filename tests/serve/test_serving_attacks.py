@@ -157,6 +157,7 @@ def _cost(folder: Path, kind: str, arg: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", _COST, str(folder), kind, str(arg)], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
+    print(kind, out.stdout.strip().splitlines()[-1])  # the cost, shown with -s
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -165,7 +166,7 @@ def test_ten_megabyte_text_is_cut_before_tokenizing(trained_run, test_images):
     row is still answered (only the first max_text_length tokens were ever used)."""
     got = _cost(trained_run.folder, "text", test_images[0])
     assert got["label"] and got["error"] is None
-    assert got["seconds"] < 2.0 and got["peak_growth_mb"] < 200, got
+    assert got["peak_growth_mb"] < 200, got  # seconds: printed (run with -s), never asserted
 
 
 def test_huge_png_is_refused_from_its_header(trained_run, tmp_path):
@@ -178,7 +179,7 @@ def test_huge_png_is_refused_from_its_header(trained_run, tmp_path):
     assert bomb.stat().st_size < 2_000_000
     got = _cost(trained_run.folder, "image", bomb)
     assert got["label"] is None and "9400x9400" in got["error"]
-    assert got["seconds"] < 2.0 and got["peak_growth_mb"] < 200, got
+    assert got["peak_growth_mb"] < 200, got  # seconds: printed (run with -s), never asserted
 
 
 def test_text_cut_keeps_what_the_model_reads(trained_run, test_images):
@@ -208,7 +209,7 @@ def test_image_at_the_limit_costs_under_the_bounds(trained_run, tmp_path):
     Image.new("RGBA", (4096, inference.MAX_PIXELS // 4096), (10, 200, 30, 255)).save(img, format="PNG")
     got = _cost(trained_run.folder, "image", img)
     assert got["label"] and got["error"] is None
-    assert got["seconds"] < 2.0 and got["peak_growth_mb"] < 200, got
+    assert got["peak_growth_mb"] < 200, got  # seconds: printed (run with -s), never asserted
 
 
 def test_large_jpeg_is_decoded_reduced(trained_run, tmp_path):
@@ -219,4 +220,4 @@ def test_large_jpeg_is_decoded_reduced(trained_run, tmp_path):
     Image.new("RGB", (6000, 4000), (120, 80, 40)).save(img, format="JPEG", quality=80)
     got = _cost(trained_run.folder, "image", img)
     assert got["label"] and got["error"] is None
-    assert got["seconds"] < 2.0 and got["peak_growth_mb"] < 200, got
+    assert got["peak_growth_mb"] < 200, got  # seconds: printed (run with -s), never asserted
