@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,13 @@ def tiny_backbones(shared_root):
 def synthetic_prepared(prepared_params):
     """A small synthetic set, generated and prepared under tmp_path; returns its Params."""
     return prepared_params()
+
+
+@pytest.fixture(autouse=True)
+def _sys_path_restored():
+    """Loading a logged pyfunc model puts its code folder (MLflow's ``code_paths``: a copy of the
+    ``mitp`` modules it imports) first on ``sys.path``; processes a later test spawns inherit that
+    path and would import the model's partial copy instead of the project. Restored after each test."""
+    before = list(sys.path)
+    yield
+    sys.path[:] = before
