@@ -61,11 +61,21 @@ def synthetic_prepared(prepared_params):
     return prepared_params()
 
 
+def _drop_model_code_paths() -> None:
+    """Remove from ``sys.path`` every folder holding a ``mitp`` package other than the project's
+    (a logged model's ``code_paths`` copy, which MLflow puts first when it loads the model)."""
+    sys.path[:] = [p for p in sys.path if not (p and (Path(p) / "mitp").is_dir() and Path(p).resolve() != _PROJECT)]
+
+
+_PROJECT = Path(__file__).resolve().parent.parent
+
+
 @pytest.fixture(autouse=True)
 def _sys_path_restored():
     """Loading a logged pyfunc model puts its code folder (MLflow's ``code_paths``: a copy of the
-    ``mitp`` modules it imports) first on ``sys.path``; processes a later test spawns inherit that
-    path and would import the model's partial copy instead of the project. Restored after each test."""
-    before = list(sys.path)
+    ``mitp`` modules it imports) first on ``sys.path``, in a test or in a session fixture;
+    processes a later test spawns inherit that path and would import the model's partial copy
+    instead of the project. Dropped before and after each test."""
+    _drop_model_code_paths()
     yield
-    sys.path[:] = before
+    _drop_model_code_paths()
