@@ -192,29 +192,34 @@ def collect_rows(exp_path: str, grid, space: SweepSpace) -> list[dict[str, Any]]
     return rows
 
 
-def settle_stopped_runs(uri: str, rows: list[dict[str, Any]]) -> int:
+def settle_stopped_runs(uri: str, rows: list[dict[str, Any]], grace_s: float = 20.0) -> int:
     """End the MLflow runs of the trials the scheduler stopped as KILLED, without an error tag.
 
-    A stopped trial does this itself (:func:`mitp.sweep.trainable._mark_stopped`), but Tune may end
-    the trial's process first (seen on a loaded machine): its run then stays FAILED with Tune's
-    ``SystemExit`` as its ``error`` tag. The driver knows which trials were stopped and settles
-    them; returns how many runs it changed."""
+    A stopped trial ends its own run so (:class:`mitp.tracking.store.RunStopped`), but Tune may
+    end the trial's process first (seen on a loaded machine): its run then stays RUNNING, or
+    FAILED with Tune's ``SystemExit`` as its ``error`` tag (runs of older versions). A trial's
+    process may also still be ending its run when the sweep returns, so a RUNNING run gets
+    ``grace_s`` seconds to end itself before the driver writes over it. Returns how many runs
+    the driver changed."""
     from mlflow.tracking import MlflowClient
 
     client, changed = MlflowClient(uri), 0
-    for r in rows:
-        run_id = r.get("mlflow_run_id")
-        if r["status"] != results_mod.STOPPED or not run_id:
-            continue
+    stopped = [r for r in rows if r["status"] == results_mod.STOPPED and r.get("mlflow_run_id")]
+    deadline = time.monotonic() + grace_s
+    for r in stopped:
+        run_id = r["mlflow_run_id"]
         try:
             run = client.get_run(run_id)
+            while run.info.status == "RUNNING" and time.monotonic() < deadline:
+                time.sleep(0.5)
+                run = client.get_run(run_id)
             stray_error = run.data.tags.get("error", "").startswith("SystemExit")
             if run.info.status == "KILLED" and not stray_error:
                 continue
             if run.info.status != "KILLED":
                 client.set_terminated(run_id, status="KILLED")
-            if "stopped_early" not in run.data.tags:
-                client.set_tag(run_id, "stopped_early", f"stopped by the scheduler after epoch {r.get('epoch')}")
+            if tracking.STOPPED_TAG not in run.data.tags:
+                client.set_tag(run_id, tracking.STOPPED_TAG, f"stopped by the scheduler after epoch {r.get('epoch')}")
             if stray_error:
                 client.delete_tag(run_id, "error")
             changed += 1

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from mitp.config.space import SweepSpace, describe_overrides, trial_params
 from mitp.sweep.results import is_number
+from mitp.tracking.store import RunStopped
 from mitp.training import runtime
 
 log = logging.getLogger(__name__)
@@ -98,18 +99,6 @@ def _first(metric: str, row: dict[str, Any]) -> dict[str, Any]:
     return {**head, **{k: v for k, v in row.items() if k not in head}}
 
 
-def _mark_stopped(spec: TrialSpec, run_id: str, epoch: int) -> None:
-    """A scheduler stopped the trial: its run ends KILLED, not FAILED."""
-    try:
-        client = MlflowClient(spec.tracking_uri)
-        client.set_terminated(run_id, status="KILLED")
-        client.set_tag(run_id, "stopped_early", f"stopped by the scheduler after epoch {epoch}")
-        if "error" in client.get_run(run_id).data.tags:  # tracking.start_run tagged Tune's SystemExit
-            client.delete_tag(run_id, "error")
-    except Exception as exc:  # never mask Tune's stop
-        log.warning("could not mark run %s as stopped: %s", run_id, exc)
-
-
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune function trainable (wrapped with ``tune.with_parameters(run_trial, spec=...)``)."""
     quiet_trial_logs()
@@ -143,19 +132,22 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         if spec.hooks is not None:
             spec.hooks.on_start(info)
 
-        state: dict[str, Any] = {"run_id": None, "last_row": None, "epoch": 0}
+        state: dict[str, Any] = {"run_id": None, "last_row": None}
         extra = {"node_id": info.node_id}
 
         def on_epoch(epoch: int, row: dict[str, float], ckpt_dir: Path | None) -> None:
             active = mlflow.active_run()
             state["run_id"] = active.info.run_id if active else state["run_id"]
-            state["epoch"] = epoch
             state["last_row"] = row  # the last epoch's train loss goes out with the final metrics
             if epoch >= params.train.epochs:  # the last one goes out with the final metrics
                 return
             metrics = _first(spec.metric, {**_numeric(row), DONE_KEY: 0, "mlflow_run_id": state["run_id"], **extra})
             checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
-            tune.report(metrics, checkpoint=checkpoint)
+            try:
+                tune.report(metrics, checkpoint=checkpoint)
+            except SystemExit as exc:  # Tune stops a trial by exiting in its next report
+                # inside the run: it ends KILLED, tagged stopped_early, before the process may be ended
+                raise RunStopped(f"stopped by the scheduler after epoch {epoch}") from exc
             if spec.hooks is not None:
                 spec.hooks.on_epoch(info, epoch, row)
 
@@ -163,10 +155,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         try:
             result = fit(params, spec.dataset, run_name=run_name[:250], checkpoint_dir=local_ckpt, on_epoch=on_epoch,
                          parent_run_id=spec.parent_run_id, extra_tags=tags)
-        except SystemExit:  # Tune stops a trial by raising SystemExit in its next report
-            if state["run_id"]:
-                _mark_stopped(spec, state["run_id"], state["epoch"])
-            raise
+        except RunStopped as stop:  # its run has ended KILLED; Tune's stop goes on as the exit it was
+            raise SystemExit(0) from stop
         except TrainingDiverged as exc:  # final: the run ended FAILED with the error as a tag
             run = mlflow.last_active_run()
             tune.report({spec.metric: float("nan"), "error": f"{DIVERGED}: {exc}", DONE_KEY: 0, **extra,

@@ -34,6 +34,13 @@ from mitp.errors import UserError
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
+STOPPED_TAG = "stopped_early"
+
+
+class RunStopped(BaseException):
+    """Raised inside :func:`start_run` when the run is stopped on purpose from outside (a sweep's
+    scheduler ending a trial early): the run ends KILLED, not FAILED, and carries no error.
+    A BaseException, like the SystemExit it stands for, so no ``except Exception`` swallows it."""
 
 
 # where DVC copies the repository for `dvc exp run --temp / --queue / --dry`: <repo>/.dvc/tmp/exps/...
@@ -273,7 +280,8 @@ def start_run(
 ) -> Iterator[Any]:
     """Open (or re-open, given ``run_id``) a run; a parent id nests it in the MLflow UI.
 
-    An exception inside ends the run as FAILED with the error as the tag ``error``.
+    An exception inside ends the run as FAILED with the error as the tag ``error``; a
+    :class:`RunStopped` ends it KILLED with the reason as the tag ``stopped_early``.
     """
     mlflow = setup(cfg)
     all_tags = dict(tags or {})
@@ -284,6 +292,10 @@ def start_run(
                            log_system_metrics=cfg.log_system_metrics)
     try:
         yield run
+    except RunStopped as exc:
+        mlflow.set_tag(STOPPED_TAG, str(exc))
+        mlflow.end_run(status="KILLED")
+        raise
     except BaseException as exc:
         mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
         mlflow.end_run(status="FAILED")

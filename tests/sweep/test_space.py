@@ -367,8 +367,9 @@ print(before, shown(), "explicit" in out.getvalue())
 
 
 def test_driver_settles_the_runs_of_stopped_trials(make_params):
-    """Tune may end a stopped trial's process before the trial marks its run KILLED: the run is
-    then FAILED with Tune's SystemExit as its error; the driver settles it, and only it."""
+    """Tune may end a stopped trial's process before the trial ends its run KILLED: the run is
+    then left RUNNING (or FAILED with Tune's SystemExit as its error, in older versions); the
+    driver settles those, and only those."""
     from mlflow.tracking import MlflowClient
 
     from mitp.sweep.runner import settle_stopped_runs
@@ -380,16 +381,19 @@ def test_driver_settles_the_runs_of_stopped_trials(make_params):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(params.mlflow.experiment).experiment_id
     ids = []
-    for error in ("SystemExit: 0", "RuntimeError: boom"):
+    for error in ("SystemExit: 0", "RuntimeError: boom", None):
         run = client.create_run(exp)
-        client.set_tag(run.info.run_id, "error", error)
-        client.set_terminated(run.info.run_id, status="FAILED")
-        ids.append(run.info.run_id)
+        if error is not None:
+            client.set_tag(run.info.run_id, "error", error)
+            client.set_terminated(run.info.run_id, status="FAILED")
+        ids.append(run.info.run_id)  # the last one left RUNNING: its process was ended
     rows = [{"trial_id": "a", "status": "STOPPED", "mlflow_run_id": ids[0], "epoch": 1},
-            {"trial_id": "b", "status": "ERROR", "mlflow_run_id": ids[1], "epoch": 2}]
-    assert settle_stopped_runs(uri, rows) == 1
-    stopped, failed = client.get_run(ids[0]), client.get_run(ids[1])
+            {"trial_id": "b", "status": "ERROR", "mlflow_run_id": ids[1], "epoch": 2},
+            {"trial_id": "c", "status": "STOPPED", "mlflow_run_id": ids[2], "epoch": 3}]
+    assert settle_stopped_runs(uri, rows, grace_s=0.5) == 2
+    stopped, failed, left = (client.get_run(i) for i in ids)
     assert stopped.info.status == "KILLED" and "error" not in stopped.data.tags
     assert stopped.data.tags["stopped_early"] == "stopped by the scheduler after epoch 1"
+    assert left.info.status == "KILLED" and left.data.tags["stopped_early"].endswith("after epoch 3")
     assert failed.info.status == "FAILED" and failed.data.tags["error"] == "RuntimeError: boom"
-    assert settle_stopped_runs(uri, rows) == 0  # settled once
+    assert settle_stopped_runs(uri, rows, grace_s=0.5) == 0  # settled once

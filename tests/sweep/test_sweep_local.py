@@ -161,7 +161,9 @@ def test_asha_stops_trials_early(ray_local, sweep_params, tmp_path):
         assert status[r["mlflow_run_id"]] == ("FINISHED" if r["status"] == "COMPLETED" else "KILLED")
         if r["status"] == "STOPPED":
             assert r["test_accuracy"] == "" and r["epoch"] == "1"
-            assert "error" not in tags[r["mlflow_run_id"]] and tags[r["mlflow_run_id"]]["stopped_early"]
+            run_tags = tags[r["mlflow_run_id"]]
+            assert "error" not in run_tags, run_tags["error"]
+            assert run_tags["stopped_early"]
 
 
 @pytest.mark.slow

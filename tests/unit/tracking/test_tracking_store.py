@@ -105,3 +105,25 @@ def test_source_tags_name_the_entry_and_the_commit():
     assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     assert tags["mlflow.source.git.commit"] == head
+
+
+def test_a_run_stopped_on_purpose_ends_killed_and_an_error_ends_failed(make_params):
+    """A scheduler's stop is not a failure: the run ends KILLED with the reason, no error tag;
+    any other exception ends it FAILED with the error."""
+    import pytest
+    from mlflow.tracking import MlflowClient
+
+    from mitp.tracking import store as tracking
+
+    params = make_params({"mlflow.experiment": "ends", "mlflow.log_system_metrics": False})
+    ended = {}
+    for name, exc in (("stopped", tracking.RunStopped("stopped by the scheduler after epoch 2")),
+                      ("broken", RuntimeError("boom"))):
+        with pytest.raises(type(exc)), tracking.start_run(params.mlflow, run_name=name) as run:
+            raise exc
+        ended[name] = MlflowClient(tracking.tracking_uri(params.mlflow)).get_run(run.info.run_id)
+    stopped, broken = ended["stopped"], ended["broken"]
+    assert stopped.info.status == "KILLED" and "error" not in stopped.data.tags
+    assert stopped.data.tags["stopped_early"] == "stopped by the scheduler after epoch 2"
+    assert broken.info.status == "FAILED" and broken.data.tags["error"] == "RuntimeError: boom"
+    assert "stopped_early" not in broken.data.tags

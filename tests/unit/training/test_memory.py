@@ -18,8 +18,10 @@ def test_the_peak_after_a_reset_leaves_out_what_was_freed_before():
     with_big = peak_memory_mb(CPU)
     del big
     in_use = reset_peak_memory(CPU)
-    small = torch.ones(20 * 2**20 // 4)  # 20 MB after the reset
+    # 64 MB after the reset: above glibc's largest mmap threshold (32 MB), so fresh pages, not a
+    # reused heap; the margin leaves room for whatever else the process frees meanwhile
+    small = torch.ones(64 * 2**20 // 4)
     after = peak_memory_mb(CPU)
-    assert with_big - after > 200, (with_big, after)  # the 300 MB load is not in the new peak
-    assert after >= in_use + 15  # the 20 MB allocated after the reset is
+    assert with_big - after > 150, (with_big, after)  # the 300 MB load is not in the new peak
+    assert after >= in_use + 40, (in_use, after)  # the 64 MB allocated after the reset is
     del small
