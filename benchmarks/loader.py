@@ -1,4 +1,4 @@
-"""The cached loader at paper shapes: samples/s and GB/s that 0, 1, 2 DataLoader workers deliver.
+"""The cached loader at paper shapes: samples/s and GB/s that 0, 1, 2 reader threads deliver.
 
     python benchmarks/loader.py [--smoke] [--gb G] [--workers 1,2] [--seconds S] [--dir /tmp/...]
                                 [--batch-size B] [--keep]
@@ -9,14 +9,17 @@ UPMC-Food101) through the cache's own shard writer (:func:`mitp.cache.storage.wr
 file names and layout of :mod:`mitp.cache.storage`), then reads it back with the real reader
 (:class:`mitp.cache.reader.CachedSplit`) under the real training loader
 (:func:`mitp.training.loaders.split_loader`: shuffled ``BatchSampler``, whole batches per
-``__getitem__``). ``--gb`` sizes the cache on disk (default 4 GB: several shards, read through
+``__getitem__``, gathered ahead by reader threads; 0 threads: gathered when asked for, in the
+consumer's thread). ``--gb`` sizes the cache on disk (default 4 GB: several shards, read through
 the page cache; the benchmark checks free space first and deletes the folder after, unless
-``--keep``). Each worker count reads for ``--seconds`` after one warm-up pass over a few batches.
-On a machine without CUDA ``pin_memory`` is off (it needs CUDA); the CUDA path pins.
+``--keep``). Each thread count reads for ``--seconds`` after one warm-up pass over a few batches.
+With CUDA the batches are gathered into page-locked memory, as training does; without it they
+are not (pinning needs CUDA).
 
 The last output line is one JSON object: ``{"loader": [{"workers", "samples_per_s", "gb_per_s",
 "batches_per_s"}], "bytes_per_sample", "gb_on_disk", "workers_for": {...}}`` with ``workers_for``
-the workers a GPU needs at paper shapes (:func:`workers_needed`, from :mod:`mitp.models.flops`).
+the reader threads a GPU needs at paper shapes (:func:`workers_needed`, from :mod:`mitp.models.flops`);
+``workers`` counts reader threads.
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def measure(root: Path, index: dict, workers: int, batch_size: int, seconds: flo
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # pin_memory needs CUDA
     loader = split_loader(split, batch_size, True, workers, device)
     it = iter(loader)
-    for _ in range(max(2, 2 * workers)):  # warm-up: workers started, first prefetches in
+    for _ in range(max(2, 2 * workers)):  # warm-up: threads started, first prefetches in
         next(it)
     n = nbytes = batches = 0
     t0 = time.perf_counter()
@@ -117,9 +120,9 @@ def measure(root: Path, index: dict, workers: int, batch_size: int, seconds: flo
 
 def workers_needed(tflops: float, utilisation: float, samples_per_s_per_worker: float, start: int = 8,
                    cache_layer: int = 6) -> dict:
-    """Loader workers a GPU of ``tflops`` bf16 peak at ``utilisation`` needs to train MITP from the
+    """Reader threads a GPU of ``tflops`` bf16 peak at ``utilisation`` needs to train MITP from the
     cache at paper shapes (ViT-B/16 + BERT-base, layers ``start``..11 trained, the FLOP model of
-    :mod:`mitp.models.flops`), given one worker's measured samples/s."""
+    :mod:`mitp.models.flops`), given one thread's measured samples/s."""
     from mitp.models import flops
 
     vision = flops.vit_tower(12, WIDTH, 4 * WIDTH, 224, 16)
@@ -133,9 +136,9 @@ def workers_needed(tflops: float, utilisation: float, samples_per_s_per_worker: 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="a ~0.2 GB cache, 2 s per worker count")
+    p.add_argument("--smoke", action="store_true", help="a ~0.2 GB cache, 2 s per thread count")
     p.add_argument("--gb", type=float, default=4.0, help="size of the cache on disk (GB)")
-    p.add_argument("--workers", default="1,2", help="worker counts to measure (0: the main process)")
+    p.add_argument("--workers", default="1,2", help="reader-thread counts to measure (0: gathered when asked for)")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--dir", default=None, help="parent folder of the cache (default: the temp dir)")
@@ -174,7 +177,7 @@ def main() -> int:
         args.gb, args.seconds = 0.2, 2.0
     result = run(args.gb, [int(w) for w in args.workers.split(",")], args.seconds, args.batch_size, args.dir, args.keep)
     for r in result["loader"]:
-        print(f"workers {r['workers']}: {r['samples_per_s']:,.0f} samples/s, {r['gb_per_s']:.2f} GB/s", file=sys.stderr)
+        print(f"reader threads {r['workers']}: {r['samples_per_s']:,.0f} samples/s, {r['gb_per_s']:.2f} GB/s", file=sys.stderr)
     print(json.dumps(result))
     return 0
 

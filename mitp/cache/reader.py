@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from mitp.cache import storage
 from mitp.cache.errors import CacheCorrupt, CacheIncomplete, CacheMismatch, CacheMissing, build_command
@@ -81,15 +81,10 @@ def open_cache(params, dataset: str, backbones, verify: bool = True, full: bool 
     return OpenCache(root, index)
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor; in a DataLoader worker, allocated in shared memory at once, so
-    sending the batch to the main process passes a handle instead of copying every byte into a
-    new shared segment (the copy ``share_memory_`` makes when the batch is pickled)."""
-    if get_worker_info() is None or not hasattr(torch.UntypedStorage, "_new_shared"):
-        return torch.empty(shape, dtype=dtype)
-    n = int(np.prod(shape, dtype=np.int64))
-    storage = torch.UntypedStorage._new_shared(n * torch.empty((), dtype=dtype).element_size())
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> torch.Tensor:
+    """An uninitialised tensor; ``pin``: in page-locked memory (CUDA's caching host allocator
+    reuses freed blocks), so the copy to the GPU is asynchronous and no second copy pins it."""
+    return torch.empty(shape, dtype=dtype, pin_memory=pin)
 
 
 def _read_rows(fd: int, offset: int, row_bytes: int, rows: np.ndarray, out: memoryview, take: int, path: Path) -> None:
@@ -139,8 +134,9 @@ class CachedSplit(Dataset):
     ``hidden_v`` (B, N_v, d_v), ``hidden_t`` (B, N_t, d_t) with N_t the batch's longest text,
     ``attention_mask`` (B, N_t) int64, ``labels`` (B,) int64 or (B, K) float32.
     Samples come in sorted index order (one pass over each shard). Shards are read with
-    positioned reads straight into the batch's tensors (in a DataLoader worker: tensors in shared
-    memory), opened lazily in each process (a DataLoader worker opens its own).
+    positioned reads straight into the batch's tensors (page-locked when ``pin_memory``), opened
+    lazily in each process; :meth:`open` before gathering from several threads at once (the
+    reads themselves are thread-safe and release the GIL).
     """
 
     def __init__(self, root: Path, split: str, index: dict):
@@ -166,6 +162,7 @@ class CachedSplit(Dataset):
         self.text_width = int(layout["text_width"])
         self.torch_dtype = getattr(torch, layout["dtype"])
         self.itemsize = np.dtype(layout["dtype"]).itemsize
+        self.pin_memory = False
         self._text: _Shards | None = None
         self._image: _Shards | None = None
 
@@ -177,22 +174,23 @@ class CachedSplit(Dataset):
         state["_text"] = state["_image"] = None
         return state
 
-    def _open(self) -> None:
-        if self._text is None or self._text.pid != os.getpid():  # a forked worker opens its own
+    def open(self) -> None:
+        """Open the shard files in this process (once; a forked process opens its own)."""
+        if self._text is None or self._text.pid != os.getpid():
             self._text, self._image = _Shards(self.text_files), _Shards(self.image_files)
 
     def __getitem__(self, indices) -> dict:
-        self._open()
+        self.open()
         idx = np.sort(np.asarray(indices, dtype=np.int64).reshape(-1))
         B, S = len(idx), self.shard_size
         n_t = int(self.lengths[idx].max()) if B else 1
-        hidden_t = _empty((B, n_t, self.text_width), self.torch_dtype)
+        hidden_t = _empty((B, n_t, self.text_width), self.torch_dtype, self.pin_memory)
         out = memoryview(hidden_t.numpy().reshape(-1).view(np.uint8))
         text_row = self.text_length * self.text_width * self.itemsize
         self._gather(self._text, idx, S, text_row, n_t * self.text_width * self.itemsize, out)
         rows = self.image_index[idx]
         order = np.argsort(rows, kind="stable")  # read each image shard in file order
-        hidden_v = _empty((B, *self.image_shape), self.torch_dtype)
+        hidden_v = _empty((B, *self.image_shape), self.torch_dtype, self.pin_memory)
         image_row = self.image_shape[0] * self.image_shape[1] * self.itemsize
         if B and np.all(order == np.arange(B)):
             self._gather(self._image, rows, S, image_row, image_row, memoryview(hidden_v.numpy().reshape(-1).view(np.uint8)))
@@ -200,12 +198,10 @@ class CachedSplit(Dataset):
             tmp = np.empty((B, *self.image_shape), dtype=hidden_v.numpy().dtype)
             self._gather(self._image, rows[order], S, image_row, image_row, memoryview(tmp.reshape(-1).view(np.uint8)))
             hidden_v.numpy()[order] = tmp
-        return {
-            "hidden_v": hidden_v,
-            "hidden_t": hidden_t,
-            "attention_mask": torch.from_numpy(self.mask[idx, :n_t].astype(np.int64)),
-            "labels": torch.from_numpy(self.labels[idx]),
-        }
+        mask, labels = torch.from_numpy(self.mask[idx, :n_t].astype(np.int64)), torch.from_numpy(self.labels[idx])
+        if self.pin_memory:
+            mask, labels = mask.pin_memory(), labels.pin_memory()
+        return {"hidden_v": hidden_v, "hidden_t": hidden_t, "attention_mask": mask, "labels": labels}
 
     @staticmethod
     def _gather(shards: _Shards, rows: np.ndarray, S: int, row_bytes: int, take: int, out: memoryview) -> None:

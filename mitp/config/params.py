@@ -147,7 +147,9 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, gt=0.0)
-    num_workers: int = Field(0, ge=0, le=1024)
+    num_workers: int = Field(0, ge=0, le=1024, description=(
+        "loader parallelism: DataLoader worker processes on raw inputs, reader threads on the feature "
+        "cache; 0: none on CPU, a GPU's default on CUDA (mitp/training/loaders.py)"))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = Field(None, ge=1, le=10**9, description="cap for smoke runs")
     patience: int | None = Field(

@@ -90,7 +90,7 @@ def test_an_edited_index_is_refused_naming_the_field(built_cache, tiny_backbones
     assert "python -m pipeline.cache --dataset synthetic" in message
     # the stage repairs the index from the manifests and the files it can trust
     build_cache(params, "synthetic", tiny_backbones, progress=False)
-    assert len(cached_loaders(params, "synthetic", tiny_backbones, torch.device("cpu")).train.dataset) == 48
+    assert len(cached_loaders(params, "synthetic", tiny_backbones, torch.device("cpu")).train.split) == 48
 
 
 def test_a_shard_replaced_with_fewer_rows_and_a_matching_record_is_refused(built_cache, tiny_backbones):

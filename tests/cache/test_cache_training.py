@@ -50,7 +50,7 @@ def test_cached_and_uncached_logits_agree(cache_params, tiny_backbones, k, start
 
 def test_batches_are_trimmed_to_their_longest_text(built_cache, tiny_backbones):
     cache = cached_loaders(built_cache, "synthetic", tiny_backbones, torch.device("cpu"))
-    split = cache.train.dataset
+    split = cache.train.split
     assert split.mask.shape[1] == built_cache.data.synthetic.max_text_length
     for batch in cache.train:
         mask = batch["attention_mask"]
@@ -58,13 +58,44 @@ def test_batches_are_trimmed_to_their_longest_text(built_cache, tiny_backbones):
         assert mask[:, -1].any(), "the last column belongs to the batch's longest text"
         assert mask.shape[1] < split.mask.shape[1]
         assert batch["hidden_t"].dtype == torch.float16 and batch["hidden_v"].shape[1:] == (17, 64)
-    # whole batches from the dataset: one gather per batch, not per sample
-    assert len(cache.train) == 3 and cache.train.batch_size is None
+    assert len(cache.train) == 3
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_reader_threads_give_a_dataloaders_batches_and_random_stream(built_cache, tiny_backbones, threads):
+    """Reader threads replace a DataLoader over the same split and sampler: the same batches in the
+    same order, and torch's generator left where the DataLoader leaves it (so a run's dropout and
+    shuffling, and its numbers, do not depend on the loader)."""
+    import threading
+
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+
+    from mitp.training.loaders import ReaderThreads
+
+    split = cached_loaders(built_cache, "synthetic", tiny_backbones, torch.device("cpu")).train.split
+
+    def two_epochs(make):
+        torch.manual_seed(7)
+        loader = make(BatchSampler(RandomSampler(range(len(split))), 10, drop_last=False))
+        seen = [b for _ in range(2) for b in loader]
+        return seen, torch.get_rng_state()
+
+    want, want_rng = two_epochs(lambda s: DataLoader(split, sampler=s, batch_size=None, num_workers=0))
+    got, got_rng = two_epochs(lambda s: ReaderThreads(split, s, threads, prefetch=2))
+    assert len(got) == len(want) == 2 * -(-len(split) // 10)
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in w)
+    assert torch.equal(got_rng, want_rng)
+    # a consumer that stops early (max_steps_per_epoch) leaves no reader thread behind
+    loader = ReaderThreads(split, BatchSampler(RandomSampler(range(len(split))), 4, drop_last=False), threads)
+    for _ in zip(range(2), loader):
+        pass
+    assert not [t for t in threading.enumerate() if t.name.startswith("mitp-cache-reader")]
 
 
 def test_split_pickles_without_its_data(built_cache, tiny_backbones):
     cache = cached_loaders(built_cache, "synthetic", tiny_backbones, torch.device("cpu"))
-    split = cache.train.dataset
+    split = cache.train.split
     split[[0, 1]]  # opens the memory maps
     clone = pickle.loads(pickle.dumps(split))
     assert clone._text is None and len(pickle.dumps(split)) < 50_000
