@@ -108,6 +108,10 @@ def connect_ray(ray_cfg: RayConfig) -> bool:
     if address:  # a submitted job's runtime_env (cluster/runtime_env.yaml) already sets the environment
         ray.init(address=address)
     else:  # trial processes start with tqdm's bars off (run_trial also turns them off, for any Ray)
+        # no idle workers prestarted for this driver: Tune gives its trial actors a runtime_env of
+        # their own, so those workers never run a trial; they only compete with the first trials
+        # for the CPUs while they start (2 of them on 2 cores)
+        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=False,
                  runtime_env={"env_vars": {"TQDM_DISABLE": "1"}})
     return True
