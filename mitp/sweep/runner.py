@@ -179,13 +179,14 @@ def _log_best(mlflow, outcome_best: dict[str, Any], rows: list[dict[str, Any]], 
 
 
 def collect_rows(exp_path: str, grid, space: SweepSpace) -> list[dict[str, Any]]:
-    """One row per trial, in Tune's trial order."""
+    """One row per trial, in the order the trials were generated (their ids), whatever order Tune
+    lists them in (it varies between runs of the same sweep)."""
     from ray import tune
 
     errors = {str(result.path): result.error for result in grid if result.error is not None}
     analysis = tune.ExperimentAnalysis(exp_path)
     rows = []
-    for trial in analysis.trials:
+    for trial in sorted(analysis.trials, key=lambda t: t.trial_id):
         last = dict(trial.last_result or {})
         status = results_mod.status_of(trial.status, last)
         error = last.get("error", "")  # a diverged trial reports its error and ends

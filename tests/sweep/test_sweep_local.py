@@ -153,6 +153,7 @@ def test_asha_stops_trials_early(ray_local, sweep_params, tmp_path):
                            "sweep.train": {"epochs": 3}, "sweep.max_concurrent_trials": 1})
     outcome = run_sweep(params, "synthetic", outputs=(tmp_path / "sweep.csv", tmp_path / "best.json"))
     rows = read_csv(tmp_path / "sweep.csv")
+    assert [r["trial_id"] for r in rows] == sorted(r["trial_id"] for r in rows)  # generation order
     assert [r["status"] for r in rows] == ["COMPLETED", "STOPPED", "STOPPED"] and not outcome.failed
     _, children = mlflow_runs(params)
     status = {c.info.run_id: c.info.status for c in children}
